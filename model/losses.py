@@ -1,0 +1,196 @@
+"""HyperKD's loss: ``lambda * (MSE on masked patches + (1 - SSIM) on the reconstruction) + beta * KLD``.
+
+Reconstruction terms work on the student tile normalised per band (z-scores with the tile
+store's train statistics), and ignore pixels the tile store marks invalid.
+
+- **MSE**: MAE's per-patch mean squared error, averaged over masked patches (weighted by each
+  patch's valid pixels).
+- **SSIM**: the composite reconstruction (predicted masked patches, original visible patches)
+  against the tile, Gaussian window 11 / sigma 1.5 (Wang et al. 2004), per band, averaged over
+  the masked valid pixels and then over bands. The dynamic range ``L`` of each band is the
+  target's range on that tile (z-scores have no fixed range). [ASSUMPTION]
+- **KLD**: ``tau^2 * KL(softmax(t / tau) || softmax(s / tau))`` over the feature dimension,
+  averaged over the student's visible tokens, where ``s`` is the student's block-8 token
+  projected linearly to the teacher's width and ``t`` the teacher's block-8 token at the same
+  position (the teacher sees the whole tile). Both are standardised over the feature dimension
+  first (LayerNorm without affine), so ``tau`` acts on a fixed scale and the projection cannot
+  shrink the student's features to fake a flat distribution. [ASSUMPTION: the paper's form is
+  unknown, method.md §1.3.]
+
+Defaults (all [ASSUMPTION], method.md §1.3): ``lambda = 1``, ``beta = 1``, ``tau = 1``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TERMS = ("mse", "mse+ssim", "mse+ssim+kld")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Which terms, and their weights."""
+
+    terms: str = "mse+ssim+kld"
+    """``mse``, ``mse+ssim`` or ``mse+ssim+kld``."""
+    recon_weight: float = 1.0
+    """lambda, on MSE + (1 - SSIM)."""
+    kd_weight: float = 1.0
+    """beta, on the feature KLD."""
+    temperature: float = 1.0
+    """tau, the softmax temperature of the KLD."""
+
+    def __post_init__(self) -> None:
+        if self.terms not in LOSS_TERMS:
+            raise ValueError(f"unknown loss {self.terms!r}: choose one of {', '.join(LOSS_TERMS)}")
+        if self.temperature <= 0:
+            raise ValueError(f"KLD temperature must be positive, got {self.temperature}")
+
+    @property
+    def use_ssim(self) -> bool:
+        return "ssim" in self.terms
+
+    @property
+    def use_kd(self) -> bool:
+        return "kld" in self.terms
+
+
+def masked_patch_mse(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """MSE over masked patches.
+
+    Args:
+        pred, target: (B, L, P*P*C) patch vectors (channels fastest).
+        mask: (B, L), 1 for masked patches.
+        valid: (B, L, P*P) pixel validity per patch, or None for all valid.
+    """
+    err = (pred.float() - target.float()) ** 2  # (B, L, P*P*C)
+    if valid is None:
+        per_patch = err.mean(dim=-1)  # (B, L)
+        return (per_patch * mask).sum() / mask.sum().clamp_min(1)
+    b, length, pix = valid.shape
+    err = err.reshape(b, length, pix, -1).mean(dim=-1)  # (B, L, P*P) band-averaged per pixel
+    weight = valid.float() * mask[..., None]  # (B, L, P*P)
+    return (err * weight).sum() / weight.sum().clamp_min(1)
+
+
+def _gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()  # (size,)
+
+
+def ssim_map(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: torch.Tensor | float,
+    *,
+    window: int = 11,
+    sigma: float = 1.5,
+) -> torch.Tensor:
+    """Per-pixel SSIM of images (B, C, H, W), per band; returns (B, C, H, W).
+
+    ``data_range`` is a float or a tensor broadcastable to (B, C, 1, 1). Borders are
+    reflect-padded so the map stays aligned with the image (and its masks); images smaller
+    than the window get the largest window reflect padding allows.
+    """
+    x, y = x.float(), y.float()
+    c = x.shape[1]
+    window = min(window, 2 * min(x.shape[-2:]) - 1)
+    g = _gaussian_window(window, sigma, x.device)
+    kernel_h = g.view(1, 1, window, 1).expand(c, 1, window, 1)
+    kernel_w = g.view(1, 1, 1, window).expand(c, 1, 1, window)
+    pad = window // 2
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        # Separable depthwise Gaussian: one pass down the rows, one along the columns.
+        t = F.pad(t, (pad, pad, pad, pad), mode="reflect")
+        return F.conv2d(F.conv2d(t, kernel_h, groups=c), kernel_w, groups=c)
+
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
+
+
+def weighted_ssim(
+    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, data_range: torch.Tensor | float
+) -> torch.Tensor:
+    """SSIM per sample (B,): the SSIM map averaged over pixels with ``weight`` (B, 1, H, W),
+    per band, then over bands."""
+    smap = ssim_map(x, y, data_range)  # (B, C, H, W)
+    w = weight.float()
+    per_band = (smap * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3)).clamp_min(1e-8)  # (B, C)
+    return per_band.mean(dim=1)
+
+
+def tile_range(target: torch.Tensor) -> torch.Tensor:
+    """Per (tile, band) dynamic range of a (B, C, H, W) target, (B, C, 1, 1), at least 1e-3."""
+    flat = target.detach().float().flatten(2)
+    return (flat.amax(dim=2) - flat.amin(dim=2)).clamp_min(1e-3)[..., None, None]
+
+
+def feature_kld(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``tau^2 * KL(p_teacher || p_student)`` over the last (feature) dim, mean over tokens.
+
+    Args:
+        student: (B, K, D) projected student tokens.
+        teacher: (B, K, D) teacher tokens at the same positions.
+    """
+    s = F.layer_norm(student.float(), student.shape[-1:])
+    t = F.layer_norm(teacher.float(), teacher.shape[-1:])
+    log_p_s = F.log_softmax(s / temperature, dim=-1)
+    log_p_t = F.log_softmax(t / temperature, dim=-1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=-1)  # (B, K)
+    return kl.mean() * temperature**2
+
+
+def hyperkd_loss(
+    config: LossConfig,
+    *,
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    recon: torch.Tensor,
+    target_img: torch.Tensor,
+    mask: torch.Tensor,
+    mask_img: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    valid_img: torch.Tensor | None = None,
+    student_kd: torch.Tensor | None = None,
+    teacher_kd: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The total loss and each component (components detached, for logging).
+
+    Args:
+        pred, target: (B, L, P*P*C) predicted and true patches.
+        recon, target_img: (B, C, H, W) composite reconstruction and tile.
+        mask: (B, L) masked patches; mask_img: (B, 1, H, W) the same per pixel.
+        valid, valid_img: (B, L, P*P) and (B, 1, H, W) pixel validity, or None.
+        student_kd, teacher_kd: (B, K, D_teacher) tokens for the KLD (``kld`` losses only).
+    """
+    mse = masked_patch_mse(pred, target, mask, valid)
+    recon_term = mse
+    out: dict[str, torch.Tensor] = {"mse": mse.detach()}
+    if config.use_ssim:
+        weight = mask_img if valid_img is None else mask_img * valid_img.float()
+        ssim = weighted_ssim(recon, target_img, weight, tile_range(target_img)).mean()
+        recon_term = recon_term + (1.0 - ssim)
+        out["ssim"] = ssim.detach()
+    loss = config.recon_weight * recon_term
+    if config.use_kd:
+        if student_kd is None or teacher_kd is None:
+            raise ValueError("the kld loss needs student and teacher features")
+        kld = feature_kld(student_kd, teacher_kd, config.temperature)
+        loss = loss + config.kd_weight * kld
+        out["kld"] = kld.detach()
+    out["loss"] = loss
+    return out
