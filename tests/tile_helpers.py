@@ -1,0 +1,71 @@
+"""Small in-memory scenes in the cube's ``enmap`` layout, for tile-store and loader tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+CRS = "EPSG:32633"
+X0, Y0, RES = 362175.0, 5809965.0, 30.0
+
+
+def make_scene(
+    height: int = 128,
+    width: int = 128,
+    bands: int = 8,
+    patch: int = 16,
+    *,
+    seed: int = 0,
+    scene_id: str = "ENMAP_TEST_0",
+    time: str = "2022-07-24T10:45:26",
+    invalid_box: tuple[int, int, int, int] | None = None,
+    nodata_band: int | None = 3,
+) -> xr.Dataset:
+    """One time step of a cube's ``enmap`` group, raw int16, with a spatial_ref grid mapping.
+
+    Reflectance is a smooth per-band ramp plus noise (values ~ 300..4000, reflectance x
+    10000); band ``nodata_band`` is a bad band (``valid_band`` False, all nodata).
+    ``invalid_box = (y0, y1, x0, x1)`` marks pixels not valid (nodata in every band).
+    """
+    import rioxarray  # noqa: F401
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = 300 + 10 * np.arange(bands, dtype=np.float32)[:, None, None] * 30
+    refl = base + 3 * yy + 2 * xx + rng.normal(0, 50, (bands, height, width))
+    refl = np.clip(refl, 1, 10000).astype(np.int16)
+    valid = np.ones((height, width), dtype=bool)
+    valid_band = np.ones(bands, dtype=bool)
+    if nodata_band is not None:
+        refl[nodata_band] = -32768
+        valid_band[nodata_band] = False
+    if invalid_box is not None:
+        a, b, c, d = invalid_box
+        valid[a:b, c:d] = False
+        refl[:, a:b, c:d] = -32768
+    teacher = np.stack([refl[valid_band][i::6][:1].mean(0) for i in range(6)]).astype(np.int16)
+    teacher[:, ~valid] = -9999
+    gy, gx = height // patch, width // patch
+    gabor = rng.random((gy, gx), dtype=np.float32)
+    wavelet = rng.random((gy, gx), dtype=np.float32)
+    ds = xr.Dataset(
+        {
+            "reflectance": (("band", "y", "x"), refl),
+            "valid": (("y", "x"), valid),
+            "teacher_bands": (("teacher_band", "y", "x"), teacher),
+            "significance_gabor": (("py", "px"), gabor),
+            "significance_wavelet": (("py", "px"), wavelet),
+        },
+        coords={
+            "band": np.arange(bands),
+            "y": Y0 - RES / 2 - RES * np.arange(height),
+            "x": X0 + RES / 2 + RES * np.arange(width),
+            "wavelength": ("band", np.linspace(420.0, 2440.0, bands)),
+            "fwhm": ("band", np.full(bands, 8.0)),
+            "valid_band": ("band", valid_band),
+            "teacher_band": ["blue", "green", "red", "nir_narrow", "swir1", "swir2"],
+            "scene_id": scene_id,
+            "time": np.datetime64(time, "ns"),
+        },
+    )
+    return ds.rio.write_crs(CRS)
