@@ -17,6 +17,7 @@ from hyperkd import __version__
 
 COMMAND_MODULES = (
     "hyperkd.cli.data",
+    "hyperkd.cli.stac",
 )
 
 

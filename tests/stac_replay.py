@@ -1,0 +1,212 @@
+"""A real HTTP STAC API on 127.0.0.1 that replays recorded pages and fails on purpose.
+
+``ReplayServer(features, page_size=4)`` serves:
+
+* ``/`` and ``/conformance``: a landing page conforming to STAC API core + ITEM_SEARCH;
+* ``/search`` GET (CMR style: ``next`` is a GET link with ``page=N``) and POST (DLR style:
+  ``next`` is a POST link with ``{"startIndex", "limit"}`` and ``merge: true``), slicing the
+  recorded features into pages of ``page_size``. Like a recording, it ignores the filters.
+
+``share_503`` / ``share_timeout`` fail that share of requests (seeded, so runs repeat): a 503,
+or a hang of ``hang_s`` seconds (longer than the client's timeout) before answering. Every
+request is recorded in ``requests`` for assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+CONFORMANCE = [
+    "https://api.stacspec.org/v1.0.0/core",
+    "https://api.stacspec.org/v1.0.0/item-search",
+    "https://api.stacspec.org/v1.0.0/item-search#query",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
+    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
+]
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    body: dict[str, Any] | None
+    headers: dict[str, str]
+    outcome: str
+
+
+@dataclass
+class ReplayServer:
+    features: list[dict[str, Any]]
+    page_size: int = 4
+    share_503: float = 0.0
+    share_timeout: float = 0.0
+    hang_s: float = 0.6
+    seed: int = 0
+    requests: list[Recorded] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> ReplayServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    @property
+    def outcomes(self) -> Counter[str]:
+        return Counter(r.outcome for r in self.requests)
+
+    def searches(self) -> list[Recorded]:
+        return [r for r in self.requests if r.path == "/search" and r.outcome == "ok"]
+
+    def _fault(self) -> str:
+        with self._lock:
+            draw = self._rng.random()
+        if draw < self.share_503:
+            return "503"
+        if draw < self.share_503 + self.share_timeout:
+            return "timeout"
+        return "ok"
+
+    def landing(self) -> dict[str, Any]:
+        return {
+            "type": "Catalog",
+            "id": "replay",
+            "stac_version": "1.0.0",
+            "description": "Replay of recorded STAC API pages",
+            "conformsTo": CONFORMANCE,
+            "links": [
+                {"rel": "self", "href": f"{self.url}/", "type": "application/json"},
+                {"rel": "root", "href": f"{self.url}/", "type": "application/json"},
+                {"rel": "conformance", "href": f"{self.url}/conformance"},
+                {
+                    "rel": "search",
+                    "href": f"{self.url}/search",
+                    "type": "application/geo+json",
+                    "method": "GET",
+                },
+                {
+                    "rel": "search",
+                    "href": f"{self.url}/search",
+                    "type": "application/geo+json",
+                    "method": "POST",
+                },
+            ],
+        }
+
+    def page(self, start: int, next_link: dict[str, Any] | None) -> dict[str, Any]:
+        chunk = self.features[start : start + self.page_size]
+        links = [{"rel": "root", "href": f"{self.url}/"}]
+        if start + self.page_size < len(self.features) and next_link is not None:
+            links.append(next_link)
+        return {
+            "type": "FeatureCollection",
+            "stac_version": "1.0.0",
+            "numberMatched": len(self.features),
+            "numberReturned": len(chunk),
+            "features": chunk,
+            "links": links,
+        }
+
+
+def _handler(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+            pass
+
+        def do_GET(self) -> None:
+            self._serve("GET")
+
+        def do_POST(self) -> None:
+            self._serve("POST")
+
+        def _serve(self, method: str) -> None:
+            parts = urlsplit(self.path)
+            query = parse_qs(parts.query)
+            body = None
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                body = json.loads(self.rfile.read(length))
+            outcome = server._fault()
+            server.requests.append(
+                Recorded(method, parts.path, query, body, dict(self.headers.items()), outcome)
+            )
+            try:
+                if outcome == "timeout":
+                    time.sleep(server.hang_s)  # the client has given up by now
+                    self._send(200, server.landing())
+                elif outcome == "503":
+                    self._send(
+                        503,
+                        {
+                            "code": "ServiceUnavailable",
+                            "description": "Oops! Something has gone wrong",
+                        },
+                    )
+                elif parts.path in ("/", ""):
+                    self._send(200, server.landing())
+                elif parts.path == "/conformance":
+                    self._send(200, {"conformsTo": CONFORMANCE})
+                elif parts.path == "/search" and method == "GET":
+                    page = int(query.get("page", ["1"])[0])
+                    following = {k: v[0] for k, v in query.items()} | {"page": str(page + 1)}
+                    link = {
+                        "rel": "next",
+                        "method": "GET",
+                        "href": f"{server.url}/search?{urlencode(following)}",
+                    }
+                    self._send(
+                        200,
+                        server.page((page - 1) * server.page_size, link),
+                        "application/geo+json",
+                    )
+                elif parts.path == "/search" and method == "POST":
+                    start = int((body or {}).get("startIndex", 0))
+                    link = {
+                        "rel": "next",
+                        "method": "POST",
+                        "merge": True,
+                        "body": {"startIndex": start + server.page_size, "limit": server.page_size},
+                        "href": f"{server.url}/search",
+                    }
+                    self._send(200, server.page(start, link), "application/geo+json")
+                else:
+                    self._send(404, {"code": "NotFound", "description": f"no route {parts.path}"})
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client timed out and closed the socket
+
+        def _send(self, status: int, doc: dict[str, Any], kind: str = "application/json") -> None:
+            data = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
