@@ -210,3 +210,70 @@ def _handler(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
     return Handler
+
+
+@dataclass
+class TokenServer:
+    """A loopback stand-in for the Planetary Computer SAS token endpoint.
+
+    ``GET /api/sas/v1/token/<account>/<container>`` answers ``{"token", "msft:expiry"}`` with a
+    fresh token per request (``SAS-TOKEN-<n>-<account>-<container>`` inside a SAS query string)
+    valid for ``lifetime_s``. ``fail`` answers 503 instead.
+    """
+
+    lifetime_s: float = 2700.0
+    fail: bool = False
+    requests: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _token_handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def token_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/api/sas/v1/token"
+
+    def __enter__(self) -> TokenServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+def _token_handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            server.requests.append(self.path)
+            *_, account, container = self.path.rstrip("/").split("/")
+            if server.fail:
+                status, doc = 503, {"detail": "unavailable"}
+            else:
+                import datetime as dt
+
+                expiry = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=server.lifetime_s)
+                n = len(server.requests)
+                token = f"st=2024-01-01&se=2030-01-01&sp=rl&sv=2021-06-08&sr=c&sig=SAS-TOKEN-{n}-{account}-{container}"
+                status, doc = (
+                    200,
+                    {"msft:expiry": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"), "token": token},
+                )
+            data = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
