@@ -121,8 +121,9 @@ class EnmapBands:
     ) -> EnmapBands:
         """Band metadata from a STAC ``eo:bands`` list (DLR's ``image`` asset).
 
-        DLR lists bands by detector: VNIR first, then SWIR, so wavelengths fall back once
-        where the SWIR list starts. That drop is how the detector is recovered; a sorted list
+        Some products list bands by detector: VNIR first, then SWIR (the real v01.03.02
+        Potsdam L2A tiles do), so wavelengths fall back once where the SWIR list starts. That
+        drop is how the detector is recovered; a sorted list (the real v01.04.02 DLR STAC item)
         carries no detector information and gets ``detector=None``.
         """
         if not eo_bands:

@@ -16,7 +16,9 @@ its corners are multiples of 30 m) and covers the EnMAP extent plus ``hls_margin
 pixel values are area averages of the same surface, so the two sensors agree within noise.
 
 Band order: by default the EnMAP image lists the table's bands *by detector* (VNIR 1-91, then
-SWIR), as the real Potsdam tiles and the real DLR item do; pass ``bands=`` to choose.
+SWIR), as the real v01.03.02 Potsdam L2A tiles do (the real v01.04.02 DLR STAC item lists them
+sorted by wavelength instead); pass ``bands=`` (e.g. ``EnmapBands.from_eo_bands(...)``) to
+write any band set, order, centres and FWHMs.
 
 In memory: ``make_surface(spec)`` -> :class:`Surface`; ``enmap_reflectance(surface, t)`` and
 ``hls_reflectance(surface, t, product)`` render DN arrays. On disk: :func:`write_region` in

@@ -52,7 +52,7 @@ def footprint_lonlat(
     edge += [(c, h) for c in range(w, 0, -max(1, w // 8))] + [
         (0, r) for r in range(h, 0, -max(1, h // 8))
     ]
-    xy = [transform * (c, r) for c, r in edge]
+    xy = [transform @ (c, r) for c, r in edge]
     to_ll = Transformer.from_crs(crs_epsg, 4326, always_xy=True)
     ring = [tuple(round(v, 7) for v in to_ll.transform(x, y)) for x, y in xy]
     return [*ring, ring[0]]  # type: ignore[list-item]
