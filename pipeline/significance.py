@@ -139,8 +139,14 @@ class SignificanceConfig:
         return lcm(self.patch_size, 2**self.wavelet.levels)
 
     def to_attrs(self) -> str:
-        """The config as a JSON string (stable key order) for cube attrs and idempotency."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """The config as a JSON string (stable key order) for cube attrs and idempotency.
+
+        ``chunk_px`` is left out: results do not depend on it (tested), so changing it must
+        not make a rerun recompute.
+        """
+        params = asdict(self)
+        params.pop("chunk_px")
+        return json.dumps(params, sort_keys=True)
 
 
 def _as_dask(image: xr.DataArray) -> da.Array:
