@@ -9,12 +9,67 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from hyperkd.pipeline.labels import LabelLayer
+from hyperkd.pipeline.labels import Grid, LabelLayer
 from hyperkd.pipeline.tile_stats import BandMoments
 
 STUDENT_NODATA = -32768
 TEACHER_NODATA = -9999
 Progress = Callable[[int, int], None]
+
+
+# -- scenes -------------------------------------------------------------------------------
+
+
+def scene_grid(scene: xr.Dataset) -> Grid:
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+    crs = scene.rio.crs
+    if crs is None:
+        raise ValueError("scene has no CRS (expected a spatial_ref grid mapping)")
+    t = tuple(float(v) for v in tuple(scene.rio.transform(recalc=False))[:6])
+    return Grid(crs.to_wkt(), t, int(scene.sizes["y"]), int(scene.sizes["x"]))  # type: ignore[arg-type]
+
+
+def scene_key(scene: xr.Dataset, i: int) -> tuple[str, np.datetime64]:
+    sid = (
+        np.asarray(scene.coords["scene_id"].values).item()
+        if "scene_id" in scene.coords
+        else scene.attrs.get("scene_id", f"scene{i}")
+    )
+    t = scene.coords["time"].values if "time" in scene.coords else np.datetime64("NaT")
+    return str(sid), np.datetime64(t, "ns")
+
+
+def check_scene(scene: xr.Dataset, cfg: Any, name: str) -> None:
+    need = ["reflectance", "valid", "teacher_bands", "significance_gabor", "significance_wavelet"]
+    missing = [v for v in need if v not in scene]
+    if missing:
+        raise ValueError(f"scene {name}: missing {', '.join(missing)} (run preprocess first)")
+    if scene["reflectance"].dtype != np.int16:
+        raise ValueError(
+            f"scene {name}: reflectance must be raw int16, got {scene['reflectance'].dtype}"
+        )
+    h, w = scene.sizes["y"], scene.sizes["x"]
+    floor = (h // cfg.patch_size, w // cfg.patch_size)
+    ceil = (-(-h // cfg.patch_size), -(-w // cfg.patch_size))
+    for var in ("significance_gabor", "significance_wavelet"):
+        shape = tuple(scene[var].shape[-2:])
+        if shape not in (floor, ceil):
+            raise ValueError(
+                f"scene {name}: {var} is {shape}, expected {ceil} for patch size {cfg.patch_size}"
+            )
+
+
+def band_selection(scene: xr.Dataset) -> np.ndarray:
+    if "valid_band" in scene.coords or "valid_band" in scene:
+        return np.flatnonzero(np.asarray(scene["valid_band"].values, dtype=bool))
+    return np.arange(scene.sizes["band"])
+
+
+def band_coord(scene: xr.Dataset, name: str, bands: np.ndarray) -> list[float]:
+    if name not in scene.coords and name not in scene:
+        return []
+    return [float(v) for v in np.asarray(scene[name].values, dtype=np.float64)[bands]]
 
 
 def create_arrays(

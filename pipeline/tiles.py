@@ -28,7 +28,7 @@ import xarray as xr
 import zarr
 
 from hyperkd.pipeline.cube_store import CubeStore
-from hyperkd.pipeline.labels import Grid, load_label
+from hyperkd.pipeline.labels import load_label
 from hyperkd.pipeline.redaction import clean_href
 from hyperkd.pipeline.sensors import hls_sensor, prithvi_preset
 from hyperkd.pipeline.tile_index import (
@@ -43,12 +43,17 @@ from hyperkd.pipeline.tile_write import (
     STUDENT_NODATA,
     TEACHER_NODATA,
     Progress,
+    band_coord,
+    band_selection,
+    check_scene,
     create_arrays,
+    scene_grid,
+    scene_key,
     write_index,
     write_tiles,
 )
 
-__all__ = ["TileConfig", "TileSummary", "verify_tiles", "write_tile_store"]
+__all__ = ["TileConfig", "TileSummary", "build_tiles", "verify_tiles", "write_tile_store"]
 
 _log = logging.getLogger(__name__)
 
@@ -116,60 +121,6 @@ class TileSummary:
     """True when an identical store already existed and nothing was written."""
     params_hash: str = ""
     seconds: float = 0.0
-
-
-# -- scenes -------------------------------------------------------------------------------
-
-
-def _scene_grid(scene: xr.Dataset) -> Grid:
-    import rioxarray  # noqa: F401  (registers the .rio accessor)
-
-    crs = scene.rio.crs
-    if crs is None:
-        raise ValueError("scene has no CRS (expected a spatial_ref grid mapping)")
-    t = tuple(float(v) for v in tuple(scene.rio.transform(recalc=False))[:6])
-    return Grid(crs.to_wkt(), t, int(scene.sizes["y"]), int(scene.sizes["x"]))  # type: ignore[arg-type]
-
-
-def _scene_key(scene: xr.Dataset, i: int) -> tuple[str, np.datetime64]:
-    sid = (
-        scene.coords["scene_id"].item()
-        if "scene_id" in scene.coords
-        else scene.attrs.get("scene_id", f"scene{i}")
-    )
-    t = scene.coords["time"].values if "time" in scene.coords else np.datetime64("NaT")
-    return str(sid), np.datetime64(t, "ns")
-
-
-def _check_scene(scene: xr.Dataset, cfg: TileConfig, name: str) -> None:
-    need = ["reflectance", "valid", "teacher_bands", "significance_gabor", "significance_wavelet"]
-    missing = [v for v in need if v not in scene]
-    if missing:
-        raise ValueError(f"scene {name}: missing {', '.join(missing)} (run preprocess first)")
-    if scene["reflectance"].dtype != np.int16:
-        raise ValueError(
-            f"scene {name}: reflectance must be raw int16, got {scene['reflectance'].dtype}"
-        )
-    h, w = scene.sizes["y"], scene.sizes["x"]
-    for var in ("significance_gabor", "significance_wavelet"):
-        shape = scene[var].shape[-2:]
-        if shape != (h // cfg.patch_size, w // cfg.patch_size):
-            raise ValueError(
-                f"scene {name}: {var} is {shape}, expected {(h // cfg.patch_size, w // cfg.patch_size)} "
-                f"for patch size {cfg.patch_size}"
-            )
-
-
-def _band_selection(scene: xr.Dataset) -> np.ndarray:
-    if "valid_band" in scene.coords or "valid_band" in scene:
-        return np.flatnonzero(np.asarray(scene["valid_band"].values, dtype=bool))
-    return np.arange(scene.sizes["band"])
-
-
-def _band_coord(scene: xr.Dataset, name: str, bands: np.ndarray) -> list[float]:
-    if name not in scene.coords and name not in scene:
-        return []
-    return [float(v) for v in np.asarray(scene[name].values, dtype=np.float64)[bands]]
 
 
 # -- the index ----------------------------------------------------------------------------
@@ -275,11 +226,11 @@ def write_tile_store(
     labels = dict(labels or {})
     if not scenes:
         raise ValueError("no scenes to tile")
-    keys = [_scene_key(s, i) for i, s in enumerate(scenes)]
+    keys = [scene_key(s, i) for i, s in enumerate(scenes)]
     for s, (sid, _) in zip(scenes, keys, strict=True):
-        _check_scene(s, cfg, sid)
-    grid = _scene_grid(scenes[0])
-    if any(_scene_grid(s) != grid for s in scenes[1:]):
+        check_scene(s, cfg, sid)
+    grid = scene_grid(scenes[0])
+    if any(scene_grid(s) != grid for s in scenes[1:]):
         raise ValueError("scenes do not share one grid (CRS, transform and shape must match)")
     token = source_token if source_token is not None else dask.base.tokenize(*scenes)
     params = _params_hash(cfg, token, labels)
@@ -303,7 +254,7 @@ def write_tile_store(
         raise ValueError(
             "no train tiles: the student statistics need at least one (more scene or smaller blocks)"
         )
-    bands = _band_selection(scenes[0])
+    bands = band_selection(scenes[0])
 
     target = _local_path(out_url) if _is_local(out_url) else None
     write_url = f"{target}.partial-{uuid.uuid4().hex[:8]}" if target is not None else out_url
@@ -330,8 +281,8 @@ def write_tile_store(
             "min_valid": cfg.min_valid,
             "split_block_px": cfg.block_px,
             "split_fractions": list(cfg.split_fractions),
-            "band_wavelength": _band_coord(scenes[0], "wavelength", bands),
-            "band_fwhm": _band_coord(scenes[0], "fwhm", bands),
+            "band_wavelength": band_coord(scenes[0], "wavelength", bands),
+            "band_fwhm": band_coord(scenes[0], "fwhm", bands),
             "student_mean": moments.mean.tolist(),
             "student_std": moments.std().tolist(),
             "student_nodata": STUDENT_NODATA,
@@ -369,3 +320,77 @@ def _commit_local(partial: Path, target: Path) -> None:
     partial.rename(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _needs_preprocess(enmap: xr.Dataset, patch_size: int) -> bool:
+    """True when a scene lacks teacher bands or significance maps for ``patch_size``."""
+    from hyperkd.pipeline.preprocess import SCENES_ATTR
+
+    names = ("teacher_bands", "significance_gabor", "significance_wavelet")
+    if any(v not in enmap for v in names):
+        return True
+    scenes = {str(s) for s in np.atleast_1d(enmap["scene_id"].values)}
+    if any(not scenes <= set(enmap[v].attrs.get(SCENES_ATTR, [])) for v in names):
+        return True
+    return int(enmap["significance_gabor"].attrs.get("patch_size", patch_size)) != patch_size
+
+
+def build_tiles(
+    cube_url: str,
+    out_url: str,
+    cfg: TileConfig = TileConfig(),
+    *,
+    labels: Mapping[str, str] | None = None,
+    dask_address: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> TileSummary:
+    """Tile every EnMAP scene of the cube at ``cube_url`` into a store at ``out_url``.
+
+    When a scene lacks ``teacher_bands`` or significance maps (for ``cfg.patch_size``), the
+    default preprocess runs first, on the same dask scheduler. ``dask_address``: a running
+    scheduler (``tcp://...``), ``"local"`` for a LocalCluster, or ``None`` for dask's
+    threads. ``storage_options`` serve both the cube and the output URL.
+    """
+    from dataclasses import replace
+
+    from hyperkd.pipeline.preprocess import (
+        PreprocessConfig,
+        dask_scheduler,
+        open_enmap,
+        preprocess_cube,
+    )
+    from hyperkd.pipeline.significance import SignificanceConfig
+
+    sig = replace(SignificanceConfig(), patch_size=cfg.patch_size)
+    local = dask_address == "local"
+    pcfg = PreprocessConfig(
+        significance=sig,
+        scheduler="local" if local else "threads",
+        dask_address=None if local else dask_address,
+    )
+    enmap = open_enmap(cube_url, storage_options)
+    if enmap.sizes.get("time", 0) == 0:
+        raise ValueError(f"cube {clean_href(cube_url)} holds no EnMAP scene to tile")
+    if _needs_preprocess(enmap, cfg.patch_size):
+        _log.info("cube lacks teacher bands or significance maps; running preprocess first")
+        preprocess_cube(cube_url, pcfg, storage_options=storage_options)
+        enmap = open_enmap(cube_url, storage_options)
+    # The cube's root document (consolidated metadata, scene records, preprocess parameters)
+    # identifies the inputs: a new scene or a re-run preprocess changes it.
+    root_doc = CubeStore(cube_url, storage_options).read_bytes("zarr.json") or b""
+    token = hashlib.sha256(root_doc).hexdigest()
+    small = [c for c in ("scene_id", "valid_band", "wavelength", "fwhm") if c in enmap.coords]
+    enmap = enmap.assign_coords({c: enmap[c].load() for c in small})
+    scenes = [enmap.isel(time=t) for t in range(enmap.sizes["time"])]
+    with dask_scheduler(pcfg):
+        return write_tile_store(
+            scenes,
+            out_url,
+            cfg,
+            labels=labels,
+            storage_options=storage_options,
+            source_token=token,
+            source_cubes=[cube_url],
+            progress=progress,
+        )

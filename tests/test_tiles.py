@@ -247,3 +247,45 @@ def test_bad_input_fails_with_one_clear_line(tmp_path: Path) -> None:
             TileConfig(tile_size=32, patch_size=8, min_valid=1.01),
         )
     assert not any(tmp_path.iterdir())
+
+
+def test_demo_cube_to_tile_store_via_the_cli(tmp_path: Path) -> None:
+    """Scene factory -> cube -> ``hyperkd tiles`` (preprocess runs on the way) -> verify_tiles."""
+    from tile_helpers import factory_cube
+
+    from hyperkd.cli import main
+    from hyperkd.pipeline.preprocess import open_enmap
+    from hyperkd.pipeline.synthetic import RegionSpec, write_region
+
+    spec = RegionSpec(size_px=128, n_scenes=2, seed=11, cloud_cover=0.2)
+    truth = write_region(tmp_path / "region", spec).truth
+    cube, out = str(tmp_path / "cube.zarr"), str(tmp_path / "tiles.zarr")
+    factory_cube(cube, spec)
+    argv = ["tiles", "--cube", cube, "--out", out, "--tile-size", "32", "--split-block", "32"]
+    argv += [
+        "--min-valid",
+        "0.3",
+        "--labels",
+        f"landcover={truth['landcover']}",
+        "--labels",
+        f"soc={truth['soc']}",
+    ]
+    assert main(argv) == 0
+    assert verify_tiles(out) == []
+    enmap = open_enmap(cube)
+    assert "teacher_bands" in enmap and "significance_gabor" in enmap  # preprocess ran first
+    root = zarr.open_group(out, mode="r")
+    assert root["student"].shape[1:] == (218, 32, 32)
+    with rasterio.open(truth["landcover"]) as src:
+        landcover = src.read(1)
+    t = int(np.argmax(np.array(root["index/split"][:].tolist()) == "train"))
+    y, x = int(root["index/y0"][t]), int(root["index/x0"][t])
+    np.testing.assert_array_equal(root["label_landcover"][t], landcover[y : y + 32, x : x + 32])
+    scene = str(root["index/scene"][t])
+    time_index = [str(s) for s in enmap.scene_id.values].index(scene)
+    np.testing.assert_array_equal(
+        root["teacher"][t], enmap.teacher_bands[time_index, :, y : y + 32, x : x + 32].values
+    )
+    stamp = (Path(out) / "zarr.json").stat().st_mtime_ns
+    assert main(argv) == 0  # second run: a no-op
+    assert (Path(out) / "zarr.json").stat().st_mtime_ns == stamp

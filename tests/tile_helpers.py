@@ -69,3 +69,29 @@ def make_scene(
         },
     )
     return ds.rio.write_crs(CRS)
+
+
+def factory_cube(url: str, spec: object, n_scenes: int = 2) -> None:
+    """A cube from the scene factory, written with the cube writer (clouds masked in valid).
+
+    Stands in for ``hyperkd ingest`` of the factory's products until that path exists.
+    """
+    from hyperkd.pipeline.cube import CubeLayout, CubeWriter, Grid, SceneWrite
+    from hyperkd.pipeline.sensors import enmap_table
+    from hyperkd.pipeline.synthetic import cloud_fields, enmap_reflectance, is_cloudy, make_surface
+
+    surface = make_surface(spec)
+    bands = enmap_table().bands
+    n = spec.size_px
+    grid = Grid(f"EPSG:{spec.crs_epsg}", tuple(spec.enmap_transform)[:6], (n, n))
+    with CubeWriter(url) as writer:
+        writer.create(CubeLayout(grid, bands, 32, region="tiles-test"))
+        for t in range(n_scenes):
+            dn = enmap_reflectance(surface, t, bands)
+            opacity, _, shadow = cloud_fields(
+                spec.seed, spec.cloud_cover, (n, n), (1, t), is_cloudy("enmap", t)
+            )
+            valid = (
+                (dn[bands.valid] != bands.nodata).all(axis=0) & (opacity <= 0.08) & (shadow <= 0.2)
+            )
+            writer.append(SceneWrite("enmap", f"scene-{t}", spec.enmap_dates[t], dn, valid))

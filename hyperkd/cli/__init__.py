@@ -18,6 +18,8 @@ from hyperkd import __version__
 COMMAND_MODULES = (
     "hyperkd.cli.data",
     "hyperkd.cli.stac",
+    "hyperkd.cli.tiles",
+    "hyperkd.cli.ingest",
 )
 
 

@@ -1,0 +1,149 @@
+"""``hyperkd tiles``: cut a cube into the training-ready tile store (docs/tiles.md).
+
+Runs preprocess first when the cube lacks teacher bands or significance maps. Credentials for
+object stores come from the environment (``AWS_*``), never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TilesCommand:
+    """One ``hyperkd tiles`` invocation."""
+
+    cube: str
+    out: str
+    tile_size: int = 128
+    patch_size: int = 16
+    stride: int | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    min_valid: float = 0.5
+    split_block_px: int | None = None
+    shard: int | None = None
+    seed: int = 0
+    dask_address: str | None = None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tiles",
+        help="cut a cube into the training-ready Zarr tile store",
+        description="Cut every EnMAP scene of a cube into tiles (student bands, teacher bands, "
+        "significance maps, valid mask, labels), split train/val/test by spatial blocks with "
+        "no touching tiles across splits, and write a streamable Zarr v3 store.",
+    )
+    parser.add_argument("--cube", required=True, metavar="URL", help="cube (path or fsspec URL)")
+    parser.add_argument("--out", required=True, metavar="URL", help="tile store to write")
+    parser.add_argument(
+        "--tile-size", type=int, default=128, metavar="PX", help="tile edge (default 128)"
+    )
+    parser.add_argument(
+        "--patch-size", type=int, default=16, metavar="PX", help="ViT patch edge (default 16)"
+    )
+    parser.add_argument(
+        "--stride", type=int, default=None, metavar="PX", help="tile step (default: tile size)"
+    )
+    parser.add_argument(
+        "--labels",
+        action="append",
+        default=[],
+        metavar="NAME=RASTER",
+        help="a label raster in any CRS, resampled nearest-neighbour onto the cube (repeatable)",
+    )
+    parser.add_argument(
+        "--min-valid",
+        type=float,
+        default=0.5,
+        metavar="F",
+        help="drop tiles below this valid fraction (default 0.5)",
+    )
+    parser.add_argument(
+        "--split-block",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="spatial split block edge (default 4 tiles)",
+    )
+    parser.add_argument(
+        "--shard",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tiles per Zarr shard (default: unsharded)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the block-to-split deal (default 0)",
+    )
+    parser.add_argument(
+        "--dask-address",
+        default=None,
+        metavar="ADDR",
+        help="dask scheduler tcp://host:port, or 'local' for a LocalCluster",
+    )
+    parser.set_defaults(handler=run_tiles)
+
+
+def run_tiles(args: argparse.Namespace) -> int:
+    from hyperkd.pipeline.labels import parse_label_arg
+
+    command = TilesCommand(
+        cube=args.cube,
+        out=args.out,
+        tile_size=args.tile_size,
+        patch_size=args.patch_size,
+        stride=args.stride,
+        labels=tuple(parse_label_arg(text) for text in args.labels),
+        min_valid=args.min_valid,
+        split_block_px=args.split_block,
+        shard=args.shard,
+        seed=args.seed,
+        dask_address=args.dask_address,
+    )
+    names = [name for name, _ in command.labels]
+    if len(set(names)) != len(names):
+        raise ValueError(f"label names repeat: {names}")
+
+    from tqdm import tqdm
+
+    from hyperkd.pipeline.redaction import clean_href
+    from hyperkd.pipeline.tiles import TileConfig, build_tiles
+
+    cfg = TileConfig(
+        tile_size=command.tile_size,
+        patch_size=command.patch_size,
+        stride=command.stride,
+        min_valid=command.min_valid,
+        split_block_px=command.split_block_px,
+        seed=command.seed,
+        shard=command.shard,
+    )
+    with tqdm(total=None, unit="tile", desc="tiles", leave=False) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        summary = build_tiles(
+            command.cube,
+            command.out,
+            cfg,
+            labels=dict(command.labels),
+            dask_address=command.dask_address,
+            progress=progress,
+        )
+    splits = ", ".join(f"{k} {v}" for k, v in summary.splits.items())
+    dropped = ", ".join(f"{k} {v}" for k, v in summary.dropped.items())
+    state = (
+        "up to date, nothing written" if summary.skipped else f"written in {summary.seconds:.1f} s"
+    )
+    print(
+        f"tile store {clean_href(summary.out_url)}: {summary.n_tiles} tiles ({splits}); dropped: {dropped}; {state}"
+    )
+    return 0
