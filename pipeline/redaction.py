@@ -127,10 +127,15 @@ class RedactingFilter(logging.Filter):
 _FILTERED_LOGGERS = (
     "hyperkd.pipeline.search",
     "hyperkd.pipeline.credentials",
+    "hyperkd.pipeline.ingest",
+    "hyperkd.pipeline.loading",
     # Third-party loggers that print URLs and request headers (pystac-client logs headers at DEBUG).
     "pystac_client.stac_api_io",
     "urllib3.connectionpool",
     "urllib3.util.retry",
+    # GDAL messages (rasterio's CPL error handler) quote the URL that failed, signature included.
+    "rasterio._env",
+    "rasterio._err",
 )
 
 

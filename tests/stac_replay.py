@@ -7,8 +7,9 @@
   ``next`` is a POST link with ``{"startIndex", "limit"}`` and ``merge: true``), slicing the
   recorded features into pages of ``page_size``. Like a recording, it ignores the filters.
 
-``share_503`` / ``share_timeout`` fail that share of requests (seeded, so runs repeat): a 503,
-or a hang of ``hang_s`` seconds (longer than the client's timeout) before answering. Every
+``share_503`` / ``share_timeout`` / ``share_429`` fail that share of requests (seeded, so runs
+repeat): a 503, a hang of ``hang_s`` seconds (longer than the client's timeout) before
+answering, or a 429 with a long ``Retry-After``. Every
 request is recorded in ``requests`` for assertions.
 """
 
@@ -49,6 +50,9 @@ class ReplayServer:
     page_size: int = 4
     share_503: float = 0.0
     share_timeout: float = 0.0
+    share_429: float = 0.0
+    """Answer 429 Too Many Requests with ``Retry-After: retry_after_s`` (a rate limit)."""
+    retry_after_s: int = 120
     hang_s: float = 0.6
     seed: int = 0
     requests: list[Recorded] = field(default_factory=list)
@@ -90,6 +94,8 @@ class ReplayServer:
             return "503"
         if draw < self.share_503 + self.share_timeout:
             return "timeout"
+        if draw < self.share_503 + self.share_timeout + self.share_429:
+            return "429"
         return "ok"
 
     def landing(self) -> dict[str, Any]:
@@ -161,6 +167,8 @@ def _handler(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
                 if outcome == "timeout":
                     time.sleep(server.hang_s)  # the client has given up by now
                     self._send(200, server.landing())
+                elif outcome == "429":
+                    self._send(429, {"code": "TooManyRequests"}, retry_after=server.retry_after_s)
                 elif outcome == "503":
                     self._send(
                         503,
@@ -201,9 +209,17 @@ def _handler(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client timed out and closed the socket
 
-        def _send(self, status: int, doc: dict[str, Any], kind: str = "application/json") -> None:
+        def _send(
+            self,
+            status: int,
+            doc: dict[str, Any],
+            kind: str = "application/json",
+            retry_after: int | None = None,
+        ) -> None:
             data = json.dumps(doc).encode()
             self.send_response(status)
+            if retry_after is not None:
+                self.send_header("Retry-After", str(retry_after))
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

@@ -240,6 +240,16 @@ def test_api_search_survives_503s_and_timeouts_and_logs_retries(
     assert f"POST {flaky.url}/search" in messages
 
 
+def test_rate_limit_retry_after_is_honoured_but_capped(sample_data: Path) -> None:
+    with ReplayServer(
+        _features(sample_data, DLR_PAGE), share_429=0.5, retry_after_s=120, seed=1
+    ) as server:
+        started = time.monotonic()
+        result = search(_query("2025-07-08", "2025-07-08"), sources=[_api("enmap-dlr", server.url)])
+    assert len(result.enmap) == 9 and server.outcomes["429"] >= 2
+    assert time.monotonic() - started < 10  # Retry-After: 120 is capped at backoff_max_s (0.05 s)
+
+
 def test_persistent_503_gives_one_line_after_the_last_try(
     sample_data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

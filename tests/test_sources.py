@@ -173,3 +173,53 @@ def test_cmr_item_has_no_projection_so_read_it_from_the_file(stac_dir: Path) -> 
     assert asset_grid(first, "B04") is None
     with pytest.raises(ValueError, match="no asset 'B8A'"):
         asset_grid(first, "B8A")  # L30 has no B8A: the S30 key is not valid here
+
+
+# --- the scene factory's static catalog --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def factory_region(tmp_path_factory: pytest.TempPathFactory):
+    from hyperkd.pipeline.synthetic import RegionSpec
+    from hyperkd.pipeline.synthetic_products import write_region
+
+    return write_region(
+        tmp_path_factory.mktemp("factory") / "demo", RegionSpec(size_px=16, n_scenes=2)
+    )
+
+
+def test_factory_catalog_is_searched_and_paired_over_the_demo_region(factory_region) -> None:
+    import datetime as dt
+
+    from hyperkd.pipeline.regions import parse_region
+    from hyperkd.pipeline.search import SearchQuery, search
+    from hyperkd.pipeline.stac_items import scene_datetime
+
+    catalog = str(factory_region.catalog)
+    query = SearchQuery(
+        (catalog,), parse_region("demo"), dt.date(2024, 1, 1), dt.date(2024, 12, 31)
+    )
+    result = search(query)
+    assert len(result.enmap) == 2 and len(result.hls) == 4
+    assert {sensor_of(i) for i in result.hls} == {"hls-l30", "hls-s30"}
+    for pair, scene in zip(result.pairs, result.enmap, strict=True):
+        when = scene_datetime(scene)
+        near = [h for h in result.hls if abs(scene_datetime(h) - when) <= dt.timedelta(days=10)]
+        expected = sorted(near, key=lambda h: (cloud_cover(h), abs(scene_datetime(h) - when)))
+        assert pair.enmap_id == scene.id
+        assert pair.hls_ids == tuple(h.id for h in expected) and len(expected) == 2
+    elsewhere = SearchQuery(
+        (catalog,), parse_region("kansas"), dt.date(2024, 1, 1), dt.date(2024, 12, 31)
+    )
+    assert len(search(elsewhere)) == 0
+
+
+def test_factory_items_parse_like_the_real_dlr_item(factory_region) -> None:
+    item = pystac.Item.from_file(str(factory_region.enmap_items[0]))
+    grid = asset_grid(item, "image")
+    assert grid is not None and grid.epsg == factory_region.crs_epsg
+    assert grid.transform == factory_region.enmap_transform
+    assert grid.shape == factory_region.enmap_shape
+    bands = enmap_bands_of(item)
+    assert len(bands) == factory_region.n_bands == 224
+    assert {b.detector for b in bands.bands} == {"VNIR", "SWIR"}  # listed by detector
