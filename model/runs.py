@@ -1,0 +1,300 @@
+"""Runs from configs: student distillation, teacher pretraining and evaluation on a tile store.
+
+Each run directory ends with ``model.safetensors`` + ``config.json``; ``config.json`` says what
+the weights are (``kind``: ``student`` or ``teacher``), their architecture, and the tile store
+statistics they were trained with, so ``--teacher``/``--checkpoint`` accept a run directory.
+A teacher run saves the official flat Prithvi layout, so it loads exactly like Prithvi weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from hyperkd.model.checkpoint import atomic_write_text, read_run
+from hyperkd.model.config import DistillConfig, EvaluateConfig, TeacherPretrainConfig
+from hyperkd.model.mae import MAEConfig, StudentMAE, student_config
+from hyperkd.model.masking import Masking
+from hyperkd.model.metrics import MetricMeter, reconstruction_metrics
+from hyperkd.model.prithvi import (
+    PrithviConfig,
+    PrithviMAE,
+    Teacher,
+    load_prithvi_state_dict,
+    teacher_config,
+)
+from hyperkd.model.tasks import DistillationTask, TeacherPretrainTask, mask_image
+from hyperkd.model.trainer import DistEnv, LoaderFactory, fit, seed_everything, setup_distributed
+from hyperkd.pipeline.sensors import prithvi_preset
+
+_logger = logging.getLogger(__name__)
+
+_INFO_FIELDS = (
+    "n_bands", "tile_size", "patch_size", "student_mean", "student_std", "band_wavelength",
+    "teacher_bands", "teacher_mean", "teacher_std",
+)  # fmt: skip
+
+
+def tile_store_summary(info: Any) -> dict[str, Any]:
+    """The tile store facts a model depends on (``TileStoreInfo`` fields), JSON-able."""
+    out = {}
+    for name in _INFO_FIELDS:
+        value = getattr(info, name, None)
+        out[name] = (
+            list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+        )
+    return json.loads(json.dumps(out, default=float))
+
+
+def open_tiles(url: str, split: str, storage_options: dict[str, Any] | None) -> Any:
+    """The tile store split as a torch Dataset (:class:`hyperkd.model.data.TileDataset`)."""
+    from hyperkd.model.data import TileDataset
+
+    return TileDataset(url, split=split, storage_options=storage_options)
+
+
+def _check_norm(
+    name: str, expected: Sequence[float] | None, actual: Sequence[float] | None
+) -> None:
+    if expected is None or actual is None:
+        return
+    e, a = (
+        torch.tensor(list(expected), dtype=torch.float64),
+        torch.tensor(list(actual), dtype=torch.float64),
+    )
+    if e.shape != a.shape or not torch.allclose(e, a, rtol=1e-3):
+        raise ValueError(
+            f"the tile store normalises teacher bands with {name} {[round(v, 1) for v in a.tolist()]}, "
+            f"but the teacher was trained with {[round(v, 1) for v in e.tolist()]}"
+        )
+
+
+def load_teacher(
+    spec: str,
+    *,
+    img_size: int,
+    preset: str = "prithvi-eo-1.0-100m",
+    teacher_mean: Sequence[float] | None = None,
+    teacher_std: Sequence[float] | None = None,
+) -> Teacher:
+    """A frozen teacher from a ``train-teacher`` run directory or an official Prithvi file.
+
+    Official ``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)`` (no
+    arbitrary unpickling), ``.safetensors`` with safetensors; their architecture is ``preset``.
+    The teacher is rebuilt for ``img_size`` tiles (positional tables adapted), and its input
+    normalisation must match the tile store's teacher statistics.
+    """
+    path = Path(spec)
+    if path.is_dir():
+        run, state = read_run(path)
+        if run.get("kind") != "teacher":
+            raise ValueError(f"{path} holds a {run.get('kind')!r} run, not a teacher")
+        config = dataclasses.replace(PrithviConfig(**run["model"]), img_size=img_size)
+        frames, mean, std = 1, run["tile_store"]["teacher_mean"], run["tile_store"]["teacher_std"]
+    elif path.is_file():
+        if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            for key in ("model", "state_dict"):
+                if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+                    loaded = loaded[key]
+            state = {k: v for k, v in loaded.items() if torch.is_tensor(v)}
+        elif path.suffix == ".safetensors":
+            state = load_file(path)
+        else:
+            raise ValueError(
+                f"teacher {path}: expected a run directory, a .pt or a .safetensors file"
+            )
+        config = teacher_config(preset, img_size=img_size)
+        p = prithvi_preset(preset)
+        frames, mean, std = p.num_frames, list(p.mean), list(p.std)
+    else:
+        raise FileNotFoundError(f"no teacher at {spec}")
+    _check_norm("mean", mean, teacher_mean)
+    _check_norm("std", std, teacher_std)
+    model = PrithviMAE(config)
+    load_prithvi_state_dict(model, state, frames=frames)
+    return Teacher(model)
+
+
+def run_distill(
+    config: DistillConfig,
+    *,
+    dataset: Any = None,
+    env: DistEnv | None = None,
+    loader_factory: LoaderFactory | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """``hyperkd train``: the student MAE on the tile store's train split."""
+    env = env or setup_distributed(config.train.device)
+    dataset = (
+        dataset
+        if dataset is not None
+        else open_tiles(config.tiles, "train", config.storage_options)
+    )
+    info = dataset.info
+    seed_everything(config.train.seed)
+    student = StudentMAE(
+        student_config(
+            config.preset,
+            img_size=info.tile_size,
+            patch_size=info.patch_size,
+            in_chans=info.n_bands,
+        )
+    )
+    teacher = None
+    if config.loss.use_kd:
+        if config.teacher is None:
+            raise ValueError(f"loss {config.loss.terms!r} needs --teacher")
+        teacher = load_teacher(
+            config.teacher,
+            img_size=info.tile_size,
+            preset=config.teacher_preset,
+            teacher_mean=getattr(info, "teacher_mean", None),
+            teacher_std=getattr(info, "teacher_std", None),
+        )
+    task = DistillationTask(student, config.masking, config.loss, teacher)
+    run_config = {
+        "kind": "student",
+        "model": student.config.to_dict(),
+        "run": config.to_dict(),
+        "tile_store": tile_store_summary(info),
+        "teacher": None if teacher is None else teacher.config.to_dict(),
+    }
+    return fit(
+        task,
+        dataset,
+        config.train,
+        run_config=run_config,
+        export=lambda: dict(task.student.state_dict()),
+        env=env,
+        loader_factory=loader_factory,
+        on_step=on_step,
+    )
+
+
+def run_teacher_pretrain(
+    config: TeacherPretrainConfig,
+    *,
+    dataset: Any = None,
+    env: DistEnv | None = None,
+    loader_factory: LoaderFactory | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """``hyperkd train-teacher``: MAE pretraining of a Prithvi architecture on teacher tiles."""
+    env = env or setup_distributed(config.train.device)
+    dataset = (
+        dataset
+        if dataset is not None
+        else open_tiles(config.tiles, "train", config.storage_options)
+    )
+    info = dataset.info
+    seed_everything(config.train.seed)
+    model = PrithviMAE(
+        teacher_config(config.preset, img_size=info.tile_size, patch_size=info.patch_size)
+    )
+    task = TeacherPretrainTask(model, Masking("random", config.mask_ratio))
+    run_config = {
+        "kind": "teacher",
+        "model": model.config.to_dict(),
+        "run": config.to_dict(),
+        "tile_store": tile_store_summary(info),
+    }
+    return fit(
+        task,
+        dataset,
+        config.train,
+        run_config=run_config,
+        export=lambda: dict(model.state_dict()),
+        env=env,
+        loader_factory=loader_factory,
+        on_step=on_step,
+    )
+
+
+def load_student(checkpoint: str) -> tuple[StudentMAE, dict[str, Any]]:
+    """A student run directory -> (model in eval mode, its config.json)."""
+    run, state = read_run(checkpoint)
+    if run.get("kind") != "student":
+        raise ValueError(f"{checkpoint} holds a {run.get('kind')!r} run, not a student")
+    model = StudentMAE(MAEConfig(**run["model"]))
+    model.load_state_dict(state, strict=True)
+    return model.eval(), run
+
+
+@torch.no_grad()
+def evaluate(
+    config: EvaluateConfig,
+    *,
+    dataset: Any = None,
+    batches: Iterable[dict[str, torch.Tensor]] | None = None,
+) -> dict[str, Any]:
+    """Reconstruction metrics of a student run on a split; writes ``OUT/metrics.json``.
+
+    Masks come from ``config.masking`` with a fixed seed, so two runs are scored on the same
+    masks. Metrics are in reflectance units (:mod:`hyperkd.model.metrics`).
+    """
+    model, _ = load_student(config.checkpoint)
+    dataset = (
+        dataset
+        if dataset is not None
+        else open_tiles(config.tiles, config.split, config.storage_options)
+    )
+    info = dataset.info
+    c = model.config
+    if (info.n_bands, info.tile_size, info.patch_size) != (c.in_chans, c.img_size, c.patch_size):
+        raise ValueError(
+            f"tile store has {info.n_bands} bands, {info.tile_size}-px tiles and {info.patch_size}-px "
+            f"patches; the student was trained on {c.in_chans}, {c.img_size} and {c.patch_size}"
+        )
+    if batches is None:
+        from hyperkd.model.data import make_loader
+
+        batches = make_loader(dataset, config.batch_size, shuffle=False, drop_last=False)
+    device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
+    model.to(device)
+    generator = torch.Generator().manual_seed(config.seed)
+    key = config.masking.significance_key
+    meter, n_tiles = MetricMeter(), 0
+    for batch in batches:
+        imgs = batch["student"].to(device)
+        pm = config.masking(
+            imgs.shape[0],
+            model.num_patches,
+            significance=batch[key] if key else None,
+            generator=generator,
+            device=device,
+        )
+        latent, _ = model.forward_encoder(imgs, pm)
+        image = model.unpatchify(model.forward_decoder(latent, pm.ids_restore))
+        valid = batch.get("valid")
+        meter.update(
+            reconstruction_metrics(
+                image,
+                imgs,
+                mask_image(pm.mask, model.grid, c.patch_size),
+                None if valid is None else valid.to(device),
+                info.student_mean,
+                info.student_std,
+            )
+        )
+        n_tiles += imgs.shape[0]
+    if n_tiles == 0:
+        raise ValueError(f"split {config.split!r} of {config.tiles} holds no tiles")
+    result: dict[str, Any] = meter.compute()
+    result |= {
+        "n_tiles": n_tiles,
+        "split": config.split,
+        "masking": dataclasses.asdict(config.masking),
+        "checkpoint": str(config.checkpoint),
+    }
+    atomic_write_text(
+        Path(config.out) / "metrics.json", json.dumps(result, indent=1, sort_keys=True)
+    )
+    return result
