@@ -54,8 +54,17 @@ class SceneOrderError(ValueError):
     """A scene older than the newest committed one: the time axis only grows forward."""
 
 
+_pause_counts: dict[str, int] = {}
+
+
 def _pause_point(stage: str) -> None:
-    if os.environ.get(PAUSE_ENV) == stage:
+    """``HYPERKD_TEST_PAUSE_AT=stage[:k]`` pauses at the (k+1)-th time ``stage`` is reached."""
+    want, _, skip = os.environ.get(PAUSE_ENV, "").partition(":")
+    if want != stage:
+        return
+    seen = _pause_counts.get(stage, 0)
+    _pause_counts[stage] = seen + 1
+    if seen == int(skip or 0):
         marker = os.environ.get("HYPERKD_TEST_PAUSE_FILE")
         if marker:
             with open(marker, "w") as f:
