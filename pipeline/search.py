@@ -17,10 +17,13 @@ from dataclasses import dataclass
 
 import pystac
 from pystac_client import Client
+from pystac_client.errors import ClientTypeError
+from pystac_client.exceptions import APIError
+from pystac_client.warnings import PystacClientWarning
 from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
-from hyperkd.pipeline.redaction import redact, strip_credentials
+from hyperkd.pipeline.redaction import clean_href, redact, strip_credentials
 from hyperkd.pipeline.regions import Region
 from hyperkd.pipeline.sources import Source, resolve_source
 from hyperkd.pipeline.stac_http import RetryingStacApiIO, RetryingStaticIO, StacApiError
@@ -132,6 +135,25 @@ def pair_scenes(
 
 
 def _search_api(source: Source, query: SearchQuery) -> list[pystac.Item]:
+    try:
+        return _search_api_pages(source, query)
+    except StacApiError:
+        raise
+    except (
+        APIError,
+        ClientTypeError,
+        PystacClientWarning,
+        pystac.STACError,
+        ValueError,
+        KeyError,
+    ) as exc:
+        # Not STAC, not ITEM_SEARCH, broken JSON: still one line, still without secrets.
+        detail = " ".join(redact(f"{type(exc).__name__}: {exc}").split())[:200]
+        where = redact(clean_href(source.url))
+        raise StacApiError(f"STAC API {where} gave an unusable answer: {detail}") from None
+
+
+def _search_api_pages(source: Source, query: SearchQuery) -> list[pystac.Item]:
     io = RetryingStacApiIO(source.retry, label="STAC API")
     client = Client.open(source.url, stac_io=io, timeout=source.retry.timeout_s)
     t0, t1 = query.time_range

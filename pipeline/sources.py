@@ -114,11 +114,6 @@ class Source:
     pitfalls: tuple[str, ...] = ()
 
     @property
-    def client_side_cloud_filter(self) -> bool:
-        """Always True: cloud cover is filtered on the results whatever the server does."""
-        return True
-
-    @property
     def sends_cloud_query(self) -> bool:
         return self.cloud_filter == "query"
 

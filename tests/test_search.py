@@ -295,6 +295,11 @@ def test_http_error_that_is_not_retried_is_one_line(sample_data: Path) -> None:
                 sources=[_api("enmap-dlr", f"{server.url}/nope")],
             )
         assert len(server.requests) == 1
+        with pytest.raises(StacApiError, match=r"/conformance gave an unusable answer: \w+"):
+            search(
+                _query("2025-07-08", "2025-07-08"),
+                sources=[_api("enmap-dlr", f"{server.url}/conformance")],
+            )
 
 
 # --- CLI ----------------------------------------------------------------------------------------
