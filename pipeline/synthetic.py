@@ -70,6 +70,10 @@ SOC_ANCHORS = (0.0, 15.0, 35.0, 80.0)
 """SOC (g/kg) of the soil endmembers; a pixel's soil is the linear blend at its SOC."""
 
 PIXEL_M = 30.0
+NOISE_BLOCK_PX = 65536
+"""Pixels per rendering block of the EnMAP image."""
+NOISE_POOL_BLOCKS = 4
+"""Blocks' worth of independent noise draws per scene (scenes up to 512x512 px are all iid)."""
 
 
 def detector_order(bands: EnmapBands) -> EnmapBands:
@@ -316,20 +320,32 @@ def enmap_reflectance(surface: Surface, t: int = 0, bands: EnmapBands | None = N
     alpha = 1.0 - (1.0 - opacity) * (1.0 - cirrus)
     a = a * ((1.0 - alpha) * (1.0 - shadow))[None]
     a[surface.library.index("cloud")] = alpha
-    gain = np.asarray(bands.gain, np.float32)[:, None]
-    offset = np.asarray(bands.offset, np.float32)[:, None]
-    sigma = enmap_noise_sigma(bands.wavelengths).astype(np.float32)[:, None]
+    # Work in DN directly: DN = sum_k a_k * L_k / gain - offset / gain (+ noise / gain).
+    gain = np.asarray(bands.gain, np.float64)
+    endm_dn = (endm.T / gain[:, None]).astype(np.float32)  # (band, endmember)
+    offset_dn = (np.asarray(bands.offset, np.float64) / gain).astype(np.float32)[:, None]
+    sigma_dn = (enmap_noise_sigma(bands.wavelengths) / gain).astype(np.float32)[:, None]
     rng = scene_rng(spec, 1, t)
     out = np.empty((len(bands), n, n), np.int16)
-    step = max(1, 65536 // n)  # rows per block: bounded memory, BLAS-sized products
-    for r0 in range(0, n, step):
+    step = max(1, NOISE_BLOCK_PX // n)  # rows per block: bounded memory, BLAS-sized products
+    cols = step * n
+    # Noise: iid Gaussian draws for up to NOISE_POOL_BLOCKS blocks; bigger scenes reuse the pool
+    # at random shifts (drawing 2e8 normals would dominate the run time).
+    pool_cols = min(n * n, NOISE_POOL_BLOCKS * cols)
+    pool = rng.standard_normal((len(bands), pool_cols), dtype=np.float32)
+    pool *= sigma_dn
+    if pool_cols < n * n:
+        pool = np.concatenate([pool, pool[:, :cols]], axis=1)
+    for b, r0 in enumerate(range(0, n, step)):
         blk = a[:, r0 : r0 + step].reshape(a.shape[0], -1)
-        refl = endm.T @ blk
-        refl += rng.standard_normal(refl.shape, dtype=np.float32) * sigma
-        dn = np.rint((refl - offset) / gain)
-        out[:, r0 : r0 + step] = (
-            np.clip(dn, -32767, 32767).astype(np.int16).reshape(len(bands), -1, n)
-        )
+        dn = endm_dn @ blk
+        start = b * cols if pool_cols == n * n else int(rng.integers(pool_cols))
+        dn += pool[:, start : start + dn.shape[1]]
+        if offset_dn.any():
+            dn -= offset_dn
+        np.rint(dn, out=dn)
+        np.clip(dn, -32767, 32767, out=dn)
+        out[:, r0 : r0 + step] = dn.astype(np.int16).reshape(len(bands), -1, n)
     out[sorted(bands.nodata_bands)] = bands.nodata
     return out
 
