@@ -22,6 +22,7 @@ __all__ = [
     "TileDataset",
     "TileSampler",
     "TileStoreInfo",
+    "collate_tiles",
     "denormalise_student",
     "make_loader",
     "make_sampler",
@@ -108,14 +109,45 @@ def _affine(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np
 
 
 def _normalise(
-    raw: np.ndarray, scale: np.ndarray, shift: np.ndarray, valid: np.ndarray
-) -> np.ndarray:
-    """int16 ``(C, T, T)`` -> float32, normalised, 0 where the pixel is not valid."""
-    out = np.multiply(raw, scale, dtype=np.float32)  # one pass: cast and scale
+    raw: np.ndarray, scale: np.ndarray, shift: np.ndarray, valid: np.ndarray, out: np.ndarray
+) -> None:
+    """int16 ``(C, T, T)`` -> float32 ``out``, normalised, 0 where the pixel is not valid.
+
+    Two passes over the tile (cast-and-scale, shift) and no temporary: the writes land
+    straight in the batch buffer.
+    """
+    np.multiply(raw, scale, out=out, dtype=np.float32)
     out += shift
     if not valid.all():
         np.copyto(out, np.float32(0), where=~valid)
-    return out
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised tensor; in shared memory inside a DataLoader worker.
+
+    Allocating the batch in shared memory up front (as torch's own collate does) saves the
+    copy into shared memory that sending a batch to the trainer would otherwise cost.
+    """
+    if not shared:
+        return torch.from_numpy(np.empty(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
+    numel = int(np.prod(shape))
+    template = torch.empty(0, dtype=dtype)
+    storage = template._typed_storage()._new_shared(numel, device="cpu")
+    return template.new(storage).view(shape)
+
+
+class _Batch(list):
+    """Samples that are views into one already-collated batch (``.batch``)."""
+
+    batch: dict[str, torch.Tensor]
+
+
+def collate_tiles(samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Collate for :class:`TileDataset`: a batch read by ``__getitems__`` is passed through
+    without a copy; anything else goes to torch's default collate."""
+    if isinstance(samples, _Batch):
+        return samples.batch
+    return torch.utils.data.default_collate(samples)
 
 
 class TileDataset(Dataset):
@@ -195,30 +227,86 @@ class TileDataset(Dataset):
         j = int(self.tile_ids[i])
         return {name: arr[j] for name, arr in self._open().items()}
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"tile index {i} out of range for {len(self)} tiles")
-        raw = self.read_raw(i)
-        valid = raw["valid"]
-        student = raw["student"] if self.bands is None else raw["student"][self.bands]
-        fields: dict[str, np.ndarray] = {
-            "student": _normalise(student, *self._student, valid),
-            "teacher": _normalise(raw["teacher"], *self._teacher, valid),
-            "significance_gabor": raw["significance_gabor"].astype(np.float32, copy=False),
-            "significance_wavelet": raw["significance_wavelet"].astype(np.float32, copy=False),
-            "valid": valid,
+    def _layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Per-sample shape and dtype of every field of ``ds[i]`` except ``tile_id``."""
+        T, G = self.info.tile_size, self.info.tile_size // self.info.patch_size
+        c = self.info.n_bands if self.bands is None else len(self.bands)
+        fields = {
+            "student": ((c, T, T), torch.float32),
+            "teacher": ((6, T, T), torch.float32),
+            "significance_gabor": ((G, G), torch.float32),
+            "significance_wavelet": ((G, G), torch.float32),
+            "valid": ((T, T), torch.bool),
         }
         for name, kind in self._label_kind.items():
-            value = raw[f"label_{name}"]
-            fields[f"label_{name}"] = value.astype(np.int64 if kind == "classes" else np.float32)
+            fields[f"label_{name}"] = ((T, T), torch.int64 if kind == "classes" else torch.float32)
+        return fields
+
+    def _decode(self, raw: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> None:
+        """Stored arrays of one tile -> the sample's fields, written into ``out``."""
+        valid = raw["valid"]
+        student = raw["student"] if self.bands is None else raw["student"][self.bands]
+        _normalise(student, *self._student, valid, out["student"])
+        _normalise(raw["teacher"], *self._teacher, valid, out["teacher"])
+        for key in ("significance_gabor", "significance_wavelet", "valid"):
+            out[key][...] = raw[key]
+        for name in self._label_kind:
+            out[f"label_{name}"][...] = raw[f"label_{name}"]
+
+    def _check(self, i: int) -> int:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"tile index {i} out of range for {len(self)} tiles")
+        return i % len(self)
+
+    def _augment(self, fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One random flip/rot90 (torch's RNG), the same for every spatial field."""
+        k, flip = divmod(int(torch.randint(0, 8, ()).item()), 2)
+        out = {}
+        for key, value in fields.items():
+            value = np.rot90(value, k, axes=(-2, -1))
+            out[key] = np.ascontiguousarray(value[..., ::-1] if flip else value)
+        return out
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        i = self._check(i)
+        fields = {
+            k: _empty(shape, dtype, False).numpy() for k, (shape, dtype) in self._layout().items()
+        }
+        self._decode(self.read_raw(i), fields)
         if self.augment:
-            k, flip = divmod(int(torch.randint(0, 8, ()).item()), 2)
-            for key, value in fields.items():
-                value = np.rot90(value, k, axes=(-2, -1))
-                fields[key] = np.ascontiguousarray(value[..., ::-1] if flip else value)
+            fields = self._augment(fields)
         out = {key: torch.from_numpy(value) for key, value in fields.items()}
         out["tile_id"] = torch.tensor(int(self.tile_ids[i]), dtype=torch.int64)
         return out
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        """A batch of samples decoded straight into one collated buffer per field.
+
+        Returns the samples as views of the batch; :func:`collate_tiles` hands the batch on
+        without copying (torch's default collate also works, with one copy).
+        """
+        shared = torch.utils.data.get_worker_info() is not None
+        n = len(indices)
+        batch = {
+            k: _empty((n, *shape), dtype, shared) for k, (shape, dtype) in self._layout().items()
+        }
+        views = {k: v.numpy() for k, v in batch.items()}
+        ids = []
+        for slot, i in enumerate(indices):
+            i = self._check(int(i))
+            ids.append(int(self.tile_ids[i]))
+            out = {k: v[slot] for k, v in views.items()}
+            if self.augment:
+                fields = {k: np.empty_like(v) for k, v in out.items()}
+                self._decode(self.read_raw(i), fields)
+                for k, v in self._augment(fields).items():
+                    out[k][...] = v
+            else:
+                self._decode(self.read_raw(i), out)
+        batch["tile_id"] = torch.tensor(ids, dtype=torch.int64)
+        samples = _Batch({k: v[slot] for k, v in batch.items()} for slot in range(n))
+        samples.batch = batch
+        return samples
 
 
 def denormalise_student(
@@ -346,4 +434,5 @@ def make_loader(
         drop_last=drop_last,
         timeout=timeout if workers > 0 else 0,
         worker_init_fn=_worker_init if workers > 0 else None,
+        collate_fn=collate_tiles,
     )

@@ -196,19 +196,26 @@ def test_loader_covers_an_epoch_with_workers(store: str) -> None:
         assert sorted(ids) == list(range(len(ds)))
         batch = next(iter(loader))
         assert batch["student"].shape == (4, 7, 32, 32)
+    # Batches read in the workers hold exactly what ds[i] gives, field by field.
+    for batch in make_loader(ds, batch_size=3, num_workers=1, seed=4):
+        for slot, tile in enumerate(batch["tile_id"].tolist()):
+            single = ds[tile]
+            for key, value in single.items():
+                torch.testing.assert_close(batch[key][slot], value, rtol=0, atol=0, msg=key)
+        break
 
 
 class _Broken(TileDataset):
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def read_raw(self, i: int) -> dict[str, np.ndarray]:
         if i >= 2:
             raise RuntimeError(f"tile {i} is unreadable")
-        return super().__getitem__(i)
+        return super().read_raw(i)
 
 
 class _Stuck(TileDataset):
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def read_raw(self, i: int) -> dict[str, np.ndarray]:
         time.sleep(60)
-        return super().__getitem__(i)
+        return super().read_raw(i)
 
 
 def test_failing_worker_raises_instead_of_hanging(store: str) -> None:
@@ -242,3 +249,24 @@ def test_reads_from_s3(store: str, s3_server: dict[str, str], s3_bucket: str) ->
         torch.testing.assert_close(got[i], local_ds[i]["student"])
     again = write_tile_store(scenes, url, CFG, storage_options=s3_server)
     assert again.skipped
+
+
+def test_augmented_batches_move_every_field_alike(store: str) -> None:
+    plain = TileDataset(store, split=None)
+    loader = make_loader(
+        TileDataset(store, split=None, augment=True), batch_size=4, num_workers=0, seed=1
+    )
+    torch.manual_seed(1)
+    batch = next(iter(loader))
+    for slot, tile in enumerate(batch["tile_id"].tolist()):
+        p = plain[tile]
+        matches = [
+            (k, f)
+            for k in range(4)
+            for f in (False, True)
+            if np.array_equal(_dihedral(p["student"].numpy(), k, f), batch["student"][slot].numpy())
+        ]
+        assert matches
+        k, f = matches[0]
+        for key in ("teacher", "valid", "significance_gabor", "label_landcover"):
+            np.testing.assert_array_equal(_dihedral(p[key].numpy(), k, f), batch[key][slot].numpy())

@@ -71,7 +71,7 @@ def make_scene(
     return ds.rio.write_crs(CRS)
 
 
-def factory_cube(url: str, spec: object, n_scenes: int = 2) -> None:
+def factory_cube(url: str, spec: object, n_scenes: int = 2, tile_size: int = 32) -> None:
     """A cube from the scene factory, written with the cube writer (clouds masked in valid).
 
     Stands in for ``hyperkd ingest`` of the factory's products until that path exists.
@@ -85,7 +85,7 @@ def factory_cube(url: str, spec: object, n_scenes: int = 2) -> None:
     n = spec.size_px
     grid = Grid(f"EPSG:{spec.crs_epsg}", tuple(spec.enmap_transform)[:6], (n, n))
     with CubeWriter(url) as writer:
-        writer.create(CubeLayout(grid, bands, 32, region="tiles-test"))
+        writer.create(CubeLayout(grid, bands, tile_size, region="tiles-test"))
         for t in range(n_scenes):
             dn = enmap_reflectance(surface, t, bands)
             opacity, _, shadow = cloud_fields(

@@ -1,0 +1,182 @@
+"""Tile loader throughput: our loader vs a naive xarray loader vs the raw zarr floor.
+
+Builds a demo cube with the scene factory (218 valid of 224 bands, tiles 128 px), tiles it
+with ``build_tiles``, then times one pass over every tile, several times (medians):
+
+* ``loader_w{0,1,2}``: ``make_loader(TileDataset(...))`` with 0, 1 and 2 workers, batch 4,
+  shuffled, steady state (after a warm-up epoch that starts the persistent workers);
+* ``naive``: the xbatcher way: the cube opened with xarray (CF decoding, dask), one
+  ``isel(...).load()`` per sample in one process, then tensors;
+* ``floor``: raw chunk reads + decompression with zarr into numpy, one process, no
+  processing, of the same arrays the loader reads.
+
+Sizes are counted as the stored (uncompressed) bytes of a tile's arrays, the same for all.
+Prints tiles/s, MB/s and ratios; the last line is
+``loader/floor=<r> loader/naive=<r>`` for the loader's best worker count.
+
+    .venv/bin/python benchmarks/loader.py [--size 512] [--scenes 2] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def build_inputs(work: Path, size: int, scenes: int) -> tuple[str, str]:
+    from tile_helpers import factory_cube
+
+    from hyperkd.pipeline.synthetic import RegionSpec
+    from hyperkd.pipeline.tiles import TileConfig, build_tiles
+
+    cube, tiles = str(work / "cube.zarr"), str(work / "tiles.zarr")
+    spec = RegionSpec(size_px=size, n_scenes=scenes, seed=3, cloud_cover=0.0)
+    t = time.perf_counter()
+    if not Path(cube).exists():  # a kept --workdir is reused
+        factory_cube(cube, spec, n_scenes=scenes, tile_size=128)
+    # Every tile in train and none dropped: the benchmark wants all tiles of the cube.
+    cfg = TileConfig(tile_size=128, patch_size=16, min_valid=0.0, split_fractions=(1.0, 0.0, 0.0))
+    summary = build_tiles(cube, tiles, cfg)
+    print(
+        f"inputs: cube {size}x{size}x224 x {scenes} scenes, {summary.n_tiles} tiles, built in {time.perf_counter() - t:.1f} s"
+    )
+    return cube, tiles
+
+
+def time_loader(tiles: str, workers: int, repeats: int) -> list[float]:
+    from hyperkd.model.data import TileDataset, make_loader
+
+    ds = TileDataset(tiles, split=None)
+    loader = make_loader(ds, batch_size=4, num_workers=workers, shuffle=True, drop_last=False)
+    times = []
+    for epoch in range(repeats + 1):
+        loader.sampler.set_epoch(epoch)
+        t = time.perf_counter()
+        n = sum(len(batch["tile_id"]) for batch in loader)
+        if epoch:  # epoch 0 starts the persistent workers
+            times.append(time.perf_counter() - t)
+        assert n == len(ds)
+    del loader
+    return times
+
+
+def time_naive(cube: str, n_tiles: int, repeats: int) -> list[float]:
+    import torch
+    import xarray as xr
+
+    from hyperkd.pipeline.cube_store import CubeStore
+
+    ds = xr.open_zarr(
+        CubeStore(cube).zarr_store(read_only=True), group="enmap", decode_coords="all"
+    )
+    bands = np.flatnonzero(ds["valid_band"].values)
+    nt, ny, nx = ds.sizes["time"], ds.sizes["y"] // 128, ds.sizes["x"] // 128
+    samples = [(t, y * 128, x * 128) for t in range(nt) for y in range(ny) for x in range(nx)][
+        :n_tiles
+    ]
+    fields = ["reflectance", "teacher_bands", "valid"]
+    times = []
+    for r in range(repeats):
+        order = np.random.default_rng(r).permutation(len(samples))
+        t0 = time.perf_counter()
+        for i in order:
+            t, y, x = samples[i]
+            sample = (
+                ds[fields]
+                .isel(time=t, y=slice(y, y + 128), x=slice(x, x + 128))
+                .isel(band=bands)
+                .load()
+            )
+            _ = {k: torch.from_numpy(np.asarray(sample[k].values)) for k in fields}
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def time_floor(tiles: str, repeats: int) -> list[float]:
+    import zarr
+
+    root = zarr.open_group(tiles, mode="r")
+    names = ["student", "teacher", "significance_gabor", "significance_wavelet", "valid"]
+    arrays = [root[k] for k in names]
+    n = arrays[0].shape[0]
+    times = []
+    for r in range(repeats):
+        order = np.random.default_rng(r).permutation(n)
+        t0 = time.perf_counter()
+        for j in order:
+            for a in arrays:
+                _ = a[int(j)]
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def tile_bytes(tiles: str) -> int:
+    import zarr
+
+    root = zarr.open_group(tiles, mode="r")
+    names = ["student", "teacher", "significance_gabor", "significance_wavelet", "valid"]
+    return sum(int(np.prod(root[k].shape[1:])) * np.dtype(root[k].dtype).itemsize for k in names)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512, help="cube edge in pixels (default 512)")
+    parser.add_argument(
+        "--scenes", type=int, default=2, help="EnMAP scenes in the cube (default 2)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed passes per method (default 5)"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep inputs here (default: temp)"
+    )
+    args = parser.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="hyperkd-loader-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        cube, tiles = build_inputs(work, args.size, args.scenes)
+        import zarr
+
+        n = zarr.open_group(tiles, mode="r")["student"].shape[0]
+        mb = tile_bytes(tiles) / 1e6
+        runs: dict[str, Callable[[], list[float]]] = {
+            "floor": lambda: time_floor(tiles, args.repeats),
+            "naive": lambda: time_naive(cube, n, args.repeats),
+            **{
+                f"loader_w{w}": (lambda w=w: time_loader(tiles, w, args.repeats)) for w in (0, 1, 2)
+            },
+        }
+        rate = {}
+        for name, run in runs.items():
+            seconds = statistics.median(run())
+            rate[name] = n / seconds
+            print(
+                f"{name:10s} {rate[name]:8.1f} tiles/s {rate[name] * mb:8.1f} MB/s  (median of {args.repeats}, {n} tiles of {mb:.2f} MB)"
+            )
+        best = max((k for k in rate if k.startswith("loader")), key=rate.__getitem__)
+        print(f"best loader: {best}")
+        for k in ("loader_w0", "loader_w1", "loader_w2"):
+            print(
+                f"{k}/floor={rate[k] / rate['floor']:.2f} {k}/naive={rate[k] / rate['naive']:.1f}"
+            )
+        print(
+            f"loader/floor={rate[best] / rate['floor']:.2f} loader/naive={rate[best] / rate['naive']:.1f}"
+        )
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
