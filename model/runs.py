@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from hyperkd.model.checkpoint import atomic_write_text, read_run
-from hyperkd.model.config import DistillConfig, EvaluateConfig, TeacherPretrainConfig
+from hyperkd.model.config import DistillConfig, EvaluateConfig, TeacherPretrainConfig, TrainConfig
+from hyperkd.model.losses import LossConfig
 from hyperkd.model.mae import MAEConfig, StudentMAE, student_config
 from hyperkd.model.masking import Masking
 from hyperkd.model.metrics import MetricMeter, reconstruction_metrics
@@ -76,6 +78,13 @@ def _check_norm(
         )
 
 
+def _patch_of(state: dict[str, torch.Tensor]) -> int:
+    for key, value in state.items():
+        if key.endswith("patch_embed.proj.weight") and value.dim() == 5:
+            return int(value.shape[-1])
+    raise ValueError("teacher weights hold no patch_embed.proj.weight (Conv3d)")
+
+
 def load_teacher(
     spec: str,
     *,
@@ -100,7 +109,14 @@ def load_teacher(
         frames, mean, std = 1, run["tile_store"]["teacher_mean"], run["tile_store"]["teacher_std"]
     elif path.is_file():
         if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            try:
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError as exc:
+                raise ValueError(
+                    f"teacher {path} holds more than tensors; it is not unpickled (weights only)"
+                ) from exc
+            if not isinstance(loaded, dict):
+                raise ValueError(f"teacher {path} holds no state dict")
             for key in ("model", "state_dict"):
                 if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
                     loaded = loaded[key]
@@ -111,9 +127,19 @@ def load_teacher(
             raise ValueError(
                 f"teacher {path}: expected a run directory, a .pt or a .safetensors file"
             )
-        config = teacher_config(preset, img_size=img_size)
-        p = prithvi_preset(preset)
-        frames, mean, std = p.num_frames, list(p.mean), list(p.std)
+        if preset == "tiny":
+            # Not a published model: its patch comes from the weights, its statistics are unknown.
+            patch = _patch_of(state)
+            config, frames, mean, std = (
+                teacher_config("tiny", img_size=img_size, patch_size=patch),
+                1,
+                None,
+                None,
+            )
+        else:
+            config = teacher_config(preset, img_size=img_size)
+            p = prithvi_preset(preset)
+            frames, mean, std = p.num_frames, list(p.mean), list(p.std)
     else:
         raise FileNotFoundError(f"no teacher at {spec}")
     _check_norm("mean", mean, teacher_mean)
@@ -121,6 +147,52 @@ def load_teacher(
     model = PrithviMAE(config)
     load_prithvi_state_dict(model, state, frames=frames)
     return Teacher(model)
+
+
+def distill_config(
+    tiles: str,
+    teacher: str | None,
+    train: TrainConfig,
+    *,
+    preset: str = "tiny",
+    masking: str = "gabor",
+    loss: str = "mse+ssim+kld",
+    mask_ratio: float = 0.75,
+    teacher_preset: str = "prithvi-eo-1.0-100m",
+    storage_options: dict[str, Any] | None = None,
+) -> DistillConfig:
+    """A :class:`DistillConfig` from plain names (what the CLI and flows pass)."""
+    return DistillConfig(
+        tiles=tiles,
+        train=train,
+        teacher=teacher,
+        teacher_preset=teacher_preset,
+        preset=preset,
+        masking=Masking(masking, mask_ratio),
+        loss=LossConfig(loss),
+        storage_options=storage_options,
+    )
+
+
+def write_run_manifest(
+    run_dir: str | Path, *, tiles: str, student: str | None = None, teacher: str | None = None
+) -> Path:
+    """``RUN/run.json`` naming the tile store and the student/teacher runs of a report folder.
+
+    Where the student or teacher run lives elsewhere on the local disk, ``RUN/student`` and
+    ``RUN/teacher`` become symlinks to it, so the folder has the layout ``hyperkd report`` reads.
+    """
+    root = Path(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, target in (("student", student), ("teacher", teacher)):
+        if target is None or "://" in target or not Path(target).is_dir():
+            continue
+        link = root / name
+        if link.resolve() != Path(target).resolve() and not link.exists():
+            link.symlink_to(Path(target).resolve(), target_is_directory=True)
+    manifest = {"tiles": tiles, "student": student, "teacher": teacher}
+    atomic_write_text(root / "run.json", json.dumps(manifest, indent=1))
+    return root / "run.json"
 
 
 def run_distill(

@@ -6,7 +6,7 @@
 
 Exact resume: the masking noise comes from a dedicated generator whose state (one per rank) is
 checkpointed with the weights, AdamW moments and torch RNG; epoch ``e`` always draws its order
-from ``seed + e``, and a resumed epoch skips the batches already seen. On the CPU a run killed
+from ``(seed, e)``, and a resumed epoch skips the batches already seen. On the CPU a run killed
 and resumed ends with weights bit-identical to an uninterrupted one.
 
 Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1) the loop joins a process group, gloo
@@ -87,20 +87,27 @@ def setup_distributed(device: str = "auto") -> DistEnv:
 def default_loader_factory(
     dataset: Any, batch_size: int, *, seed: int, env: DistEnv, num_workers: int | None
 ) -> LoaderFactory:
-    """Epoch loaders from the tile loader (:func:`hyperkd.model.data.make_loader`)."""
+    """Epoch loaders from the tile loader (:func:`hyperkd.model.data.make_loader`).
+
+    One loader (its workers persist); each epoch sets the sampler's epoch, so the order of
+    epoch ``e`` depends only on ``(seed, e)`` and this rank's shard, as exact resume needs.
+    """
     from hyperkd.model.data import make_loader
 
+    loader = make_loader(
+        dataset,
+        batch_size,
+        shuffle=True,
+        seed=seed,
+        num_workers=num_workers,
+        drop_last=True,
+        rank=env.rank,
+        world_size=env.world_size,
+    )
+
     def factory(epoch: int) -> Iterable[Batch]:
-        return make_loader(
-            dataset,
-            batch_size,
-            shuffle=True,
-            seed=seed + epoch,
-            num_workers=num_workers,
-            drop_last=True,
-            rank=env.rank,
-            world_size=env.world_size,
-        )
+        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        return loader
 
     return factory
 

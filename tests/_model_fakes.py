@@ -101,3 +101,14 @@ def shard_loader(
         return batches()
 
     return factory
+
+
+def write_small_tile_store(url: str) -> str:
+    """A real Zarr tile store (two 160 x 192 scenes, 32-px tiles, 8-px patches) at ``url``."""
+    from tile_helpers import make_scene
+
+    from hyperkd.pipeline.tiles import TileConfig, write_tile_store
+
+    scenes = [make_scene(160, 192, patch=8, seed=s, scene_id=f"ENMAP_TEST_{s}") for s in (0, 1)]
+    write_tile_store(scenes, url, TileConfig(tile_size=32, patch_size=8, split_block_px=64))
+    return url

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _model_fakes import FakeTiles, collate, shard_loader
+from _model_fakes import FakeTiles, collate, shard_loader, write_small_tile_store
 from safetensors.torch import load_file
 
 from hyperkd.model.checkpoint import (
@@ -183,37 +183,47 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(
 
 
 DDP_RUN = """
-import sys, torch
+import dataclasses, sys, torch
 from safetensors.torch import save_file
-from _model_fakes import FakeTiles, shard_loader
-from hyperkd.model.runs import run_distill
+import hyperkd.model.runs as runs
+from hyperkd.model.data import TileDataset
 from hyperkd.model.trainer import setup_distributed
 from test_model_train import _distill_config
 env = setup_distributed("cpu")
 assert env.world_size == 2, env
-ds = FakeTiles(8, seed=2)
 captured = {}
-import hyperkd.model.runs as runs
 real_fit = runs.fit
 def spy(task, *a, **k):
     captured["task"] = task
     return real_fit(task, *a, **k)
 runs.fit = spy
-run_distill(_distill_config(sys.argv[1], sys.argv[2], resume=False), dataset=ds, env=env,
-            loader_factory=shard_loader(ds, 2, seed=0, rank=env.rank, world_size=2))
+cfg = _distill_config(sys.argv[1], sys.argv[2], resume=False)
+cfg = dataclasses.replace(cfg, tiles=sys.argv[3], train=dataclasses.replace(cfg.train, num_workers=0))
+runs.run_distill(cfg, env=env)  # the real tile store through make_loader's DDP sampler
 save_file(dict(captured["task"].student.state_dict()), f"{sys.argv[1]}/rank{env.rank}.safetensors")
 """
 
 
+@pytest.fixture(scope="module")
+def tile_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real Zarr tile store: 32-px tiles, 8-px patches."""
+    return write_small_tile_store(str(tmp_path_factory.mktemp("store") / "tiles.zarr"))
+
+
 def test_two_process_gloo_ddp_through_torchrun_ends_with_equal_weights(
-    tmp_path: Path, teacher_run: Path
+    tmp_path: Path, teacher_run: Path, tile_store: str
 ) -> None:
+    from hyperkd.model.data import TileDataset
+
+    n_train = len(TileDataset(tile_store, split="train"))
+    steps_per_epoch = n_train // 2 // 2  # 2 ranks x batch 2
+    assert steps_per_epoch >= 1
     script = tmp_path / "ddp_run.py"
     script.write_text(textwrap.dedent(DDP_RUN))
     env = os.environ | {"PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(script), str(tmp_path / "run"), str(teacher_run)],
+         str(script), str(tmp_path / "run"), str(teacher_run), tile_store],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -223,9 +233,9 @@ def test_two_process_gloo_ddp_through_torchrun_ends_with_equal_weights(
     log = [
         json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
-    assert log[-1]["step"] == 8 and log[-1]["samples_per_s"] > 0
-    # The effective batch is 2 ranks x 2 tiles: one epoch of 8 tiles is 2 steps.
-    assert [r["epoch"] for r in log] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [r["step"] for r in log] == list(range(1, 9)) and log[-1]["samples_per_s"] > 0
+    # The effective batch is 2 ranks x 2 tiles: each rank reads half of every epoch.
+    assert [r["epoch"] for r in log] == [(s - 1) // steps_per_epoch for s in range(1, 9)]
 
 
 def test_non_finite_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
