@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "hyperkd.cli.stac",
     "hyperkd.cli.tiles",
     "hyperkd.cli.ingest",
+    "hyperkd.cli.train",
 )
 
 
