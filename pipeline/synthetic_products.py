@@ -10,8 +10,8 @@ Layout of ``out_dir`` (all STAC hrefs relative, so the folder can be moved)::
     truth/landcover.tif, truth/crop_type.tif, truth/soc.tif      (EnMAP grid)
     hyperkd-demo.json                                 (manifest; marks the folder as ours)
 
-Images are tiled, DEFLATE-compressed GeoTIFFs in COG layout (overviews copied from the source,
-IFDs first), band-interleaved so one band reads without decoding the others.
+Images are DEFLATE-compressed COGs written by GDAL's COG driver (overviews on the single-band
+layers only).
 """
 
 from __future__ import annotations
@@ -98,9 +98,13 @@ def write_geotiff(
     band_tags: Sequence[Mapping[str, str]] | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> None:
-    """Write ``data`` ``(band, y, x)`` as a band-interleaved, tiled COG-layout GeoTIFF."""
-    import rasterio
-    from rasterio.enums import Resampling
+    """Write ``data`` ``(band, y, x)`` as a Cloud Optimized GeoTIFF (GDAL COG driver, DEFLATE).
+
+    Single-band files get internal overviews; the 224-band spectral image gets none (224
+    averaged overview bands would triple the write time; readers fall back to full resolution).
+    Pixel-interleaved like GDAL's COG driver writes it, so one tile read returns all bands.
+    """
+    from rasterio.io import MemoryFile
     from rasterio.shutil import copy as rio_copy
 
     count, h, w = data.shape
@@ -108,29 +112,26 @@ def write_geotiff(
         driver="GTiff", width=w, height=h, count=count, dtype=data.dtype.name, crs=f"EPSG:{crs_epsg}",
         transform=transform, nodata=nodata,
     )  # fmt: skip
-    mem = path.with_suffix(".stage.tif")
-    with rasterio.open(mem, "w", **profile) as ds:
-        ds.write(data)
-        if scales is not None:
-            ds.scales = tuple(scales)
-            ds.offsets = (0.0,) * count
-        for i in range(count):
-            if descriptions is not None:
-                ds.set_band_description(i + 1, descriptions[i])
-            if band_tags is not None:
-                ds.update_tags(i + 1, **band_tags[i])
-        ds.update_tags(AREA_OR_POINT="Area", **(tags or {}))
-        factors = [f for f in (2, 4, 8, 16, 32) if max(h, w) / f >= 128]
-        if factors:
-            kind = Resampling.nearest if data.dtype == np.uint8 else Resampling.average
-            ds.build_overviews(factors, kind)
-    block = 256 if max(h, w) > 256 else 128
-    rio_copy(
-        mem, path, driver="GTiff", tiled=True, blockxsize=block, blockysize=block, compress="deflate",
-        predictor=3 if data.dtype.kind == "f" else 2, interleave="band", copy_src_overviews=True,
-        num_threads="ALL_CPUS",
-    )  # fmt: skip
-    mem.unlink()
+    with MemoryFile() as staging:
+        with staging.open(**profile) as ds:
+            ds.write(data)
+            if scales is not None:
+                ds.scales = tuple(scales)
+                ds.offsets = (0.0,) * count
+            for i in range(count):
+                if descriptions is not None:
+                    ds.set_band_description(i + 1, descriptions[i])
+                if band_tags is not None:
+                    ds.update_tags(i + 1, **band_tags[i])
+            ds.update_tags(AREA_OR_POINT="Area", **(tags or {}))
+        with staging.open() as src:
+            rio_copy(
+                src, path, driver="COG", blocksize=256 if max(h, w) > 256 else 128,
+                compress="deflate", predictor="FLOATING_POINT" if data.dtype.kind == "f" else "YES",
+                overviews="AUTO" if count == 1 else "NONE",
+                overview_resampling="NEAREST" if data.dtype == np.uint8 else "AVERAGE",
+                num_threads="ALL_CPUS",
+            )  # fmt: skip
 
 
 def _enmap_id(spec: RegionSpec, t: int) -> tuple[str, datetime, datetime]:

@@ -137,6 +137,7 @@ def test_products_open_with_rasterio(region: RegionManifest) -> None:
         ) and ds.transform.c % 30 != 0
         assert ds.scales[0] == pytest.approx(1e-4)
         assert ds.name.endswith(table.file_suffixes["image"])
+        assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
         wavelengths = np.array([float(ds.tags(i + 1)["wavelength"]) for i in range(ds.count)])
         bbl = np.array([ds.tags(i + 1)["bbl"] == "1" for i in range(ds.count)])
         dn = ds.read()
