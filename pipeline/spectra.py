@@ -128,11 +128,12 @@ def _soc_absorbance() -> np.ndarray:
     return 0.0045 + 0.011 * np.exp(-(GRID_NM - 400.0) / 450.0)
 
 
-def soil(soc_gkg: float | np.ndarray = 12.0, moisture_cm: float = 0.006) -> np.ndarray:
+def soil(soc_gkg: float | np.ndarray = 12.0, moisture_cm: float = 0.001) -> np.ndarray:
     """Mineral soil reflectance darkened by organic carbon, shape ``(..., wavelength)``.
 
     ``soc_gkg``: soil organic carbon in g/kg (0-100 typical). Higher SOC -> darker and
-    flatter, most of all in the visible. ``moisture_cm`` adds liquid-water absorption.
+    flatter, most of all in the visible. ``moisture_cm`` adds liquid-water absorption (the
+    default is a sun-dried summer topsoil).
     """
     mineral = _curve(
         [(400, 0.085), (450, 0.11), (500, 0.145), (550, 0.18), (600, 0.215), (650, 0.24),
