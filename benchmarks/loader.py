@@ -5,6 +5,7 @@ with ``build_tiles``, then times one pass over every tile, several times (median
 
 * ``loader_w{0,1,2}``: ``make_loader(TileDataset(...))`` with 0, 1 and 2 workers, batch 4,
   shuffled, steady state (after a warm-up epoch that starts the persistent workers);
+  the methods take turns, one pass each per repeat;
 * ``naive``: the xbatcher way: the cube opened with xarray (CF decoding, dask), one
   ``isel(...).load()`` per sample in one process, then tensors;
 * ``floor``: raw chunk reads + decompression with zarr into numpy, one process, no
@@ -54,24 +55,30 @@ def build_inputs(work: Path, size: int, scenes: int) -> tuple[str, str]:
     return cube, tiles
 
 
-def time_loader(tiles: str, workers: int, repeats: int) -> list[float]:
+def loader_pass(tiles: str, workers: int) -> Callable[[], float]:
+    """One timed epoch of ``make_loader`` per call; the loader (and its persistent workers)
+    is built once and warmed up by one untimed epoch."""
     from hyperkd.model.data import TileDataset, make_loader
 
     ds = TileDataset(tiles, split=None)
     loader = make_loader(ds, batch_size=4, num_workers=workers, shuffle=True, drop_last=False)
-    times = []
-    for epoch in range(repeats + 1):
-        loader.sampler.set_epoch(epoch)
+    epoch = [0]
+
+    def run() -> float:
+        loader.sampler.set_epoch(epoch[0])
+        epoch[0] += 1
         t = time.perf_counter()
         n = sum(len(batch["tile_id"]) for batch in loader)
-        if epoch:  # epoch 0 starts the persistent workers
-            times.append(time.perf_counter() - t)
         assert n == len(ds)
-    del loader
-    return times
+        return time.perf_counter() - t
+
+    run()
+    return run
 
 
-def time_naive(cube: str, n_tiles: int, repeats: int) -> list[float]:
+def naive_pass(cube: str, n_tiles: int) -> Callable[[], float]:
+    """The xbatcher way: the cube opened once with xarray (CF decoding, dask), then one
+    ``isel(...).load()`` per sample in this process, then tensors."""
     import torch
     import xarray as xr
 
@@ -82,43 +89,41 @@ def time_naive(cube: str, n_tiles: int, repeats: int) -> list[float]:
     )
     bands = np.flatnonzero(ds["valid_band"].values)
     nt, ny, nx = ds.sizes["time"], ds.sizes["y"] // 128, ds.sizes["x"] // 128
-    samples = [(t, y * 128, x * 128) for t in range(nt) for y in range(ny) for x in range(nx)][
-        :n_tiles
-    ]
+    samples = [(t, y * 128, x * 128) for t in range(nt) for y in range(ny) for x in range(nx)]
+    samples = samples[:n_tiles]
     fields = ["reflectance", "teacher_bands", "valid"]
-    times = []
-    for r in range(repeats):
-        order = np.random.default_rng(r).permutation(len(samples))
+    rng = np.random.default_rng(0)
+
+    def run() -> float:
         t0 = time.perf_counter()
-        for i in order:
+        for i in rng.permutation(len(samples)):
             t, y, x = samples[i]
-            sample = (
-                ds[fields]
-                .isel(time=t, y=slice(y, y + 128), x=slice(x, x + 128))
-                .isel(band=bands)
-                .load()
-            )
+            window = {"time": t, "y": slice(y, y + 128), "x": slice(x, x + 128)}
+            sample = ds[fields].isel(window).isel(band=bands).load()
             _ = {k: torch.from_numpy(np.asarray(sample[k].values)) for k in fields}
-        times.append(time.perf_counter() - t0)
-    return times
+        return time.perf_counter() - t0
+
+    return run
 
 
-def time_floor(tiles: str, repeats: int) -> list[float]:
+def floor_pass(tiles: str) -> Callable[[], float]:
+    """Raw chunk reads + decompression with zarr into numpy, one process, no processing."""
     import zarr
 
     root = zarr.open_group(tiles, mode="r")
     names = ["student", "teacher", "significance_gabor", "significance_wavelet", "valid"]
     arrays = [root[k] for k in names]
     n = arrays[0].shape[0]
-    times = []
-    for r in range(repeats):
-        order = np.random.default_rng(r).permutation(n)
+    rng = np.random.default_rng(0)
+
+    def run() -> float:
         t0 = time.perf_counter()
-        for j in order:
+        for j in rng.permutation(n):
             for a in arrays:
                 _ = a[int(j)]
-        times.append(time.perf_counter() - t0)
-    return times
+        return time.perf_counter() - t0
+
+    return run
 
 
 def tile_bytes(tiles: str) -> int:
@@ -150,19 +155,23 @@ def main() -> None:
 
         n = zarr.open_group(tiles, mode="r")["student"].shape[0]
         mb = tile_bytes(tiles) / 1e6
-        runs: dict[str, Callable[[], list[float]]] = {
-            "floor": lambda: time_floor(tiles, args.repeats),
-            "naive": lambda: time_naive(cube, n, args.repeats),
-            **{
-                f"loader_w{w}": (lambda w=w: time_loader(tiles, w, args.repeats)) for w in (0, 1, 2)
-            },
+        runs: dict[str, Callable[[], float]] = {
+            "floor": floor_pass(tiles),
+            "naive": naive_pass(cube, n),
+            **{f"loader_w{w}": loader_pass(tiles, w) for w in (0, 1, 2)},
         }
+        # Round-robin: every repeat times each method once, so the load other processes put
+        # on this shared machine hits all methods alike.
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                times[name].append(run())
         rate = {}
-        for name, run in runs.items():
-            seconds = statistics.median(run())
-            rate[name] = n / seconds
+        for name in runs:
+            rate[name] = n / statistics.median(times[name])
             print(
-                f"{name:10s} {rate[name]:8.1f} tiles/s {rate[name] * mb:8.1f} MB/s  (median of {args.repeats}, {n} tiles of {mb:.2f} MB)"
+                f"{name:10s} {rate[name]:8.1f} tiles/s {rate[name] * mb:8.1f} MB/s  "
+                f"(median of {args.repeats}, {n} tiles of {mb:.2f} MB)"
             )
         best = max((k for k in rate if k.startswith("loader")), key=rate.__getitem__)
         print(f"best loader: {best}")

@@ -223,7 +223,11 @@ class TileDataset(Dataset):
         return self._arrays
 
     def read_raw(self, i: int) -> dict[str, np.ndarray]:
-        """The stored arrays of sample ``i``, undecoded (int16 student/teacher)."""
+        """The stored arrays of sample ``i``, undecoded (int16 student/teacher).
+
+        Plain integer reads, one chunk per array. (Batched orthogonal or concurrent async
+        reads were tried and were slower on a busy 2-core machine: benchmarks/RESULTS.md.)
+        """
         j = int(self.tile_ids[i])
         return {name: arr[j] for name, arr in self._open().items()}
 
@@ -291,19 +295,19 @@ class TileDataset(Dataset):
             k: _empty((n, *shape), dtype, shared) for k, (shape, dtype) in self._layout().items()
         }
         views = {k: v.numpy() for k, v in batch.items()}
-        ids = []
-        for slot, i in enumerate(indices):
-            i = self._check(int(i))
-            ids.append(int(self.tile_ids[i]))
+        positions = [self._check(int(i)) for i in indices]
+        for slot, i in enumerate(positions):
+            tile = self.read_raw(i)
             out = {k: v[slot] for k, v in views.items()}
             if self.augment:
                 fields = {k: np.empty_like(v) for k, v in out.items()}
-                self._decode(self.read_raw(i), fields)
+                self._decode(tile, fields)
                 for k, v in self._augment(fields).items():
                     out[k][...] = v
             else:
-                self._decode(self.read_raw(i), out)
-        batch["tile_id"] = torch.tensor(ids, dtype=torch.int64)
+                self._decode(tile, out)
+        ids = self.tile_ids[np.asarray(positions, dtype=np.int64)]
+        batch["tile_id"] = torch.from_numpy(ids.astype(np.int64))
         samples = _Batch({k: v[slot] for k, v in batch.items()} for slot in range(n))
         samples.batch = batch
         return samples
