@@ -257,6 +257,9 @@ def preprocess_cube(
         sig_todo = tuple(s for s in scene_ids if s not in done)
         if sig_todo:
             merged_maps = {n: _merge(enmap, maps[n], n, scene_ids, done) for n in SIGNIFICANCE_VARS}
+            # Both maps come from one fused filter pass; computing them together (they are
+            # small: one value per patch) runs that pass once instead of once per variable.
+            merged_maps = dict(xr.Dataset(merged_maps).compute().data_vars)
             written += _write(cube_url, storage_options, merged_maps, sig_params, scene_ids)
     return PreprocessSummary(
         scenes=tuple(scene_ids),

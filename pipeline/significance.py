@@ -158,15 +158,49 @@ def _as_dask(image: xr.DataArray) -> da.Array:
     )
 
 
-def _energy(
-    image: xr.DataArray, block_fn, depth: int, chunk_px: int, align: int, name: str
+def energies(
+    image: xr.DataArray,
+    gabor: GaborConfig | None,
+    wavelet: WaveletConfig | None,
+    *,
+    chunk_px: int = 512,
+    align: int = 16,
 ) -> xr.DataArray:
+    """Gabor and/or wavelet energy ``(time, filter, y, x)`` float32 in one pass over ``image``.
+
+    ``image``: ``(time, channel, y, x)`` float, NaN where a pixel is invalid; the energy is NaN
+    there. One fill serves both filters; its sigma follows the longest filter reach, so the
+    fill always reaches one pixel further than any filter (:func:`texture.fill_sigma`).
+    ``align`` must be a multiple of ``2**levels`` (the DWT's dyadic grid).
+    """
     if image.ndim != 4 or image.dims[0] != "time" or image.dims[2:] != ("y", "x"):
         raise ValueError(f"image dims are {image.dims}, expected (time, channel, y, x)")
+    radius, names = 0, []
+    if gabor is not None:
+        radius = max(radius, texture.gabor_radius(gabor.kernels()))
+        names.append("gabor")
+    if wavelet is not None:
+        if align % 2**wavelet.levels:
+            raise ValueError(f"align {align} is not a multiple of 2**levels = {2**wavelet.levels}")
+        radius = max(radius, texture.wavelet_radius(wavelet.wavelet, wavelet.levels))
+        names.append("wavelet")
+    if not names:
+        raise ValueError("energies: choose at least one of gabor and wavelet")
+    sigma = texture.fill_sigma(radius)
+    reach = radius + int(np.ceil(texture.FILL_TRUNCATE * sigma))
+    bank = gabor.bank if gabor is not None else None
+    wav = (wavelet.wavelet, wavelet.levels) if wavelet is not None else None
+
+    def block(b: np.ndarray) -> np.ndarray:
+        return texture.energy_block(b, sigma, bank, wav)
+
     data = _as_dask(image).astype(np.float32)
-    out = texture.map_with_halo(data, block_fn, depth=depth, chunk_px=chunk_px, align=align)
+    out = texture.map_with_halo(
+        data, block, depth=reach, chunk_px=chunk_px, align=align, n_out=len(names)
+    )
     coords = {c: image.coords[c] for c in ("time", "y", "x") if c in image.coords}
-    return xr.DataArray(out, dims=("time", "y", "x"), coords=coords, name=name)
+    coords["filter"] = names
+    return xr.DataArray(out, dims=("time", "filter", "y", "x"), coords=coords, name="energy")
 
 
 def gabor_energy(
@@ -177,15 +211,8 @@ def gabor_energy(
     ``image`` is float, NaN where a pixel is invalid; the energy is NaN there. Dimensionless
     (squared units of ``image``), summed over channels and the whole bank.
     """
-    bank = cfg.bank
-    radius = texture.gabor_radius(cfg.kernels())
-    sigma = texture.fill_sigma(radius)
-    reach = radius + int(np.ceil(texture.FILL_TRUNCATE * sigma))
-
-    def block(b: np.ndarray) -> np.ndarray:
-        return texture.gabor_block(b, bank, sigma)
-
-    return _energy(image, block, reach, chunk_px, align, "gabor_energy")
+    e = energies(image, cfg, None, chunk_px=chunk_px, align=align)
+    return e.isel(filter=0, drop=True).rename("gabor_energy")
 
 
 def wavelet_energy(
@@ -201,16 +228,8 @@ def wavelet_energy(
     ``2**levels`` so that every chunk shares the scene's dyadic grid.
     """
     align = align if align is not None else 2**cfg.levels
-    if align % 2**cfg.levels:
-        raise ValueError(f"align {align} is not a multiple of 2**levels = {2**cfg.levels}")
-    radius = texture.wavelet_radius(cfg.wavelet, cfg.levels)
-    sigma = texture.fill_sigma(radius)
-    reach = radius + int(np.ceil(texture.FILL_TRUNCATE * sigma))
-
-    def block(b: np.ndarray) -> np.ndarray:
-        return texture.wavelet_block(b, cfg.wavelet, cfg.levels, sigma)
-
-    return _energy(image, block, reach, chunk_px, align, "wavelet_energy")
+    e = energies(image, None, cfg, chunk_px=chunk_px, align=align)
+    return e.isel(filter=0, drop=True).rename("wavelet_energy")
 
 
 def _patch_block(e: np.ndarray, patch: int, empty: float) -> np.ndarray:
@@ -343,8 +362,8 @@ def significance_maps(
     ``reflectance``: the cube's ``(time, band, y, x)``, needed for ``input="pca"``/``"all"``.
     """
     img = reduced_image(cfg, valid, teacher=teacher_bands, reflectance=reflectance)
-    gabor = gabor_energy(img, cfg.gabor, chunk_px=cfg.chunk_px, align=cfg.align)
-    wav = wavelet_energy(img, cfg.wavelet, chunk_px=cfg.chunk_px, align=cfg.align)
+    both = energies(img, cfg.gabor, cfg.wavelet, chunk_px=cfg.chunk_px, align=cfg.align)
+    gabor, wav = both.sel(filter="gabor", drop=True), both.sel(filter="wavelet", drop=True)
     attrs = {"patch_size": cfg.patch_size, "hyperkd:significance": cfg.to_attrs(), "units": "1"}
     ds = xr.Dataset(
         {

@@ -198,15 +198,19 @@ def test_spectral_inputs(kind: str) -> None:
         },
     )
     valid = xr.DataArray(np.ones((1, ny, nx), bool), dims=("time", "y", "x"))
-    cfg = SignificanceConfig(input=kind, n_components=2, chunk_px=48)
-    ds = significance_maps(None, valid, cfg, reflectance=cube.chunk({"y": 32, "x": 32})).compute()
     whole = significance_maps(
         None, valid, SignificanceConfig(input=kind, n_components=2), reflectance=cube
     ).compute()
     for var in ("significance_gabor", "significance_wavelet"):
-        s = ds[var].values[0]
+        s = whole[var].values[0]
         assert s[:3, :3].min() > max(s[:3, 3:].max(), s[3:].max()), var
-        np.testing.assert_allclose(s, whole[var].values[0], rtol=1e-5, atol=1e-6 * s.max())
+    if kind == "all":
+        return  # 218 channels: the chunking check below runs on the cheaper PCA input
+    cfg = SignificanceConfig(input=kind, n_components=2, chunk_px=48)
+    ds = significance_maps(None, valid, cfg, reflectance=cube.chunk({"y": 32, "x": 32})).compute()
+    for var in ("significance_gabor", "significance_wavelet"):
+        ref = whole[var].values[0]
+        np.testing.assert_allclose(ds[var].values[0], ref, rtol=1e-5, atol=1e-6 * ref.max())
 
 
 def test_bad_config_and_input_are_refused() -> None:
