@@ -153,7 +153,11 @@ class BandPlan:
         out = np.full((len(kind), *scene.shape[1:]), out_nodata, dtype=np.int16)
 
         copy = np.flatnonzero(kind == COPY)
-        if copy.size:
+        if native and nodata == out_nodata:
+            # The common case: a band-for-band copy, one pass per band, no temporaries.
+            for c in copy:
+                out[c] = scene[lower[c]]
+        elif copy.size:
             src = scene[lower[copy]]
             empty = src == nodata
             if native:

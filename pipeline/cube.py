@@ -16,6 +16,7 @@ metadata points to; the next writer deletes them before reuse and rewrites any l
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -119,6 +120,10 @@ class CubeWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.lock.release()
+        if not self.exists and self.store.is_local:
+            # Taking the lock created the folder; leave nothing behind when no cube was made.
+            with contextlib.suppress(OSError):
+                os.rmdir(self.store.root)
 
     @property
     def exists(self) -> bool:

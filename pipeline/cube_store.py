@@ -152,22 +152,33 @@ class CubeStore:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             return True
-        client = getattr(self.fs, "s3", None)
-        if self.url.startswith("s3") and hasattr(client, "put_object"):
-            bucket, _, obj = self.path(key).partition("/")
-            try:
-                client.put_object(Bucket=bucket, Key=obj, Body=data, IfNoneMatch="*")
-            except Exception as exc:  # botocore ClientError; not imported to keep s3fs optional
-                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-                if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
-                    return False
-                raise
-            return True
+        if self.url.startswith("s3"):
+            created = self._s3_create_exclusive(key, data)
+            if created is not None:
+                return created
         # Stores without a conditional create: check, then write. Two writers starting in the
         # same instant can both win here; documented in docs/cube.md ("Locking").
         if self.exists(key):
             return False
         self.fs.pipe_file(self.path(key), data)
+        return True
+
+    def _s3_create_exclusive(self, key: str, data: bytes) -> bool | None:
+        """``PutObject`` with ``If-None-Match: *``; None when this s3fs offers no way to send it."""
+        bucket, _, obj = self.path(key).partition("/")
+        kwargs = {"Bucket": bucket, "Key": obj, "Body": data, "IfNoneMatch": "*"}
+        try:
+            if hasattr(self.fs, "call_s3"):  # current, async s3fs: a sync wrapper
+                self.fs.call_s3("put_object", **kwargs)
+            elif hasattr(getattr(self.fs, "s3", None), "put_object"):  # s3fs 0.4: boto3 client
+                self.fs.s3.put_object(**kwargs)
+            else:
+                return None
+        except Exception as exc:  # botocore ClientError or s3fs's OSError translation
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) + str(exc)
+            if any(c in code for c in ("PreconditionFailed", "ConditionalRequestConflict", "412")):
+                return False
+            raise
         return True
 
     def delete(self, key: str) -> None:

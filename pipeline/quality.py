@@ -20,10 +20,12 @@ ENMAP_MASKING = ("cloud", "cloud_shadow", "haze", "cirrus", "snow")
 
 def data_present(block: np.ndarray, nodata: int, bands: Sequence[int] | None = None) -> np.ndarray:
     """``(band, y, x)`` -> ``(y, x)`` True where none of ``bands`` (default all) is ``nodata``."""
-    sel = block if bands is None else block[np.asarray(bands, dtype=np.intp)]
-    if sel.shape[0] == 0:
-        return np.zeros(block.shape[1:], dtype=bool)
-    return np.all(sel != nodata, axis=0)
+    ok = np.zeros(block.shape[1:], dtype=bool) if bands is not None and not len(bands) else None
+    # Band by band: no (band, y, x) temporaries on 224-band blocks.
+    for b in range(block.shape[0]) if bands is None else bands:
+        present = block[b] != nodata
+        ok = present if ok is None else np.logical_and(ok, present, out=ok)
+    return np.zeros(block.shape[1:], dtype=bool) if ok is None else ok
 
 
 def enmap_valid(

@@ -182,6 +182,21 @@ def test_failing_scenes_are_reported_and_never_half_written(demo, tmp_path, caps
     assert verify_cube(str(out)) == []
 
 
+def test_band_count_mismatch_is_reported(demo, tmp_path, capsys):
+    root = tmp_path / "mismatch"
+    shutil.copytree(demo, root)
+    item_path = sorted((root / "ENMAP_HSI_L2A").glob("*/*.json"))[0]
+    doc = json.loads(item_path.read_text())
+    doc["assets"]["image"]["eo:bands"] = doc["assets"]["image"]["eo:bands"][:200]
+    item_path.write_text(json.dumps(doc))
+    out = tmp_path / "cube.zarr"
+    assert _ingest(root / "catalog.json", out, "2024-06-30") == 1
+    err = capsys.readouterr().err
+    assert "band-count mismatch: eo:bands lists 200 bands but the image file has 224" in err
+    assert open_cube(str(out))["enmap"].sizes["time"] == 0
+    assert not list((out / "enmap" / "reflectance").glob("c/*"))
+
+
 def test_corrupt_only_scene_leaves_no_cube(tmp_path, capsys):
     root = tmp_path / "one"
     write_region(root, RegionSpec(size_px=16, n_scenes=1))
@@ -293,3 +308,15 @@ def test_concurrent_runs_serialise(demo, tmp_path):
     ids = list(tree["enmap"].scene_id.values) + list(tree["hls"].scene_id.values)
     assert len(ids) == len(set(ids)) == 6
     assert verify_cube(str(out)) == []
+
+
+def test_provenance_hrefs_carry_no_credentials():
+    import pystac
+
+    from hyperkd.pipeline.ingest import _record
+
+    item = pystac.Item("x", None, None, dt.datetime(2024, 1, 1), {}, collection="HLSL30_2.0")
+    item.add_asset("B02", pystac.Asset("https://user:s3cret@data.example/x.tif?sig=T0KEN&se=1"))
+    text = json.dumps(_record(item, ["B02"], IngestParams()))
+    assert "s3cret" not in text and "T0KEN" not in text
+    assert "https://data.example/x.tif" in text
