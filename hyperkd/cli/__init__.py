@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "hyperkd.cli.tiles",
     "hyperkd.cli.ingest",
     "hyperkd.cli.train",
+    "hyperkd.cli.evaluation",
+    "hyperkd.cli.flows",
 )
 
 

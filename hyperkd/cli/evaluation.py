@@ -1,0 +1,167 @@
+"""``hyperkd ablate``, ``hyperkd downstream`` and ``hyperkd report``: judging a pretraining run.
+
+Each command builds one frozen config (:class:`hyperkd.model.ablate.AblationConfig`,
+:class:`hyperkd.model.downstream.DownstreamConfig`, :class:`hyperkd.model.report.ReportConfig`)
+from its arguments and hands it to the model layer. Credentials for object stores come from the
+environment (``AWS_*``), never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    ablate = subparsers.add_parser(
+        "ablate",
+        help="masking x loss ablation grid (+ no-teacher) at an equal budget, resumable",
+        description="Train and evaluate every masking {random, gabor, wavelet} x loss {mse, mse+ssim, "
+        "mse+ssim+kld} cell plus a no-teacher student with the same seeds and budget; writes "
+        "OUT/ablation.csv and OUT/ablation.md. Finished cells are skipped on a rerun.",
+    )
+    ablate.add_argument(
+        "--tiles", required=True, metavar="URL", help="tile store (path or fsspec URL)"
+    )
+    ablate.add_argument(
+        "--teacher",
+        default=None,
+        metavar="CKPT",
+        help="teacher run directory or Prithvi .pt (the +kld cells)",
+    )
+    ablate.add_argument(
+        "--teacher-preset",
+        default="prithvi-eo-1.0-100m",
+        help="architecture of an official .pt teacher",
+    )
+    ablate.add_argument("--out", required=True, metavar="DIR", help="ablation directory")
+    ablate.add_argument(
+        "--preset", default="tiny", choices=("tiny", "small", "base"), help="student preset"
+    )
+    ablate.add_argument(
+        "--steps", type=int, default=200, help="optimizer steps per cell (default 200)"
+    )
+    ablate.add_argument("--batch-size", type=int, default=8, help="tiles per step (default 8)")
+    ablate.add_argument(
+        "--lr", type=float, default=1e-3, help="peak learning rate, every cell (default 1e-3)"
+    )
+    ablate.add_argument("--seed", type=int, default=0, help="seed of every cell (default 0)")
+    ablate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ablate.set_defaults(handler=run_ablate)
+
+    down = subparsers.add_parser(
+        "downstream",
+        help="linear probe + short fine-tune of a frozen encoder on a labelled tile store",
+        description="Land cover, crop type or SOC from a student's encoder, against raw spectra, a "
+        "randomly initialised encoder and the no-teacher student; writes OUT/downstream_<task>.json/.md.",
+    )
+    down.add_argument("--checkpoint", required=True, metavar="CKPT", help="student run directory")
+    down.add_argument("--task", required=True, choices=("landcover", "crop", "soc"))
+    down.add_argument(
+        "--data", required=True, metavar="URL", help="tile store holding the task's label"
+    )
+    down.add_argument("--out", required=True, metavar="DIR")
+    down.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=50,
+        help="fine-tune steps per encoder (0 = probe only)",
+    )
+    base = down.add_mutually_exclusive_group()
+    base.add_argument(
+        "--baseline-checkpoint",
+        default=None,
+        metavar="CKPT",
+        help="the no-teacher student's run directory",
+    )
+    base.add_argument(
+        "--ablation",
+        default=None,
+        metavar="DIR",
+        help="take the no-teacher student from DIR/cells/no-teacher",
+    )
+    down.add_argument(
+        "--max-train-pixels", type=int, default=50_000, help="labelled train pixels for the probes"
+    )
+    down.add_argument(
+        "--max-eval-pixels", type=int, default=100_000, help="labelled test pixels scored"
+    )
+    down.add_argument("--batch-size", type=int, default=8)
+    down.add_argument("--seed", type=int, default=0)
+    down.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    down.set_defaults(handler=run_downstream)
+
+    report = subparsers.add_parser(
+        "report",
+        help="self-contained HTML (+ markdown) report of a run directory",
+        description="Writes DIR/report.html (figures embedded), DIR/report.md and DIR/report_files/*.png; "
+        "the run directory layout is documented in docs/run.md.",
+    )
+    report.add_argument("--run", required=True, metavar="DIR", help="run directory (docs/run.md)")
+    report.add_argument(
+        "--tiles", type=int, default=3, dest="n_tiles", help="tiles shown (default 3)"
+    )
+    report.add_argument(
+        "--pixels", type=int, default=4, dest="n_pixels", help="sample spectra (default 4)"
+    )
+    report.add_argument("--seed", type=int, default=0)
+    report.set_defaults(handler=run_report)
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    from hyperkd.model.ablate import AblationConfig, run_ablation
+
+    cfg = AblationConfig(
+        tiles=args.tiles,
+        out=args.out,
+        teacher=args.teacher,
+        teacher_preset=args.teacher_preset,
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+    )
+    run_ablation(cfg)
+    print((Path(cfg.out) / "ablation.md").read_text(), end="")
+    return 0
+
+
+def run_downstream(args: argparse.Namespace) -> int:
+    from hyperkd.model.downstream import DownstreamConfig, markdown_table
+    from hyperkd.model.downstream import run_downstream as evaluate_task
+
+    baseline = args.baseline_checkpoint
+    if args.ablation is not None:
+        baseline = str(Path(args.ablation) / "cells" / "no-teacher")
+        if not (Path(baseline) / "config.json").is_file():
+            raise ValueError(
+                f"{args.ablation} holds no finished no-teacher cell (cells/no-teacher)"
+            )
+    cfg = DownstreamConfig(
+        checkpoint=args.checkpoint,
+        task=args.task,
+        data=args.data,
+        out=args.out,
+        finetune_steps=args.finetune_steps,
+        baseline_checkpoint=baseline,
+        max_train_pixels=args.max_train_pixels,
+        max_eval_pixels=args.max_eval_pixels,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
+    result = evaluate_task(cfg)
+    print(markdown_table(result))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from hyperkd.model.report import ReportConfig, write_report
+
+    paths = write_report(
+        ReportConfig(run=args.run, n_tiles=args.n_tiles, n_pixels=args.n_pixels, seed=args.seed)
+    )
+    print(f"report: {paths['html']} (markdown: {paths['markdown']})")
+    return 0

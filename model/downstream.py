@@ -1,0 +1,380 @@
+"""``hyperkd downstream``: a frozen encoder on a labelled tile store, against baselines.
+
+Tasks (``--task`` -> tile-store label): ``landcover`` -> ``label_landcover`` and ``crop`` ->
+``label_crop_type`` (classes, 0 = unlabeled and ignored), ``soc`` -> ``label_soc`` (soil organic
+carbon, g/kg, NaN = no value).
+
+Methods, all scored on the same labelled pixels (see :mod:`hyperkd.model.probes` for the
+features, the probes and the metrics):
+
+- ``hyperkd``: the checkpoint under test (``--checkpoint``, a student run directory);
+- ``no-teacher``: a student trained without the teacher (``--baseline-checkpoint``, e.g. an
+  ablation's ``cells/no-teacher``); skipped with a note when not given;
+- ``random-init``: the same architecture, randomly initialised (seed ``seed``);
+- ``raw-spectra``: the pixel's normalised spectrum.
+
+Each encoder is scored twice: a **linear probe** on the frozen features, and a short
+**fine-tune** (``finetune_steps`` AdamW steps of encoder + head on the train tiles, every labelled
+pixel, LP-FT: the head starts from the linear probe, Kumar et al. 2022). The raw spectra only get
+the probe. Probes and fine-tunes train on ``train`` and are scored on ``test``, or on ``val``
+when ``test`` has no labelled pixel (recorded as ``eval_split``).
+
+Results: ``OUT/downstream_<task>.json`` and ``OUT/downstream_<task>.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hyperkd.model import probes
+from hyperkd.model.data import TileDataset, make_loader
+from hyperkd.model.mae import MAEConfig, StudentMAE
+from hyperkd.model.runs import load_student
+
+_log = logging.getLogger(__name__)
+
+TASKS: dict[str, tuple[str, bool]] = {
+    "landcover": ("landcover", True),
+    "crop": ("crop_type", True),
+    "soc": ("soc", False),
+}
+"""``--task`` -> (label name in the tile store, is classification)."""
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    """One downstream evaluation."""
+
+    checkpoint: str
+    """Student run directory (``model.safetensors`` + ``config.json``)."""
+    task: str
+    data: str
+    """Tile store holding the task's label."""
+    out: str
+    finetune_steps: int = 50
+    baseline_checkpoint: str | None = None
+    """The no-teacher student's run directory, or None to skip that baseline."""
+    max_train_pixels: int = 50_000
+    max_eval_pixels: int = 100_000
+    batch_size: int = 8
+    finetune_lr: float = 3e-4
+    """Encoder learning rate; the head's is 10x."""
+    seed: int = 0
+    device: str = "auto"
+    storage_options: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}: choose one of {', '.join(TASKS)}")
+        if (
+            self.finetune_steps < 0
+            or self.batch_size < 1
+            or min(self.max_train_pixels, self.max_eval_pixels) < 1
+        ):
+            raise ValueError("finetune steps must be >= 0; batch size and pixel caps >= 1")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def _split_sample(
+    ds: TileDataset, label: str, classes: bool, max_pixels: int, seed: int
+) -> probes.PixelSample:
+    labels, valids = [], []
+    for i in range(len(ds)):
+        raw = ds.read_raw(i)
+        labels.append(np.asarray(raw[f"label_{label}"]))
+        valids.append(np.asarray(raw["valid"]))
+    return probes.sample_pixels(labels, valids, classes=classes, max_pixels=max_pixels, seed=seed)
+
+
+def _batches(
+    ds: TileDataset, positions: np.ndarray, batch: int
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(tile positions, stacked normalised student tiles (B, C, T, T))."""
+    for start in range(0, len(positions), batch):
+        chunk = positions[start : start + batch]
+        yield chunk, torch.stack([ds[int(i)]["student"] for i in chunk])
+
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+"""(B, C, T, T) normalised tiles -> (B, F, T, T) per-pixel features (or outputs)."""
+
+
+@torch.no_grad()
+def gather(
+    ds: TileDataset, sample: probes.PixelSample, fn: FeatureFn, batch: int, device: torch.device
+) -> np.ndarray:
+    """``fn``'s per-pixel outputs at the sampled pixels: (N, F) float32, in sample order."""
+    out: np.ndarray | None = None
+    for chunk, imgs in _batches(ds, np.unique(sample.tiles), batch):
+        maps = fn(imgs.to(device)).float().cpu()  # (B, F, T, T)
+        flat = maps.flatten(2).numpy()  # (B, F, T*T)
+        for j, tile in enumerate(chunk):
+            rows = np.flatnonzero(sample.tiles == tile)
+            if out is None:
+                out = np.empty((len(sample), flat.shape[1]), np.float32)
+            out[rows] = flat[j][:, sample.pixels[rows]].T
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+# --- fine-tuning --------------------------------------------------------------------------
+
+
+class SegmentationHead(nn.Module):
+    """Encoder + 1x1 linear head on the token map, outputs resampled bilinearly to pixels."""
+
+    def __init__(self, encoder: StudentMAE, out_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Conv2d(encoder.config.embed_dim, out_dim, kernel_size=1)
+
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, T) -> (B, out_dim, T, T)."""
+        maps = probes.token_maps(self.encoder, imgs)
+        return F.interpolate(
+            self.head(maps), size=imgs.shape[-2:], mode="bilinear", align_corners=False
+        )
+
+    def init_from_probe(self, probe: probes.LogisticProbe | probes.RidgeProbe) -> None:
+        """LP-FT: start the head from a linear probe fitted on standardised pixel features."""
+        weight = probe.weight if probe.weight.ndim == 2 else probe.weight[:, None]  # (F, K)
+        bias = np.atleast_1d(np.asarray(probe.bias, dtype=np.float64))  # (K,)
+        w = weight / probe.scaler.std[:, None]  # undo the standardisation z = (f - mean) / std
+        b = bias - probe.scaler.mean @ w
+        self.head.weight.data.copy_(torch.as_tensor(w.T, dtype=torch.float32)[..., None, None])
+        self.head.bias.data.copy_(torch.as_tensor(b, dtype=torch.float32))
+
+
+def finetune(
+    net: SegmentationHead,
+    ds: TileDataset,
+    label: str,
+    target_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    cfg: DownstreamConfig,
+    device: torch.device,
+) -> list[float]:
+    """``cfg.finetune_steps`` AdamW steps on every labelled pixel; returns the loss per step.
+
+    ``target_fn(label, valid)`` maps a (B, T, T) label batch to ``(target, use)`` with ``use``
+    a (B, T, T) bool selection; classification targets are class indices, regression targets
+    standardised values.
+    """
+    classes = net.head.out_channels > 1
+    opt = torch.optim.AdamW(
+        [
+            {"params": net.encoder.parameters(), "lr": cfg.finetune_lr},
+            {"params": net.head.parameters(), "lr": 10 * cfg.finetune_lr},
+        ],
+        weight_decay=0.01,
+    )
+    loader = make_loader(
+        ds, min(cfg.batch_size, len(ds)), seed=cfg.seed, num_workers=0, drop_last=False
+    )
+    net.train()
+    losses: list[float] = []
+    epoch = 0
+    while len(losses) < cfg.finetune_steps:
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            target, use = target_fn(batch[f"label_{label}"], batch["valid"])
+            if not use.any():
+                continue
+            out = net(batch["student"].to(device))  # (B, K, T, T)
+            use = use.to(device)
+            if classes:
+                loss = F.cross_entropy(out.permute(0, 2, 3, 1)[use], target.to(device)[use])
+            else:
+                loss = F.mse_loss(out[:, 0][use], target.to(device)[use])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+            if len(losses) >= cfg.finetune_steps:
+                break
+        epoch += 1
+        if epoch > 10 * cfg.finetune_steps + 10:  # no labelled pixel in any train tile
+            raise ValueError(f"no labelled train pixel for label_{label}")
+    net.eval()
+    return losses
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# --- the evaluation -----------------------------------------------------------------------
+
+
+def _encoders(
+    cfg: DownstreamConfig, device: torch.device
+) -> tuple[dict[str, StudentMAE | None], dict[str, Any], list[str]]:
+    """Method name -> encoder (None: raw spectra), the checkpoint's run config, and notes."""
+    student, run_config = load_student(cfg.checkpoint)
+    notes: list[str] = []
+    torch.manual_seed(cfg.seed)
+    random_init = StudentMAE(MAEConfig(**student.config.to_dict()))
+    methods: dict[str, StudentMAE | None] = {"hyperkd": student}
+    if cfg.baseline_checkpoint:
+        baseline, _ = load_student(cfg.baseline_checkpoint)
+        if baseline.config != student.config:
+            raise ValueError(
+                f"{cfg.baseline_checkpoint} has another architecture than {cfg.checkpoint}"
+            )
+        methods["no-teacher"] = baseline
+    else:
+        notes.append("no-teacher baseline skipped: no --baseline-checkpoint given")
+    methods["random-init"] = random_init
+    methods["raw-spectra"] = None
+    for model in methods.values():
+        if model is not None:
+            model.to(device).eval()
+    return methods, run_config, notes
+
+
+def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
+    """Evaluate every method on ``cfg.task``; writes the JSON and markdown results and returns them."""
+    label, classes = TASKS[cfg.task]
+    device = _device(cfg.device)
+    train = TileDataset(cfg.data, split="train", storage_options=cfg.storage_options)
+    if label not in train.info.labels:
+        raise ValueError(
+            f"tile store {cfg.data} has no label_{label} (labels: {sorted(train.info.labels) or 'none'})"
+        )
+    train_sample = _split_sample(train, label, classes, cfg.max_train_pixels, cfg.seed)
+    if len(train_sample) == 0:
+        raise ValueError(f"no labelled pixel for label_{label} in the train split of {cfg.data}")
+    eval_split, eval_ds, eval_sample = "test", None, None
+    for split in ("test", "val"):
+        if train.info.splits.get(split, 0) == 0:
+            continue
+        eval_ds = TileDataset(cfg.data, split=split, storage_options=cfg.storage_options)
+        eval_sample = _split_sample(eval_ds, label, classes, cfg.max_eval_pixels, cfg.seed + 1)
+        if len(eval_sample):
+            eval_split = split
+            break
+    if eval_ds is None or eval_sample is None or len(eval_sample) == 0:
+        raise ValueError(
+            f"no labelled pixel for label_{label} in the test or val split of {cfg.data}"
+        )
+
+    methods, run_config, notes = _encoders(cfg, device)
+    if classes:
+        codes = np.unique(train_sample.target)
+        missing = sorted(set(np.unique(eval_sample.target).tolist()) - set(codes.tolist()))
+        if missing:
+            notes.append(
+                f"classes {missing} occur in {eval_split} but not in train; they count as errors"
+            )
+    targets = probes.Targets.from_train(train_sample.target, classes)
+    score = probes.classification_metrics if classes else probes.regression_metrics
+    rows: list[dict[str, Any]] = []
+    for name, encoder in methods.items():
+        t0 = time.perf_counter()
+        fn: FeatureFn = (
+            _identity if encoder is None else functools.partial(probes.pixel_features, encoder)
+        )
+        x_train = gather(train, train_sample, fn, cfg.batch_size, device)
+        x_eval = gather(eval_ds, eval_sample, fn, cfg.batch_size, device)
+        probe = targets.fit_probe(x_train, train_sample.target)
+        pred = targets.decode_probe(probe.predict(x_eval))
+        row = {"method": name, "mode": "linear probe", **score(eval_sample.target, pred)}
+        rows.append(row | {"seconds": time.perf_counter() - t0})
+        _log.info("%s: %s", name, rows[-1])
+        if encoder is None or cfg.finetune_steps == 0:
+            continue
+        t0 = time.perf_counter()
+        net = SegmentationHead(copy.deepcopy(encoder), targets.out_dim).to(device)
+        net.init_from_probe(probe)
+        losses = finetune(net, train, label, targets.pixel_targets, cfg, device)
+        pred = targets.decode_outputs(gather(eval_ds, eval_sample, net, cfg.batch_size, device))
+        row = {
+            "method": name,
+            "mode": f"fine-tune {cfg.finetune_steps} steps",
+            **score(eval_sample.target, pred),
+        }
+        rows.append(
+            row
+            | {
+                "seconds": time.perf_counter() - t0,
+                "finetune_loss_first_last": [losses[0], losses[-1]],
+            }
+        )
+        _log.info("%s: %s", name, rows[-1])
+    result = {
+        "task": cfg.task,
+        "label": f"label_{label}",
+        "kind": "classification" if classes else "regression",
+        "metrics": ["accuracy", "macro_f1"] if classes else ["r2", "rmse"],
+        "data": cfg.data,
+        "checkpoint": cfg.checkpoint,
+        "baseline_checkpoint": cfg.baseline_checkpoint,
+        "train_split": "train",
+        "eval_split": eval_split,
+        "n_train_pixels": len(train_sample),
+        "n_eval_pixels": len(eval_sample),
+        "classes": [int(c) for c in np.unique(train_sample.target)] if classes else None,
+        "features": "encoder patch tokens (no masking, final LayerNorm) resampled bilinearly to pixels; "
+        "raw-spectra: normalised pixel spectrum",
+        "student_preset": run_config.get("preset", methods["hyperkd"].config.preset),  # type: ignore[union-attr]
+        "config": {k: v for k, v in asdict(cfg).items() if k != "storage_options"},
+        "notes": notes,
+        "results": rows,
+    }
+    write_results(Path(cfg.out), result)
+    return result
+
+
+def markdown_table(result: Mapping[str, Any]) -> str:
+    """The results as a markdown table (one row per method and mode)."""
+    metrics = list(result["metrics"])
+    names = {"accuracy": "overall accuracy", "macro_f1": "macro-F1", "r2": "R²", "rmse": "RMSE"}
+    head = ["method", "mode", *(names[m] for m in metrics), "time s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in result["results"]:
+        values = [f"{row[m]:.3f}" for m in metrics]
+        lines.append(
+            f"| {row['method']} | {row['mode']} | "
+            + " | ".join(values)
+            + f" | {row['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_results(out: Path, result: Mapping[str, Any]) -> None:
+    """``downstream_<task>.json`` and ``.md`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    task = result["task"]
+    (out / f"downstream_{task}.json").write_text(json.dumps(result, indent=1) + "\n")
+    unit = " (g/kg)" if task == "soc" else ""
+    text = [
+        f"# Downstream: {task}{unit}",
+        "",
+        f"Label `{result['label']}` of `{result['data']}`; trained on {result['n_train_pixels']} {result['train_split']} "
+        f"pixels, scored on {result['n_eval_pixels']} {result['eval_split']} pixels.",
+        "",
+        markdown_table(result),
+        "",
+        *(f"- {note}" for note in result["notes"]),
+    ]
+    (out / f"downstream_{task}.md").write_text("\n".join(text).rstrip() + "\n")

@@ -1,0 +1,124 @@
+"""``hyperkd ablate``: the masking x loss grid plus no-teacher, equal budget, resumable."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from eval_helpers import factory_ablation, factory_run, torch_threads
+
+from hyperkd.cli import main
+from hyperkd.model.ablate import NO_TEACHER, NO_TEACHER_AS, grid
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(factory_ablation(tmp_path_factory.mktemp("factory")))
+
+
+def test_grid_is_the_papers() -> None:
+    cells = grid()
+    assert len(cells) == 9
+    assert {(c.masking, c.loss) for c in cells} == {
+        (m, loss)
+        for m in ("random", "gabor", "wavelet")
+        for loss in ("mse", "mse+ssim", "mse+ssim+kld")
+    }
+    assert [c.uses_teacher for c in cells].count(True) == 3
+
+
+def test_ablate_writes_every_cell_with_equal_budget(ablation: Path) -> None:
+    with (ablation / "ablation.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["cell"] for r in rows] == [c.name for c in grid()] + [NO_TEACHER]
+    for r in rows:
+        assert float(r["psnr"]) > 0 and 0 < float(r["sam"]) < 90 and -1 <= float(r["ssim"]) <= 1
+        assert r["steps"] == "2" and r["seed"] == "0" and r["eval_split"] in ("test", "val")
+    no_teacher = rows[-1]
+    same = next(r for r in rows if r["cell"] == NO_TEACHER_AS)
+    assert no_teacher["trained_as"] == NO_TEACHER_AS and no_teacher["psnr"] == same["psnr"]
+    assert os.readlink(ablation / "cells" / NO_TEACHER) == NO_TEACHER_AS
+    # every cell: same budget and seeds, its own masking and loss, evaluated on the same masks
+    settings = [
+        json.loads((ablation / "cells" / c.name / "cell.json").read_text())["settings"]
+        for c in grid()
+    ]
+    budget = {
+        json.dumps({k: s[k] for k in ("preset", "steps", "batch_size", "lr", "seed", "eval")})
+        for s in settings
+    }
+    assert len(budget) == 1
+    for cell, s in zip(grid(), settings, strict=True):
+        run = json.loads((ablation / "cells" / cell.name / "config.json").read_text())["run"]
+        assert (
+            (run["masking"]["kind"], run["loss"]["terms"])
+            == (cell.masking, cell.loss)
+            == (s["masking"], s["loss"])
+        )
+        assert (run["teacher"] is not None) == cell.uses_teacher
+        metrics = json.loads(
+            (ablation / "cells" / cell.name / "evaluate" / "metrics.json").read_text()
+        )
+        assert metrics["masking"]["kind"] == "random"
+    table = (ablation / "ablation.md").read_text()
+    assert "| cell | masking | loss | PSNR (dB) | SSIM | SAM (°) | wall time (s) |" in table
+    assert table.count("\n| ") == 1 + 10
+
+
+def test_ablate_rerun_skips_finished_cells(
+    ablation: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = factory_run(ablation.parent)
+    stamps = {p: p.stat().st_mtime_ns for p in (ablation / "cells").glob("*/model.safetensors")}
+    argv = ["ablate", "--tiles", run["tiles"], "--teacher", run["teacher"], "--out", str(ablation)]
+    assert main([*argv, "--steps", "2", "--batch-size", "2", "--device", "cpu"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
+    assert "| gabor-mse+ssim+kld | gabor | mse+ssim+kld |" in capsys.readouterr().out
+    # other settings in the same directory: refused, nothing overwritten
+    assert main([*argv, "--steps", "3", "--batch-size", "2", "--device", "cpu"]) == 2
+    assert "was run with other settings" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_ablate_resumes_a_half_finished_cell(ablation: Path) -> None:
+    """A cell whose evaluation is missing is evaluated again without retraining."""
+    run = factory_run(ablation.parent)
+    cell = ablation / "cells" / "random-mse"
+    metrics = cell / "evaluate" / "metrics.json"
+    before = json.loads(metrics.read_text())
+    weights = (cell / "model.safetensors").stat().st_mtime_ns
+    metrics.unlink()
+    argv = ["ablate", "--tiles", run["tiles"], "--teacher", run["teacher"], "--out", str(ablation)]
+    assert main([*argv, "--steps", "2", "--batch-size", "2", "--device", "cpu"]) == 0
+    assert json.loads(metrics.read_text())["psnr"] == pytest.approx(before["psnr"])
+    assert (cell / "model.safetensors").stat().st_mtime_ns == weights
+
+
+def test_ablate_kld_cells_need_a_teacher(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = factory_run(tmp_path)
+    argv = [
+        "ablate",
+        "--tiles",
+        run["tiles"],
+        "--out",
+        str(tmp_path / "abl"),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+    ]
+    assert main([*argv, "--device", "cpu"]) == 2
+    assert "distil from a teacher: pass --teacher" in capsys.readouterr().err
+    assert not (tmp_path / "abl").exists()

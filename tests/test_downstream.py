@@ -1,0 +1,183 @@
+"""Downstream evaluation: probes and metrics on known answers, then ``hyperkd downstream`` on a
+labelled factory tile store (land cover, crop type, SOC from the scene factory's truth)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from eval_helpers import factory_run, torch_threads, train_student
+
+from hyperkd.cli import main
+from hyperkd.model import probes
+from hyperkd.model.downstream import SegmentationHead
+from hyperkd.model.mae import StudentMAE, student_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    with torch_threads(1):
+        yield
+
+
+def test_classification_metrics_by_hand() -> None:
+    truth = np.array([1, 1, 2, 2, 3, 3])
+    pred = np.array([1, 2, 2, 2, 3, 1])
+    m = probes.classification_metrics(truth, pred)
+    # class 1: tp 1 fp 1 fn 1 -> 0.5; class 2: tp 2 fp 1 fn 0 -> 0.8; class 3: tp 1 fp 0 fn 1 -> 2/3
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+
+
+def test_regression_metrics_by_hand() -> None:
+    truth = np.array([1.0, 2.0, 3.0, 4.0])
+    assert probes.regression_metrics(truth, truth) == {"r2": 1.0, "rmse": 0.0}
+    m = probes.regression_metrics(truth, np.full(4, 2.5))
+    assert m["r2"] == pytest.approx(0.0)
+    assert m["rmse"] == pytest.approx(np.sqrt(1.25))
+
+
+def test_logistic_probe_separates_classes() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+    y = rng.integers(0, 3, 600)
+    x = centres[y] + rng.normal(0, 0.5, (600, 3))
+    codes = np.array([2, 5, 6])[y]  # class codes need not be contiguous
+    probe = probes.fit_logistic(x[:400], codes[:400])
+    acc = probes.classification_metrics(codes[400:], probe.predict(x[400:]))["accuracy"]
+    assert acc > 0.97
+    assert set(np.unique(probe.predict(x))) <= {2, 5, 6}
+
+
+def test_ridge_probe_recovers_a_linear_map() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 4)) * [1.0, 10.0, 0.1, 3.0] + [5, -2, 0, 1]
+    y = x @ np.array([0.5, -0.1, 3.0, 0.0]) + 7.0
+    probe = probes.fit_ridge(x, y, alpha=1e-8)
+    np.testing.assert_allclose(probe.predict(x), y, atol=1e-3)
+
+
+def test_sample_pixels_skips_unlabelled_and_invalid_and_caps() -> None:
+    labels = [np.array([[0, 1], [2, 3]]), np.array([[4, 4], [4, 0]])]
+    valids = [np.array([[True, True], [False, True]]), np.ones((2, 2), bool)]
+    s = probes.sample_pixels(labels, valids, classes=True, max_pixels=100, seed=0)
+    assert sorted(zip(s.tiles.tolist(), s.pixels.tolist(), strict=True)) == [
+        (0, 1),
+        (0, 3),
+        (1, 0),
+        (1, 1),
+        (1, 2),
+    ]
+    assert 0 not in s.target
+    capped = probes.sample_pixels(labels, valids, classes=True, max_pixels=3, seed=0)
+    assert len(capped) <= 3 and set(capped.tiles.tolist()) == {0, 1}
+    soc = [np.array([[np.nan, 1.5], [2.5, 3.5]], np.float32)]
+    assert (
+        len(probes.sample_pixels(soc, [np.ones((2, 2), bool)], classes=False, max_pixels=9, seed=0))
+        == 3
+    )
+
+
+def test_pixel_features_and_lp_ft_head_agree_with_the_probe() -> None:
+    """The fine-tune head starts as the probe: same predictions on the same pixels."""
+    torch.manual_seed(0)
+    model = StudentMAE(student_config("tiny", img_size=16, patch_size=8, in_chans=5)).eval()
+    imgs = torch.randn(3, 5, 16, 16)
+    with torch.no_grad():
+        feats = probes.pixel_features(model, imgs)  # (B, D, T, T)
+    assert feats.shape == (3, 64, 16, 16)
+    x = feats.permute(0, 2, 3, 1).reshape(-1, 64).numpy()
+    y = np.where(x[:, 0] > np.median(x[:, 0]), 1, 2) + (x[:, 1] > 0) * 2
+    probe = probes.fit_logistic(x, y)
+    head = SegmentationHead(model, len(probe.classes))
+    head.init_from_probe(probe)
+    with torch.no_grad():
+        out = head(imgs).permute(0, 2, 3, 1).reshape(-1, len(probe.classes)).numpy()
+    np.testing.assert_array_equal(probe.classes[out.argmax(1)], probe.predict(x))
+
+
+@pytest.fixture(scope="module")
+def factory(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return factory_run(tmp_path_factory.mktemp("factory"))
+
+
+def _downstream(factory: dict[str, str], out: Path, task: str, *extra: str) -> dict:
+    argv = [
+        "downstream",
+        "--checkpoint",
+        factory["student"],
+        "--task",
+        task,
+        "--data",
+        factory["tiles"],
+    ]
+    argv += [
+        "--out",
+        str(out),
+        "--max-train-pixels",
+        "3000",
+        "--max-eval-pixels",
+        "3000",
+        "--device",
+        "cpu",
+        *extra,
+    ]
+    assert main(argv) == 0
+    return json.loads((out / f"downstream_{task}.json").read_text())
+
+
+def test_downstream_landcover_on_factory_tiles(factory: dict[str, str], tmp_path: Path) -> None:
+    baseline = str(Path(factory["root"]) / "no-teacher")
+    train_student(factory["tiles"], Path(baseline), teacher=None, steps=2)
+    result = _downstream(
+        factory, tmp_path, "landcover", "--finetune-steps", "3", "--baseline-checkpoint", baseline
+    )
+    modes = {(r["method"], r["mode"]) for r in result["results"]}
+    for method in ("hyperkd", "no-teacher", "random-init"):
+        assert {(method, "linear probe"), (method, "fine-tune 3 steps")} <= modes
+    assert ("raw-spectra", "linear probe") in modes
+    assert result["eval_split"] in ("test", "val") and result["n_eval_pixels"] > 0
+    assert set(result["classes"]) <= {1, 2, 3, 4, 5, 6}
+    by = {(r["method"], r["mode"]): r for r in result["results"]}
+    n_classes = len(result["classes"])
+    # Raw spectra separate the factory's land cover far better than chance.
+    assert by[("raw-spectra", "linear probe")]["accuracy"] > 2.0 / n_classes
+    for r in result["results"]:
+        assert 0.0 <= r["macro_f1"] <= r["accuracy"] + 1.0
+    table = (tmp_path / "downstream_landcover.md").read_text()
+    assert "| raw-spectra | linear probe |" in table and "macro-F1" in table
+
+
+def test_downstream_soc_regression(factory: dict[str, str], tmp_path: Path) -> None:
+    result = _downstream(factory, tmp_path, "soc", "--finetune-steps", "2")
+    assert result["kind"] == "regression" and result["metrics"] == ["r2", "rmse"]
+    assert {r["method"] for r in result["results"]} == {"hyperkd", "random-init", "raw-spectra"}
+    assert all(np.isfinite(r["rmse"]) and r["rmse"] > 0 for r in result["results"])
+    assert any("no-teacher baseline skipped" in n for n in result["notes"])
+
+
+def test_downstream_missing_label_is_one_line_error(
+    factory: dict[str, str], tmp_path: Path, capsys
+) -> None:
+    from eval_helpers import factory_tile_store
+
+    landcover_only = factory_tile_store(tmp_path / "lc", labels=("landcover",))
+    argv = [
+        "downstream",
+        "--checkpoint",
+        factory["student"],
+        "--task",
+        "crop",
+        "--data",
+        landcover_only,
+    ]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"hyperkd downstream: error: tile store {landcover_only} has no label_crop_type (labels: ['landcover'])"
+    ]
+    assert not (tmp_path / "out").exists()
