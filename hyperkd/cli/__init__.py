@@ -22,7 +22,6 @@ COMMAND_MODULES = (
     "hyperkd.cli.ingest",
     "hyperkd.cli.train",
     "hyperkd.cli.evaluation",
-    "hyperkd.cli.flows",
 )
 
 
