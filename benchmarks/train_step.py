@@ -1,0 +1,201 @@
+"""Training-step throughput: a HyperKD step (teacher + student, forward + backward) per preset.
+
+For each student preset the timed step is the real one from :class:`DistillationTask`:
+gabor masking, the MSE + SSIM + KLD loss with the frozen teacher's forward pass, backward and an
+AdamW update. The baseline, timed in the same process on the same inputs, is the plain MAE
+step of the same student (random masking, MSE, no teacher), so the ratio is the cost of
+distillation. Medians of ``--repeats`` timings of ``--steps`` steps each, after warm-up, baseline and
+treatment alternating.
+
+Teachers: ``tiny`` -> the tiny Prithvi-structured teacher, ``small``/``base`` -> the
+Prithvi-EO-1.0-100M architecture (random weights; speed does not depend on them).
+
+On CUDA the step runs under bf16 autocast and MFU is reported: model FLOPs of one step,
+counted with ``torch.utils.flop_counter``, times steps/s, over the GPU's dense bf16 peak
+(``--peak-tflops``, or looked up from the device name).
+
+The last line is ``<preset>/samples_per_s=<n> ...`` for each preset run, plus ``mfu=<fraction>``
+(of the last preset) on CUDA.
+
+    .venv/bin/python benchmarks/train_step.py --presets tiny small [--batch 4] [--bands 218]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from hyperkd.model.losses import LossConfig
+from hyperkd.model.mae import StudentMAE, student_config
+from hyperkd.model.masking import Masking
+from hyperkd.model.prithvi import PrithviMAE, Teacher, teacher_config
+from hyperkd.model.tasks import DistillationTask
+
+TEACHER_FOR = {"tiny": "tiny", "small": "prithvi-eo-1.0-100m", "base": "prithvi-eo-1.0-100m"}
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}
+"""Dense bf16 tensor-core peaks from NVIDIA's data sheets (SXM unless named)."""
+
+
+def make_batch(
+    batch: int, bands: int, tile: int, patch: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    out = {
+        "student": torch.randn(batch, bands, tile, tile, generator=g),
+        "teacher": torch.randn(batch, 6, tile, tile, generator=g),
+        "significance_gabor": torch.rand(batch, tile // patch, tile // patch, generator=g),
+        "valid": torch.ones(batch, tile, tile, dtype=torch.bool),
+    }
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def build(
+    preset: str, kd: bool, args: argparse.Namespace, device: torch.device
+) -> DistillationTask:
+    torch.manual_seed(0)
+    student = StudentMAE(
+        student_config(preset, img_size=args.tile, patch_size=args.patch, in_chans=args.bands)
+    )
+    if not kd:
+        return DistillationTask(student, Masking("random"), LossConfig("mse")).to(device)
+    teacher_preset = TEACHER_FOR[preset]
+    patch = args.patch if teacher_preset == "tiny" else None
+    teacher = Teacher(
+        PrithviMAE(teacher_config(teacher_preset, img_size=args.tile, patch_size=patch))
+    )
+    return DistillationTask(student, Masking("gabor"), LossConfig("mse+ssim+kld"), teacher).to(
+        device
+    )
+
+
+def step_fn(
+    task: DistillationTask, batch: dict[str, torch.Tensor], device: torch.device, compile_: bool
+):  # type: ignore[no-untyped-def]
+    opt = torch.optim.AdamW(
+        [p for p in task.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95)
+    )
+    model = torch.compile(task) if compile_ else task
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        pm = task.make_mask(batch, generator)
+        with autocast:
+            loss = model(batch, pm)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(task.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_steps(step, n: int, device: torch.device) -> float:  # type: ignore[no-untyped-def]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def step_flops(
+    task: DistillationTask, batch: dict[str, torch.Tensor], device: torch.device
+) -> float:
+    """Model FLOPs of one forward + backward, counted on the real step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pm = task.make_mask(batch, torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = task(batch, pm)["loss"]
+        loss.backward()
+    task.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def peak_flops(args: argparse.Namespace) -> float | None:
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    name = torch.cuda.get_device_name()
+    for key, tflops in PEAK_BF16_TFLOPS.items():  # longest names first where they overlap
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--presets", nargs="+", default=["tiny", "small"], choices=sorted(TEACHER_FOR)
+    )
+    parser.add_argument("--batch", type=int, default=None, help="default 4 on CPU, 32 on CUDA")
+    parser.add_argument("--bands", type=int, default=218)
+    parser.add_argument("--tile", type=int, default=128)
+    parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=3, help="steps per timing")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU"
+    )
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch_size = args.batch or (32 if device.type == "cuda" else 4)
+    where = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"device: {where}; batch {batch_size}, {args.bands} bands, {args.tile} px tiles, {args.patch} px patches"
+    )
+    batch = make_batch(batch_size, args.bands, args.tile, args.patch, device)
+    results, mfu = [], None
+    for preset in args.presets:
+        tasks = {
+            name: build(preset, kd, args, device)
+            for name, kd in (("mae", False), ("hyperkd", True))
+        }
+        steps = {name: step_fn(task, batch, device, args.compile) for name, task in tasks.items()}
+        for step in steps.values():
+            time_steps(step, args.warmup, device)
+        # Baseline and treatment alternate, so load from other processes hits both alike.
+        samples: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(args.repeats):
+            for name, step in steps.items():
+                samples[name].append(time_steps(step, args.steps, device))
+        timings = {name: statistics.median(v) for name, v in samples.items()}
+        if device.type == "cuda":
+            flops, peak = step_flops(tasks["hyperkd"], batch, device), peak_flops(args)
+            achieved = flops * args.steps / timings["hyperkd"]
+            mfu = achieved / peak if peak else None
+            print(
+                f"  {preset}: {flops / 1e12:.2f} TFLOP per step, {achieved / 1e12:.1f} TFLOP/s achieved"
+            )
+        del tasks, steps
+        sps = {k: batch_size * args.steps / v for k, v in timings.items()}
+        print(
+            f"{preset:>5}: hyperkd step {sps['hyperkd']:.2f} samples/s, plain MAE step {sps['mae']:.2f} "
+            f"samples/s, ratio hyperkd/mae = {sps['hyperkd'] / sps['mae']:.2f}"
+        )
+        results.append(
+            f"{preset}/samples_per_s={sps['hyperkd']:.3f} {preset}/ratio_to_mae={sps['hyperkd'] / sps['mae']:.3f}"
+        )
+    last = " ".join(results)
+    if device.type == "cuda":
+        last += f" mfu={mfu:.4f}" if mfu is not None else " mfu=nan"
+    print(last)
+
+
+if __name__ == "__main__":
+    main()
