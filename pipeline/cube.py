@@ -364,6 +364,16 @@ def _as_dask(values: Any, target: Any) -> Any:
     return da.from_array(np.asarray(values), chunks=chunks)
 
 
+def committed_scenes(
+    url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> tuple[str, ...]:
+    """Ids of the committed scenes, in commit order; ``()`` when there is no cube yet."""
+    doc = CubeStore(url, storage_options).read_json(ROOT_DOC)
+    if doc is None:
+        return ()
+    return tuple(s["id"] for s in doc.get("attributes", {}).get("hyperkd:scenes", []))
+
+
 def open_cube(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Any:
     """Open a cube lazily as an ``xarray.DataTree`` (groups ``enmap`` and ``hls``).
 

@@ -240,6 +240,36 @@ def _sources_by_collection(sources: Sequence[Source]) -> Callable[[pystac.Item],
     return pick
 
 
+@dataclass(frozen=True)
+class PlannedScene:
+    """One scene to ingest, with the source it came from and its EnMAP pair (HLS only)."""
+
+    item: pystac.Item
+    source: Source
+    paired_enmap: str = ""
+
+    @property
+    def group(self) -> str:
+        return _group_of(self.item)
+
+
+def plan_scenes(result: SearchResult, sources: Sequence[Source]) -> list[PlannedScene]:
+    """The ingest order: every EnMAP scene, then every paired HLS scene, each by time.
+
+    Each group's time axis only grows forward, so this order is also the write order. An HLS
+    scene paired with two EnMAP scenes keeps its first (earliest) pair; unpaired HLS scenes
+    are not ingested.
+    """
+    pairs: dict[str, str] = {}
+    for pairing in result.pairs:
+        for h in pairing.hls_ids:
+            pairs.setdefault(h, pairing.enmap_id)
+    source_of = _sources_by_collection(sources)
+    enmap = [PlannedScene(item, source_of(item)) for item in result.enmap]
+    hls = [PlannedScene(h, source_of(h), pairs[h.id]) for h in result.hls if h.id in pairs]
+    return [*enmap, *hls]
+
+
 def ingest_region(
     config: IngestConfig,
     *,
@@ -257,14 +287,9 @@ def ingest_region(
     query = config.query
     resolved = tuple(sources) if sources is not None else tuple(map(resolve_source, query.sources))
     result = result if result is not None else search(query, sources=resolved)
-    pairs: dict[str, str] = {}
-    for pairing in result.pairs:  # an HLS scene paired twice keeps its first (earliest) EnMAP
-        for h in pairing.hls_ids:
-            pairs.setdefault(h, pairing.enmap_id)
-    hls = [h for h in result.hls if h.id in pairs]
-    if not result.enmap and not hls:
+    planned = plan_scenes(result, resolved)
+    if not planned:
         return IngestSummary(config.out, (), f"no scenes in region {query.region.name}")
-    source_of = _sources_by_collection(resolved)
     outcomes: list[SceneOutcome] = []
     load_band_table(config.params.bands)  # bad --bands fails before anything is written
 
@@ -279,13 +304,13 @@ def ingest_region(
         if not w.exists:
             if not result.enmap:
                 return IngestSummary(config.out, (), "no EnMAP scene to define the cube grid")
-            first = result.enmap[0]
-            grid = region_grid(first, source_of(first), query.region.bbox)
+            first = planned[0]
+            grid = region_grid(first.item, first.source, query.region.bbox)
             bands = load_band_table(config.params.bands)
             w.create(CubeLayout(grid, bands, config.params.tile_size, query.region.name))
             created = True
-        for item in [*result.enmap, *hls]:
-            report(_write_one(w, item, source_of(item), config.params, pairs.get(item.id, "")))
+        for scene in planned:
+            report(_write_one(w, scene.item, scene.source, config.params, scene.paired_enmap))
         if created and not any(o.status == "written" for o in outcomes):
             w.remove()
     return IngestSummary(config.out, tuple(outcomes))

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "hyperkd.cli.ingest",
     "hyperkd.cli.train",
     "hyperkd.cli.evaluation",
+    "hyperkd.cli.flows",
 )
 
 

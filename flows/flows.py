@@ -1,0 +1,272 @@
+"""The hyperkd flows: ingest_region, build_tiles, train_teacher, distill_student, evaluate_run,
+and hyperkd_pipeline, which chains them for one region.
+
+Flows only orchestrate. Each stage is a plain function (``*_stage``) that calls tasks, so the
+pipeline and the demo run every stage inside ONE flow run, while each stage is also a flow of
+its own for scheduled or ad-hoc use.
+
+Output layout under ``<out>/<region>/`` (content-addressed where a parameter changes the result):
+
+    cube.zarr                          the region's cube (appended over time)
+    tiles-<cfg>.zarr                   tile store for one tile configuration
+    teachers/<fingerprint>/            pretrained teacher run
+    runs/<fingerprint>/                one student configuration (docs/run.md): run.json,
+                                       student/, evaluate/, report.html, teacher -> ../../teachers/..
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict
+from typing import Any
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from hyperkd.flows import tasks
+from hyperkd.flows.params import PipelineParams, RegionParams, resolve_date
+from hyperkd.flows.records import IngestRecord, RunRecord, TileRecord, fingerprint
+
+
+def region_root(out: str, region: str) -> str:
+    """``<out>/<slug>``: a file-system friendly folder per region."""
+    slug = re.sub(
+        r"[^A-Za-z0-9._-]+", "_", region.rsplit("/", 1)[-1].removesuffix(".geojson")
+    ).strip("_")
+    return f"{out.rstrip('/')}/{slug or 'region'}"
+
+
+# -- stages (run inside a flow) ---------------------------------------------------------------
+
+
+def ingest_stage(
+    params: RegionParams, cube: str, *, resampling: str = "bilinear", tile_size: int = 128
+) -> IngestRecord:
+    logger = get_run_logger()
+    start, end = resolve_date(params.start), resolve_date(params.end)
+    refs = tasks.search_scenes(
+        params.sources, params.region, start, end, params.max_cloud, params.pair_window_days
+    )
+    if not refs:
+        logger.info("no scenes in %s between %s and %s", params.region, start, end)
+        return IngestRecord(cube, ())
+    enmap = [r for r in refs if r.group == "enmap"]
+    if not enmap:
+        raise ValueError(
+            f"no EnMAP scene in {params.region} between {start} and {end} to define the grid"
+        )
+    grid = tasks.region_grid(enmap[0], params.region)
+    # Scenes run one at a time, in time order: each group's time axis only grows forward.
+    futures = tasks.ingest_scene.map(
+        unmapped(cube),
+        refs,
+        unmapped(grid),
+        unmapped(params.region),
+        unmapped(resampling),
+        unmapped(tile_size),
+    )
+    for future in futures:
+        future.wait()
+    states = [future.state for future in futures]
+    from hyperkd.pipeline.cube import committed_scenes
+
+    record = tasks.record_of(refs, states, cube, committed_scenes(cube))
+    _ingest_artifacts(refs, record)
+    return record
+
+
+def tiles_stage(params: PipelineParams, ingest: IngestRecord, root: str) -> TileRecord:
+    tile_cfg = {
+        "tile_size": params.tile_size,
+        "patch_size": params.patch_size,
+        "stride": params.stride,
+        "min_valid": params.min_valid,
+        "split_block_px": params.split_block_px,
+        "seed": params.seed,
+    }
+    url = f"{root}/tiles-{fingerprint(tile_cfg, params.labels)}.zarr"
+    return tasks.build_tiles(ingest, url, tile_cfg, dict(params.labels), params.dask_address)
+
+
+def teacher_stage(params: PipelineParams, tiles: TileRecord, root: str) -> RunRecord | str:
+    if params.teacher:
+        return params.teacher
+    key = fingerprint(
+        tiles.fingerprint,
+        params.teacher_preset,
+        params.teacher_steps,
+        params.batch_size,
+        params.seed,
+    )
+    return tasks.train_teacher(
+        tiles,
+        f"{root}/teachers/{key}",
+        params.teacher_preset,
+        params.teacher_steps,
+        params.batch_size,
+        params.seed,
+    )
+
+
+def run_dir_of(
+    params: PipelineParams, tiles: TileRecord, teacher: RunRecord | str, root: str
+) -> str:
+    """``<root>/runs/<fingerprint>``: one folder per student configuration (docs/run.md)."""
+    teacher_key = teacher.fingerprint if isinstance(teacher, RunRecord) else teacher
+    key = fingerprint(
+        tiles.fingerprint, teacher_key, params.student_preset, params.masking, params.loss,
+        params.student_steps, params.batch_size, params.seed,
+    )  # fmt: skip
+    return f"{root}/runs/{key}"
+
+
+def student_stage(
+    params: PipelineParams, tiles: TileRecord, teacher: RunRecord | str, run_dir: str
+) -> RunRecord:
+    return tasks.distill_student(
+        tiles, teacher, f"{run_dir}/student", params.student_preset, params.masking, params.loss,
+        params.student_steps, params.batch_size, params.seed,
+    )  # fmt: skip
+
+
+def evaluate_stage(
+    params: PipelineParams,
+    student: RunRecord,
+    tiles: TileRecord,
+    teacher: RunRecord | str,
+    run_dir: str,
+) -> dict[str, Any]:
+    teacher_path = teacher.path if isinstance(teacher, RunRecord) else teacher
+    tasks.write_run_manifest(run_dir, tiles.url, student.path, teacher_path)
+    # The test split can be empty on small regions (whole blocks go to one split): fall back
+    # to val, then train, and say so in the metrics table.
+    split = next((s for s in ("test", "val", "train") if tiles.splits.get(s)), "test")
+    if split != "test":
+        get_run_logger().warning(
+            "tile store %s has no test tiles: evaluating on %s", tiles.url, split
+        )
+    evaluation = tasks.evaluate(student, tiles, f"{run_dir}/evaluate", split)
+    html = tasks.write_report(run_dir, evaluation) if "report" in params.stages else None
+    rows = [{"metric": k, "value": round(v, 4)} for k, v in sorted(evaluation.metrics.items())]
+    create_table_artifact(
+        rows, key="hyperkd-metrics", description=f"reconstruction metrics, {run_dir}"
+    )
+    return {"run": run_dir, "metrics": evaluation.metrics, "report": html}
+
+
+def _ingest_artifacts(refs: list[Any], record: IngestRecord) -> None:
+    failed = dict(record.failed)
+    rows = [
+        {
+            "scene": r.id,
+            "group": r.group,
+            "datetime": r.datetime,
+            "cloud %": r.cloud_cover,
+            "paired with": r.paired_enmap,
+            "status": "failed"
+            if r.id in failed
+            else ("written" if r.id in record.written else "skipped"),
+            "reason": failed.get(r.id, ""),
+        }
+        for r in refs
+    ]
+    create_table_artifact(rows, key="hyperkd-scenes", description=f"scenes for {record.cube}")
+
+
+def _summary_artifact(params: RegionParams, out: dict[str, Any]) -> None:
+    lines = [f"# hyperkd run: {params.region}", "", f"- sources: {', '.join(params.sources)}",
+             f"- dates: {params.start} .. {params.end}"]  # fmt: skip
+    ingest: IngestRecord | None = out.get("ingest")
+    if ingest is not None:
+        lines += [f"- cube: `{ingest.cube}` ({len(ingest.scenes)} scenes; {len(ingest.written)} written, "
+                  f"{len(ingest.skipped)} skipped, {len(ingest.failed)} failed)"]  # fmt: skip
+        lines += [f"  - failed `{sid}`: {why}" for sid, why in ingest.failed]
+    if (tiles := out.get("tiles")) is not None:
+        lines += [f"- tiles: `{tiles.url}` ({tiles.n_tiles} tiles, splits {tiles.splits})"]
+    if (ev := out.get("evaluate")) is not None:
+        metrics = ", ".join(f"{k}={v:.3f}" for k, v in sorted(ev["metrics"].items()))
+        lines += [f"- run: `{ev['run']}`", f"- metrics: {metrics}"]
+        if ev.get("report"):
+            lines += [f"- report: `{ev['report']}`"]
+    create_markdown_artifact(
+        "\n".join(lines), key="hyperkd-summary", description="hyperkd run summary"
+    )
+
+
+def run_pipeline(params: PipelineParams) -> dict[str, Any]:
+    """Every requested stage for one region, inside the current flow run."""
+    root = region_root(params.out, params.region)
+    stages, out = set(params.stages), {}
+    cube = f"{root}/cube.zarr"
+    if "ingest" in stages:
+        out["ingest"] = ingest_stage(params, cube, tile_size=params.tile_size)
+    else:
+        from hyperkd.pipeline.cube import committed_scenes
+
+        out["ingest"] = IngestRecord(cube, committed_scenes(cube))
+    needs_tiles = stages & {"tiles", "teacher", "student", "evaluate", "report"}
+    if needs_tiles:
+        if not out["ingest"].scenes:
+            raise ValueError(f"cube {cube} holds no scenes: nothing to tile")
+        out["tiles"] = tiles_stage(params, out["ingest"], root)
+    if stages & {"teacher", "student", "evaluate", "report"}:
+        out["teacher"] = teacher_stage(params, out["tiles"], root)
+    if stages & {"student", "evaluate", "report"}:
+        run_dir = run_dir_of(params, out["tiles"], out["teacher"], root)
+        out["student"] = student_stage(params, out["tiles"], out["teacher"], run_dir)
+    if stages & {"evaluate", "report"}:
+        out["evaluate"] = evaluate_stage(
+            params, out["student"], out["tiles"], out["teacher"], run_dir
+        )
+    _summary_artifact(params, out)
+    logging.getLogger(__name__).debug(
+        "pipeline outputs: %s", {k: _small(v) for k, v in out.items()}
+    )
+    return out
+
+
+def _small(value: Any) -> Any:
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else value
+
+
+# -- flows ------------------------------------------------------------------------------------
+
+_ONE_AT_A_TIME = ThreadPoolTaskRunner(max_workers=1)
+
+
+@flow(name="ingest-region", task_runner=_ONE_AT_A_TIME, log_prints=True)
+def ingest_region(params: PipelineParams) -> IngestRecord:
+    """Search, pair and ingest one region into its cube."""
+    return run_pipeline(params.model_copy(update={"stages": ("ingest",)}))["ingest"]
+
+
+@flow(name="build-tiles", task_runner=_ONE_AT_A_TIME)
+def build_tiles(params: PipelineParams) -> TileRecord:
+    """Aggregation, significance maps and the tile store for a region's cube."""
+    return run_pipeline(params.model_copy(update={"stages": ("tiles",)}))["tiles"]
+
+
+@flow(name="train-teacher", task_runner=_ONE_AT_A_TIME)
+def train_teacher(params: PipelineParams) -> RunRecord | str:
+    """MAE-pretrains the teacher on a region's tiles (or passes an official checkpoint through)."""
+    return run_pipeline(params.model_copy(update={"stages": ("teacher",)}))["teacher"]
+
+
+@flow(name="distill-student", task_runner=_ONE_AT_A_TIME)
+def distill_student(params: PipelineParams) -> RunRecord:
+    """Distils the student on a region's tiles."""
+    return run_pipeline(params.model_copy(update={"stages": ("student",)}))["student"]
+
+
+@flow(name="evaluate-run", task_runner=_ONE_AT_A_TIME)
+def evaluate_run(params: PipelineParams) -> dict[str, Any]:
+    """Evaluates the student and writes the report."""
+    return run_pipeline(params.model_copy(update={"stages": ("evaluate", "report")}))["evaluate"]
+
+
+@flow(name="hyperkd-pipeline", task_runner=_ONE_AT_A_TIME)
+def hyperkd_pipeline(params: PipelineParams) -> dict[str, Any]:
+    """The whole chain for one region: ingest -> tiles -> teacher -> student -> evaluate -> report."""
+    return run_pipeline(params)

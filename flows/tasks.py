@@ -1,0 +1,242 @@
+"""Prefect tasks: each a few lines that call ``pipeline`` or ``model`` and return a small record.
+
+Caching: every task is keyed on its inputs plus its own source code (``INPUTS + TASK_SOURCE``)
+and persists its result, so re-running an unchanged region skips finished steps and a changed
+parameter re-runs only the tasks whose inputs it changes. Outputs live at content-addressed
+paths (see :mod:`hyperkd.flows.steps`), so a cached record always points at what made it.
+The search task's cache also expires, because catalogs gain scenes over time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.tasks import exponential_backoff
+
+from hyperkd.flows.records import IngestRecord, RunRecord, SceneRef, TileRecord, fingerprint
+
+CACHE = INPUTS + TASK_SOURCE
+NETWORK_RETRIES = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+}
+
+
+class SceneFailedError(RuntimeError):
+    """One scene could not be ingested; the rest of the region goes on."""
+
+
+@task(
+    cache_policy=CACHE,
+    persist_result=True,
+    cache_expiration=dt.timedelta(hours=6),
+    **NETWORK_RETRIES,
+)
+def search_scenes(
+    sources: tuple[str, ...],
+    region: str,
+    start: dt.date,
+    end: dt.date,
+    max_cloud: float | None,
+    window_days: int,
+) -> list[SceneRef]:
+    """STAC search + pairing, in ingest order: EnMAP scenes first, then paired HLS, each by time."""
+    from hyperkd.pipeline.ingest import plan_scenes
+    from hyperkd.pipeline.regions import parse_region
+    from hyperkd.pipeline.search import SearchQuery, search
+    from hyperkd.pipeline.sources import resolve_source
+    from hyperkd.pipeline.stac_items import cloud_cover, scene_datetime
+
+    resolved = tuple(resolve_source(s) for s in sources)
+    query = SearchQuery(sources, parse_region(region), start, end, max_cloud, window_days)
+    return [
+        SceneRef(s.item.id, s.group, scene_datetime(s.item).isoformat(), s.source.url if s.source.kind == "static" else s.source.name,
+                 s.item.to_dict(), s.paired_enmap, cloud_cover(s.item))
+        for s in plan_scenes(search(query, sources=resolved), resolved)
+    ]  # fmt: skip
+
+
+@task(cache_policy=CACHE, persist_result=True, **NETWORK_RETRIES)
+def region_grid(scene: SceneRef, region: str) -> Any:
+    """The cube grid from the first EnMAP scene, cropped to the region."""
+    import pystac
+
+    from hyperkd.pipeline.ingest import region_grid as grid_of
+    from hyperkd.pipeline.regions import parse_region
+    from hyperkd.pipeline.sources import resolve_source
+
+    return grid_of(
+        pystac.Item.from_dict(scene.item), resolve_source(scene.source), parse_region(region).bbox
+    )
+
+
+@task(cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
+def ingest_scene(
+    cube: str, scene: SceneRef, grid: Any, region: str, resampling: str, tile_size: int
+) -> str:
+    """Write one scene into the cube; a failure fails this task run alone."""
+    import pystac
+
+    from hyperkd.pipeline.ingest import IngestParams
+    from hyperkd.pipeline.ingest import ingest_scene as ingest
+    from hyperkd.pipeline.sources import resolve_source
+
+    item, source = pystac.Item.from_dict(scene.item), resolve_source(scene.source)
+    params = IngestParams(resampling=resampling, tile_size=tile_size)
+    outcome = ingest(
+        cube, item, source, grid, params, paired_enmap=scene.paired_enmap, region=region
+    )
+    if outcome.status == "failed":
+        raise SceneFailedError(f"scene {scene.id}: {outcome.reason}")
+    return outcome.status
+
+
+@task(cache_policy=CACHE, persist_result=True)
+def build_tiles(
+    ingest: IngestRecord,
+    out: str,
+    tile_cfg: dict[str, Any],
+    labels: dict[str, str],
+    dask_address: str | None,
+) -> TileRecord:
+    """Aggregation, significance maps and the tile store for the cube in ``ingest``."""
+    from hyperkd.pipeline.tiles import TileConfig
+    from hyperkd.pipeline.tiles import build_tiles as build
+
+    summary = build(
+        ingest.cube, out, TileConfig(**tile_cfg), labels=labels, dask_address=dask_address
+    )
+    return TileRecord(
+        out,
+        summary.n_tiles,
+        dict(summary.splits),
+        fingerprint(ingest.fingerprint, tile_cfg, labels),
+    )
+
+
+def _progress(key: str, total: int):
+    artifact = create_progress_artifact(progress=0.0, key=key, description=f"{key}: {total} steps")
+
+    def on_step(step: int) -> None:
+        if step % max(1, total // 20) == 0 or step == total:
+            update_progress_artifact(artifact_id=artifact, progress=100.0 * step / total)
+
+    return on_step
+
+
+@task(cache_policy=CACHE, persist_result=True)
+def train_teacher(
+    tiles: TileRecord, out: str, preset: str, steps: int, batch_size: int, seed: int
+) -> RunRecord:
+    """MAE-pretrains the Prithvi architecture on the six-band teacher tiles."""
+    from hyperkd.model.config import TeacherPretrainConfig, TrainConfig
+    from hyperkd.model.runs import run_teacher_pretrain
+
+    train = TrainConfig(out=out, steps=steps, batch_size=batch_size, seed=seed, progress=False)
+    run_teacher_pretrain(
+        TeacherPretrainConfig(tiles=tiles.url, train=train, preset=preset),
+        on_step=_progress("teacher-pretraining", steps),
+    )
+    return RunRecord(
+        "teacher", out, fingerprint(tiles.fingerprint, preset, steps, batch_size, seed)
+    )
+
+
+@task(cache_policy=CACHE, persist_result=True)
+def distill_student(
+    tiles: TileRecord,
+    teacher: RunRecord | str,
+    out: str,
+    preset: str,
+    masking: str,
+    loss: str,
+    steps: int,
+    batch_size: int,
+    seed: int,
+) -> RunRecord:
+    """Distils the student from the teacher on the tile store."""
+    from hyperkd.model.config import DistillConfig, TrainConfig
+    from hyperkd.model.losses import LossConfig
+    from hyperkd.model.masking import Masking
+    from hyperkd.model.runs import run_distill
+
+    teacher_path = teacher.path if isinstance(teacher, RunRecord) else teacher
+    train = TrainConfig(out=out, steps=steps, batch_size=batch_size, seed=seed, progress=False)
+    cfg = DistillConfig(
+        tiles.url,
+        train,
+        teacher_path,
+        preset=preset,
+        masking=Masking(masking),
+        loss=LossConfig(loss),
+    )
+    run_distill(cfg, on_step=_progress("student-distillation", steps))
+    key = teacher.fingerprint if isinstance(teacher, RunRecord) else teacher
+    return RunRecord(
+        "student",
+        out,
+        fingerprint(tiles.fingerprint, key, preset, masking, loss, steps, batch_size, seed),
+    )
+
+
+@task(cache_policy=CACHE, persist_result=True)
+def evaluate(student: RunRecord, tiles: TileRecord, out: str, split: str = "test") -> RunRecord:
+    """PSNR, SSIM and SAM of the student's reconstructions on ``split``."""
+    from hyperkd.model.config import EvaluateConfig
+    from hyperkd.model.runs import evaluate as run_evaluate
+
+    metrics = run_evaluate(
+        EvaluateConfig(checkpoint=student.path, tiles=tiles.url, out=out, split=split)
+    )
+    flat = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    return RunRecord(
+        "evaluate", out, fingerprint(student.fingerprint, tiles.fingerprint, split), flat
+    )
+
+
+@task(cache_policy=CACHE, persist_result=True)
+def write_run_manifest(run_dir: str, tiles: str, student: str, teacher: str) -> str:
+    """``run.json`` of a run folder (docs/run.md), plus a ``teacher`` link to a local teacher run."""
+    from hyperkd.model.runs import write_run_manifest as write
+
+    return str(write(run_dir, tiles=tiles, student=student, teacher=teacher))
+
+
+@task(cache_policy=CACHE, persist_result=True)
+def write_report(run_dir: str, evaluation: RunRecord) -> str:
+    """The HTML + markdown report of a run folder; returns the HTML path."""
+    from hyperkd.model.report import ReportConfig
+    from hyperkd.model.report import write_report as report
+
+    return str(report(ReportConfig(run=run_dir))["html"])
+
+
+def record_of(
+    refs: list[SceneRef], states: list[Any], cube: str, committed: tuple[str, ...]
+) -> IngestRecord:
+    """Fold the mapped scene task states into one record (failures with their reasons)."""
+    written, skipped, failed = [], [], []
+    for ref, state in zip(refs, states, strict=True):
+        if state.is_completed():
+            (written if state.result() == "written" else skipped).append(ref.id)
+        else:
+            failed.append((ref.id, _reason(state)))
+    return IngestRecord(cube, committed, tuple(written), tuple(skipped), tuple(failed))
+
+
+def _reason(state: Any) -> str:
+    try:
+        state.result()
+    except Exception as exc:  # the task's own exception, already redacted by the pipeline
+        return str(exc).splitlines()[0]
+    return state.message or state.name
+
+
+def asdict_records(records: list[Any]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in records]
