@@ -174,6 +174,8 @@ class CubeStore:
                 self.fs.s3.put_object(**kwargs)
             else:
                 return None
+        except FileExistsError:  # current s3fs translates 412 PreconditionFailed to this
+            return False
         except Exception as exc:  # botocore ClientError or s3fs's OSError translation
             code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", "")) + str(exc)
             if any(c in code for c in ("PreconditionFailed", "ConditionalRequestConflict", "412")):
@@ -210,13 +212,16 @@ class CubeStore:
 
         if self.is_local:
             return zarr.storage.LocalStore(self.root, read_only=read_only)
-        fs = self.fs
-        if not fs.async_impl:
-            # zarr needs an async filesystem; the venv's s3fs 0.4 is synchronous.
-            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+        if self.fs.async_impl:
+            # zarr drives async filesystems (s3fs, gcsfs, ...) itself: it needs its own
+            # instance created with ``asynchronous=True``, not the blocking one used here.
+            return zarr.storage.FsspecStore.from_url(
+                self.url, storage_options=dict(self.storage_options), read_only=read_only
+            )
+        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
 
-            fs = AsyncFileSystemWrapper(fs, asynchronous=True)
-        return zarr.storage.FsspecStore(fs, read_only=read_only, path=self.root)
+        wrapped = AsyncFileSystemWrapper(self.fs, asynchronous=True)
+        return zarr.storage.FsspecStore(wrapped, read_only=read_only, path=self.root)
 
 
 def _pid_alive(pid: int) -> bool:
