@@ -1,4 +1,5 @@
-"""``hyperkd ablate``: the masking x loss grid plus no-teacher, equal budget, resumable."""
+"""``hyperkd ablate``: the masking x loss grid plus no-teacher, equal budget, resumable; on the demo
+tiles and on the real Potsdam EnMAP tiles."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from eval_helpers import factory_ablation, factory_run, torch_threads
+from eval_helpers import ablation as run_ablation
+from eval_helpers import demo_run, potsdam_run, torch_threads
 
 from hyperkd.cli import main
 from hyperkd.model.ablate import NO_TEACHER, NO_TEACHER_AS, grid
@@ -22,8 +24,13 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def ablation(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(factory_ablation(tmp_path_factory.mktemp("factory")))
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return demo_run(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def ablation(demo: dict[str, str]) -> Path:
+    return Path(run_ablation(demo))
 
 
 def test_grid_is_the_papers() -> None:
@@ -76,11 +83,18 @@ def test_ablate_writes_every_cell_with_equal_budget(ablation: Path) -> None:
 
 
 def test_ablate_rerun_skips_finished_cells(
-    ablation: Path, capsys: pytest.CaptureFixture[str]
+    ablation: Path, demo: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = factory_run(ablation.parent)
     stamps = {p: p.stat().st_mtime_ns for p in (ablation / "cells").glob("*/model.safetensors")}
-    argv = ["ablate", "--tiles", run["tiles"], "--teacher", run["teacher"], "--out", str(ablation)]
+    argv = [
+        "ablate",
+        "--tiles",
+        demo["tiles"],
+        "--teacher",
+        demo["teacher"],
+        "--out",
+        str(ablation),
+    ]
     assert main([*argv, "--steps", "2", "--batch-size", "2", "--device", "cpu"]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
     assert "| gabor-mse+ssim+kld | gabor | mse+ssim+kld |" in capsys.readouterr().out
@@ -90,28 +104,34 @@ def test_ablate_rerun_skips_finished_cells(
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
-def test_ablate_resumes_a_half_finished_cell(ablation: Path) -> None:
+def test_ablate_resumes_a_half_finished_cell(ablation: Path, demo: dict[str, str]) -> None:
     """A cell whose evaluation is missing is evaluated again without retraining."""
-    run = factory_run(ablation.parent)
     cell = ablation / "cells" / "random-mse"
     metrics = cell / "evaluate" / "metrics.json"
     before = json.loads(metrics.read_text())
     weights = (cell / "model.safetensors").stat().st_mtime_ns
     metrics.unlink()
-    argv = ["ablate", "--tiles", run["tiles"], "--teacher", run["teacher"], "--out", str(ablation)]
+    argv = [
+        "ablate",
+        "--tiles",
+        demo["tiles"],
+        "--teacher",
+        demo["teacher"],
+        "--out",
+        str(ablation),
+    ]
     assert main([*argv, "--steps", "2", "--batch-size", "2", "--device", "cpu"]) == 0
     assert json.loads(metrics.read_text())["psnr"] == pytest.approx(before["psnr"])
     assert (cell / "model.safetensors").stat().st_mtime_ns == weights
 
 
 def test_ablate_kld_cells_need_a_teacher(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    demo: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run = factory_run(tmp_path)
     argv = [
         "ablate",
         "--tiles",
-        run["tiles"],
+        demo["tiles"],
         "--out",
         str(tmp_path / "abl"),
         "--steps",
@@ -122,3 +142,14 @@ def test_ablate_kld_cells_need_a_teacher(
     assert main([*argv, "--device", "cpu"]) == 2
     assert "distil from a teacher: pass --teacher" in capsys.readouterr().err
     assert not (tmp_path / "abl").exists()
+
+
+def test_ablate_on_real_potsdam_tiles(
+    sample_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    run = potsdam_run(sample_data, tmp_path_factory.mktemp("potsdam"))
+    out = Path(run_ablation(run, steps=1))
+    with (out / "ablation.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 10 and all(float(r["psnr"]) > 0 for r in rows)
+    assert {r["n_tiles"] for r in rows} == {rows[0]["n_tiles"]} and int(rows[0]["n_tiles"]) > 0

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pytest
-from eval_helpers import factory_ablation, factory_run, torch_threads
+from eval_helpers import ablation, demo_run, torch_threads
 from PIL import Image
 
 from hyperkd.cli import main
@@ -36,15 +36,14 @@ def _one_thread() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A full run directory: teacher, student, evaluate, ablation, downstream, then the report."""
-    root = tmp_path_factory.mktemp("factory")
-    run = factory_run(root)
-    ablation = factory_ablation(root)
+    run = demo_run(tmp_path_factory.mktemp("demo"))
+    abl = ablation(run)
     out = tmp_path_factory.mktemp("run")
     shutil.copytree(run["teacher"], out / "teacher")
     shutil.copytree(run["student"], out / "student")
-    shutil.copytree(ablation, out / "ablation", symlinks=True)
+    shutil.copytree(abl, out / "ablation", symlinks=True)
     (out / "run.json").write_text(
-        json.dumps({"tiles": run["tiles"], "teacher": "teacher", "region": "factory"})
+        json.dumps({"tiles": run["tiles"], "teacher": "teacher", "region": "demo"})
     )
     student = str(out / "student")
     assert (
