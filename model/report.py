@@ -122,7 +122,7 @@ def summary_section(run_dir: Path, run: dict[str, Any], student: dict[str, Any] 
             ["steps", _fmt(spec.get("train", {}).get("steps") or f"{spec.get('train', {}).get('epochs')} epochs")],
             ["teacher", _fmt(spec.get("teacher"))],
         ]  # fmt: skip
-    sec.blocks.append(Table(["", ""], rows))
+    sec.blocks.append(Table(["setting", "value"], rows))
     return sec
 
 
