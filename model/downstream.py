@@ -7,7 +7,8 @@ carbon, g/kg, NaN = no value).
 Methods, all scored on the same labelled pixels (see :mod:`hyperkd.model.probes` for the
 features, the probes and the metrics):
 
-- ``hyperkd``: the checkpoint under test (``--checkpoint``, a student run directory);
+- ``hyperkd``: the checkpoint under test (``--checkpoint``, a student run directory), named
+  ``student (<masking>, <loss>)`` instead when it was trained without the KLD term;
 - ``no-teacher``: a student trained without the teacher (``--baseline-checkpoint``, e.g. an
   ablation's ``cells/no-teacher``); skipped with a note when not given;
 - ``random-init``: the same architecture, randomly initialised (seed ``seed``);
@@ -41,7 +42,7 @@ from torch import nn
 
 from hyperkd.model import probes
 from hyperkd.model.data import TileDataset, make_loader
-from hyperkd.model.mae import MAEConfig, StudentMAE
+from hyperkd.model.mae import StudentMAE
 from hyperkd.model.runs import load_student
 
 _log = logging.getLogger(__name__)
@@ -140,33 +141,8 @@ def gather(
 # --- fine-tuning --------------------------------------------------------------------------
 
 
-class SegmentationHead(nn.Module):
-    """Encoder + 1x1 linear head on the token map, outputs resampled bilinearly to pixels."""
-
-    def __init__(self, encoder: StudentMAE, out_dim: int) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Conv2d(encoder.config.embed_dim, out_dim, kernel_size=1)
-
-    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(B, C, T, T) -> (B, out_dim, T, T)."""
-        maps = probes.token_maps(self.encoder, imgs)
-        return F.interpolate(
-            self.head(maps), size=imgs.shape[-2:], mode="bilinear", align_corners=False
-        )
-
-    def init_from_probe(self, probe: probes.LogisticProbe | probes.RidgeProbe) -> None:
-        """LP-FT: start the head from a linear probe fitted on standardised pixel features."""
-        weight = probe.weight if probe.weight.ndim == 2 else probe.weight[:, None]  # (F, K)
-        bias = np.atleast_1d(np.asarray(probe.bias, dtype=np.float64))  # (K,)
-        w = weight / probe.scaler.std[:, None]  # undo the standardisation z = (f - mean) / std
-        b = bias - probe.scaler.mean @ w
-        self.head.weight.data.copy_(torch.as_tensor(w.T, dtype=torch.float32)[..., None, None])
-        self.head.bias.data.copy_(torch.as_tensor(b, dtype=torch.float32))
-
-
 def finetune(
-    net: SegmentationHead,
+    net: probes.SegmentationHead,
     ds: TileDataset,
     label: str,
     target_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
@@ -226,6 +202,16 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 # --- the evaluation -----------------------------------------------------------------------
 
 
+def method_name(run_config: Mapping[str, Any]) -> str:
+    """``hyperkd`` for a distilled student (its loss has a KLD term), else ``student
+    (<masking>, <loss>)``, so a table never calls an undistilled student HyperKD."""
+    spec = run_config.get("run", {})
+    loss = str(spec.get("loss", {}).get("terms", "?"))
+    if "kld" in loss:
+        return "hyperkd"
+    return f"student ({spec.get('masking', {}).get('kind', '?')}, {loss})"
+
+
 def _encoders(
     cfg: DownstreamConfig, device: torch.device
 ) -> tuple[dict[str, StudentMAE | None], dict[str, Any], list[str]]:
@@ -233,8 +219,8 @@ def _encoders(
     student, run_config = load_student(cfg.checkpoint)
     notes: list[str] = []
     torch.manual_seed(cfg.seed)
-    random_init = StudentMAE(MAEConfig(**student.config.to_dict()))
-    methods: dict[str, StudentMAE | None] = {"hyperkd": student}
+    random_init = StudentMAE(student.config)
+    methods: dict[str, StudentMAE | None] = {method_name(run_config): student}
     if cfg.baseline_checkpoint:
         baseline, _ = load_student(cfg.baseline_checkpoint)
         if baseline.config != student.config:
@@ -304,7 +290,7 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         if encoder is None or cfg.finetune_steps == 0:
             continue
         t0 = time.perf_counter()
-        net = SegmentationHead(copy.deepcopy(encoder), targets.out_dim).to(device)
+        net = probes.SegmentationHead(copy.deepcopy(encoder), targets.out_dim).to(device)
         net.init_from_probe(probe)
         losses = finetune(net, train, label, targets.pixel_targets, cfg, device)
         pred = targets.decode_outputs(gather(eval_ds, eval_sample, net, cfg.batch_size, device))
@@ -336,7 +322,8 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         "classes": [int(c) for c in np.unique(train_sample.target)] if classes else None,
         "features": "encoder patch tokens (no masking, final LayerNorm) resampled bilinearly to pixels; "
         "raw-spectra: normalised pixel spectrum",
-        "student_preset": run_config.get("preset", methods["hyperkd"].config.preset),  # type: ignore[union-attr]
+        "student": run_config.get("model", {}),
+        "student_run": run_config.get("run", {}),
         "config": {k: v for k, v in asdict(cfg).items() if k != "storage_options"},
         "notes": notes,
         "results": rows,
@@ -345,20 +332,29 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
     return result
 
 
-def markdown_table(result: Mapping[str, Any]) -> str:
-    """The results as a markdown table (one row per method and mode)."""
+def table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (one per method and mode) of a result, as display strings."""
     metrics = list(result["metrics"])
     names = {"accuracy": "overall accuracy", "macro_f1": "macro-F1", "r2": "R²", "rmse": "RMSE"}
-    head = ["method", "mode", *(names[m] for m in metrics), "time s"]
+    unit = " (g/kg)" if result["task"] == "soc" else ""
+    head = [
+        "method",
+        "mode",
+        *(names[m] + (unit if m == "rmse" else "") for m in metrics),
+        "time (s)",
+    ]
+    rows = [
+        [r["method"], r["mode"], *(f"{r[m]:.3f}" for m in metrics), f"{r['seconds']:.1f}"]
+        for r in result["results"]
+    ]
+    return head, rows
+
+
+def markdown_table(result: Mapping[str, Any]) -> str:
+    """The results as a markdown table (one row per method and mode)."""
+    head, rows = table(result)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in result["results"]:
-        values = [f"{row[m]:.3f}" for m in metrics]
-        lines.append(
-            f"| {row['method']} | {row['mode']} | "
-            + " | ".join(values)
-            + f" | {row['seconds']:.1f} |"
-        )
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def write_results(out: Path, result: Mapping[str, Any]) -> None:

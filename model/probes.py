@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hyperkd.model.mae import StudentMAE
 from hyperkd.model.masking import PatchMask
@@ -258,6 +259,31 @@ class Targets:
         inside = (label > 0) & (label < len(lookup))
         index = lookup[label.clamp(0, len(lookup) - 1)]
         return index, valid & inside & (index >= 0)
+
+
+class SegmentationHead(nn.Module):
+    """Encoder + 1x1 linear head on the token map, outputs resampled bilinearly to pixels."""
+
+    def __init__(self, encoder: StudentMAE, out_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Conv2d(encoder.config.embed_dim, out_dim, kernel_size=1)
+
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, T) -> (B, out_dim, T, T)."""
+        maps = token_maps(self.encoder, imgs)
+        return F.interpolate(
+            self.head(maps), size=imgs.shape[-2:], mode="bilinear", align_corners=False
+        )
+
+    def init_from_probe(self, probe: LogisticProbe | RidgeProbe) -> None:
+        """LP-FT: start the head from a linear probe fitted on standardised pixel features."""
+        weight = probe.weight if probe.weight.ndim == 2 else probe.weight[:, None]  # (F, K)
+        bias = np.atleast_1d(np.asarray(probe.bias, dtype=np.float64))  # (K,)
+        w = weight / probe.scaler.std[:, None]  # undo the standardisation z = (f - mean) / std
+        b = bias - probe.scaler.mean @ w
+        self.head.weight.data.copy_(torch.as_tensor(w.T, dtype=torch.float32)[..., None, None])
+        self.head.bias.data.copy_(torch.as_tensor(b, dtype=torch.float32))
 
 
 # --- metrics ----------------------------------------------------------------------------

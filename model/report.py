@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from hyperkd.model import figures
-from hyperkd.model.downstream import markdown_table as downstream_rows
+from hyperkd.model.downstream import table as downstream_table
 from hyperkd.model.masking import Masking
 
 _log = logging.getLogger(__name__)
@@ -204,15 +204,14 @@ def downstream_section(run_dir: Path) -> Section:
         )
     for path in paths:
         result = json.loads(path.read_text())
-        lines = downstream_rows(result).splitlines()
-        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+        header, rows = downstream_table(result)
         sec.blocks.append(
             Text(
                 f"{result['task']} (`{result['label']}`): trained on {result['n_train_pixels']} {result['train_split']} pixels, "
                 f"scored on {result['n_eval_pixels']} {result['eval_split']} pixels."
             )
         )
-        sec.blocks.append(Table(cells[0], cells[2:]))
+        sec.blocks.append(Table(header, rows))
         sec.blocks.extend(Text(note) for note in result.get("notes", []))
     return sec
 

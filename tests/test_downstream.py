@@ -15,7 +15,6 @@ from eval_helpers import demo_run, demo_tiles, potsdam_run, torch_threads, train
 
 from hyperkd.cli import main
 from hyperkd.model import probes
-from hyperkd.model.downstream import SegmentationHead
 from hyperkd.model.mae import StudentMAE, student_config
 
 
@@ -94,7 +93,7 @@ def test_pixel_features_and_lp_ft_head_agree_with_the_probe() -> None:
     x = feats.permute(0, 2, 3, 1).reshape(-1, 64).numpy()
     y = np.where(x[:, 0] > np.median(x[:, 0]), 1, 2) + (x[:, 1] > 0) * 2
     probe = probes.fit_logistic(x, y)
-    head = SegmentationHead(model, len(probe.classes))
+    head = probes.SegmentationHead(model, len(probe.classes))
     head.init_from_probe(probe)
     with torch.no_grad():
         out = head(imgs).permute(0, 2, 3, 1).reshape(-1, len(probe.classes)).numpy()
