@@ -13,24 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from hyperkd.pipeline.cube_layout import Grid
 from hyperkd.pipeline.redaction import clean_href
 
 LABEL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 CLASS_NODATA = 0
 """Class labels: 0 means unlabeled (also where the raster has nodata or no coverage)."""
 _MAX_CLASSES = 1024
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A cube's pixel grid."""
-
-    crs: str
-    """CRS as WKT (or anything ``rasterio.crs.CRS.from_user_input`` takes)."""
-    transform: tuple[float, float, float, float, float, float]
-    """Affine ``(a, b, c, d, e, f)``: ``x = a*col + b*row + c``, ``y = d*col + e*row + f``."""
-    height: int
-    width: int
 
 
 @dataclass(frozen=True)
@@ -106,7 +95,7 @@ def load_label(name: str, path: str | Path, grid: Grid, kind: str | None = None)
     with src:
         if src.crs is None:
             raise ValueError(f"label {name}: raster {path} has no CRS")
-        values = np.full((grid.height, grid.width), np.nan, dtype=np.float64)
+        values = np.full(grid.shape, np.nan, dtype=np.float64)
         reproject(
             source=rasterio.band(src, 1),
             destination=values,

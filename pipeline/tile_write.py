@@ -9,7 +9,8 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from hyperkd.pipeline.labels import Grid, LabelLayer
+from hyperkd.pipeline.cube_layout import Grid
+from hyperkd.pipeline.labels import LabelLayer
 from hyperkd.pipeline.tile_stats import BandMoments
 
 STUDENT_NODATA = -32768
@@ -27,7 +28,7 @@ def scene_grid(scene: xr.Dataset) -> Grid:
     if crs is None:
         raise ValueError("scene has no CRS (expected a spatial_ref grid mapping)")
     t = tuple(float(v) for v in tuple(scene.rio.transform(recalc=False))[:6])
-    return Grid(crs.to_wkt(), t, int(scene.sizes["y"]), int(scene.sizes["x"]))  # type: ignore[arg-type]
+    return Grid(crs.to_wkt(), t, (int(scene.sizes["y"]), int(scene.sizes["x"])))  # type: ignore[arg-type]
 
 
 def scene_key(scene: xr.Dataset, i: int) -> tuple[str, np.datetime64]:

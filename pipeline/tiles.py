@@ -294,7 +294,7 @@ def write_tile_store(
             "labels": {layer.name: layer.attrs for layer in layers},
             "crs": grid.crs,
             "transform": list(grid.transform),
-            "grid_shape": [grid.height, grid.width],
+            "grid_shape": list(grid.shape),
             "source_cubes": [clean_href(u) for u in source_cubes],
             "splits": splits,
             "dropped": dropped,
