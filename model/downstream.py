@@ -20,7 +20,8 @@ pixel, LP-FT: the head starts from the linear probe, Kumar et al. 2022). The raw
 the probe. Probes and fine-tunes train on ``train`` and are scored on ``test``, or on ``val``
 when ``test`` has no labelled pixel (recorded as ``eval_split``).
 
-Results: ``OUT/downstream_<task>.json`` and ``OUT/downstream_<task>.md``.
+Results: ``OUT/downstream_<task>.json`` and ``OUT/downstream_<task>.md`` (``<task>_<label><codes>``
+with ``only``, see :func:`result_name`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hyperkd.model import probes
+from hyperkd.model import pixels, probes
 from hyperkd.model.data import TileDataset, make_loader
 from hyperkd.model.mae import StudentMAE
 from hyperkd.model.runs import load_student
@@ -75,6 +76,9 @@ class DownstreamConfig:
     """Encoder learning rate; the head's is 10x."""
     seed: int = 0
     device: str = "auto"
+    only: tuple[str, tuple[int, ...]] | None = None
+    """Score and train only on pixels whose class label ``only[0]`` is one of ``only[1]``, e.g.
+    ``("landcover", (5,))``: SOC on bare soil, where the soil is seen."""
     storage_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -92,50 +96,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-# --- data ---------------------------------------------------------------------------------
-
-
-def _split_sample(
-    ds: TileDataset, label: str, classes: bool, max_pixels: int, seed: int
-) -> probes.PixelSample:
-    labels, valids = [], []
-    for i in range(len(ds)):
-        raw = ds.read_raw(i)
-        labels.append(np.asarray(raw[f"label_{label}"]))
-        valids.append(np.asarray(raw["valid"]))
-    return probes.sample_pixels(labels, valids, classes=classes, max_pixels=max_pixels, seed=seed)
-
-
-def _batches(
-    ds: TileDataset, positions: np.ndarray, batch: int
-) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """(tile positions, stacked normalised student tiles (B, C, T, T))."""
-    for start in range(0, len(positions), batch):
-        chunk = positions[start : start + batch]
-        yield chunk, torch.stack([ds[int(i)]["student"] for i in chunk])
-
-
-FeatureFn = Callable[[torch.Tensor], torch.Tensor]
-"""(B, C, T, T) normalised tiles -> (B, F, T, T) per-pixel features (or outputs)."""
-
-
-@torch.no_grad()
-def gather(
-    ds: TileDataset, sample: probes.PixelSample, fn: FeatureFn, batch: int, device: torch.device
-) -> np.ndarray:
-    """``fn``'s per-pixel outputs at the sampled pixels: (N, F) float32, in sample order."""
-    out: np.ndarray | None = None
-    for chunk, imgs in _batches(ds, np.unique(sample.tiles), batch):
-        maps = fn(imgs.to(device)).float().cpu()  # (B, F, T, T)
-        flat = maps.flatten(2).numpy()  # (B, F, T*T)
-        for j, tile in enumerate(chunk):
-            rows = np.flatnonzero(sample.tiles == tile)
-            if out is None:
-                out = np.empty((len(sample), flat.shape[1]), np.float32)
-            out[rows] = flat[j][:, sample.pixels[rows]].T
-    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
 # --- fine-tuning --------------------------------------------------------------------------
@@ -172,7 +132,7 @@ def finetune(
     while len(losses) < cfg.finetune_steps:
         loader.sampler.set_epoch(epoch)
         for batch in loader:
-            target, use = target_fn(batch[f"label_{label}"], batch["valid"])
+            target, use = target_fn(batch[f"label_{label}"], pixels.usable(batch, cfg.only))
             if not use.any():
                 continue
             out = net(batch["student"].to(device))  # (B, K, T, T)
@@ -247,7 +207,13 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         raise ValueError(
             f"tile store {cfg.data} has no label_{label} (labels: {sorted(train.info.labels) or 'none'})"
         )
-    train_sample = _split_sample(train, label, classes, cfg.max_train_pixels, cfg.seed)
+    if cfg.only is not None and cfg.only[0] not in train.info.labels:
+        raise ValueError(
+            f"tile store {cfg.data} has no label_{cfg.only[0]} to select pixels with --only"
+        )
+    train_sample = pixels.split_sample(
+        train, label, classes, cfg.max_train_pixels, cfg.seed, cfg.only
+    )
     if len(train_sample) == 0:
         raise ValueError(f"no labelled pixel for label_{label} in the train split of {cfg.data}")
     eval_split, eval_ds, eval_sample = "test", None, None
@@ -255,7 +221,9 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         if train.info.splits.get(split, 0) == 0:
             continue
         eval_ds = TileDataset(cfg.data, split=split, storage_options=cfg.storage_options)
-        eval_sample = _split_sample(eval_ds, label, classes, cfg.max_eval_pixels, cfg.seed + 1)
+        eval_sample = pixels.split_sample(
+            eval_ds, label, classes, cfg.max_eval_pixels, cfg.seed + 1, cfg.only
+        )
         if len(eval_sample):
             eval_split = split
             break
@@ -265,6 +233,8 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         )
 
     methods, run_config, notes = _encoders(cfg, device)
+    if cfg.only is not None:
+        notes.insert(0, f"only pixels whose label_{cfg.only[0]} is one of {list(cfg.only[1])}")
     if classes:
         codes = np.unique(train_sample.target)
         missing = sorted(set(np.unique(eval_sample.target).tolist()) - set(codes.tolist()))
@@ -277,11 +247,11 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for name, encoder in methods.items():
         t0 = time.perf_counter()
-        fn: FeatureFn = (
+        fn: pixels.FeatureFn = (
             _identity if encoder is None else functools.partial(probes.pixel_features, encoder)
         )
-        x_train = gather(train, train_sample, fn, cfg.batch_size, device)
-        x_eval = gather(eval_ds, eval_sample, fn, cfg.batch_size, device)
+        x_train = pixels.gather(train, train_sample, fn, cfg.batch_size, device)
+        x_eval = pixels.gather(eval_ds, eval_sample, fn, cfg.batch_size, device)
         probe = targets.fit_probe(x_train, train_sample.target)
         pred = targets.decode_probe(probe.predict(x_eval))
         row = {"method": name, "mode": "linear probe", **score(eval_sample.target, pred)}
@@ -293,7 +263,9 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         net = probes.SegmentationHead(copy.deepcopy(encoder), targets.out_dim).to(device)
         net.init_from_probe(probe)
         losses = finetune(net, train, label, targets.pixel_targets, cfg, device)
-        pred = targets.decode_outputs(gather(eval_ds, eval_sample, net, cfg.batch_size, device))
+        pred = targets.decode_outputs(
+            pixels.gather(eval_ds, eval_sample, net, cfg.batch_size, device)
+        )
         row = {
             "method": name,
             "mode": f"fine-tune {cfg.finetune_steps} steps",
@@ -309,6 +281,7 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         _log.info("%s: %s", name, rows[-1])
     result = {
         "task": cfg.task,
+        "name": result_name(cfg),
         "label": f"label_{label}",
         "kind": "classification" if classes else "regression",
         "metrics": ["accuracy", "macro_f1"] if classes else ["r2", "rmse"],
@@ -325,6 +298,9 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         "student": run_config.get("model", {}),
         "student_run": run_config.get("run", {}),
         "config": {k: v for k, v in asdict(cfg).items() if k != "storage_options"},
+        "only": None
+        if cfg.only is None
+        else {"label": f"label_{cfg.only[0]}", "classes": list(cfg.only[1])},
         "notes": notes,
         "results": rows,
     }
@@ -357,14 +333,21 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def result_name(cfg: DownstreamConfig) -> str:
+    """``<task>``, or ``<task>_<label><codes>`` with ``only`` (e.g. ``soc_landcover5``)."""
+    if cfg.only is None:
+        return cfg.task
+    return f"{cfg.task}_{cfg.only[0]}{'-'.join(str(c) for c in cfg.only[1])}"
+
+
 def write_results(out: Path, result: Mapping[str, Any]) -> None:
-    """``downstream_<task>.json`` and ``.md`` in ``out``."""
+    """``downstream_<name>.json`` and ``.md`` in ``out`` (name: :func:`result_name`)."""
     out.mkdir(parents=True, exist_ok=True)
-    task = result["task"]
-    (out / f"downstream_{task}.json").write_text(json.dumps(result, indent=1) + "\n")
-    unit = " (g/kg)" if task == "soc" else ""
+    name = result["name"]
+    (out / f"downstream_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    unit = " (g/kg)" if result["task"] == "soc" else ""
     text = [
-        f"# Downstream: {task}{unit}",
+        f"# Downstream: {name}{unit}",
         "",
         f"Label `{result['label']}` of `{result['data']}`; trained on {result['n_train_pixels']} {result['train_split']} "
         f"pixels, scored on {result['n_eval_pixels']} {result['eval_split']} pixels.",
@@ -373,4 +356,4 @@ def write_results(out: Path, result: Mapping[str, Any]) -> None:
         "",
         *(f"- {note}" for note in result["notes"]),
     ]
-    (out / f"downstream_{task}.md").write_text("\n".join(text).rstrip() + "\n")
+    (out / f"downstream_{name}.md").write_text("\n".join(text).rstrip() + "\n")

@@ -207,7 +207,7 @@ def downstream_section(run_dir: Path) -> Section:
         header, rows = downstream_table(result)
         sec.blocks.append(
             Text(
-                f"{result['task']} (`{result['label']}`): trained on {result['n_train_pixels']} {result['train_split']} pixels, "
+                f"{result.get('name', result['task'])} (`{result['label']}`): trained on {result['n_train_pixels']} {result['train_split']} pixels, "
                 f"scored on {result['n_eval_pixels']} {result['eval_split']} pixels."
             )
         )
@@ -256,13 +256,18 @@ def picture_sections(
     recon_png = figures.reconstruction_figure(
         true_rgb, recon_rgb, data.masks, data.patch_size, names
     )
-    spectra_png = figures.spectra_figure(
-        data.wavelengths, data.pixel_true, data.pixel_recon, data.pixel_titles
-    )
+    spectra: Block = Text("No valid pixel inside a masked patch to plot.")
+    if data.pixel_titles:
+        png = figures.spectra_figure(
+            data.wavelengths, data.pixel_true, data.pixel_recon, data.pixel_titles
+        )
+        spectra = Image(
+            "spectra.png", png, "Pixels inside masked patches: the student never saw them."
+        )
     sig_png = figures.significance_figure(true_rgb, data.significance, names)
     return [
         Section(titles[0], [Image("reconstructions.png", recon_png, rgb_note)]),
-        Section(titles[1], [Image("spectra.png", spectra_png, "Pixels inside masked patches: the student never saw them.")]),
+        Section(titles[1], [spectra]),
         Section(titles[2], [Image("significance.png", sig_png, "Per-patch significance from the tile store, drawn over the RGB composite.")]),
     ]  # fmt: skip
 

@@ -157,6 +157,16 @@ def test_downstream_crop_and_soc_on_demo_tiles(demo: dict[str, str], tmp_path: P
     assert {r["method"] for r in soc["results"]} == {"hyperkd", "random-init", "raw-spectra"}
     assert all(np.isfinite(r["rmse"]) and r["rmse"] > 0 for r in soc["results"])
     assert any("no-teacher baseline skipped" in n for n in soc["notes"])
+    # SOC on bare soil only (land cover 5), written next to the all-pixel result
+    argv = ["downstream", "--checkpoint", demo["student"], "--task", "soc", "--data", demo["tiles"]]
+    argv += ["--out", str(tmp_path), "--finetune-steps", "0", "--device", "cpu"]
+    assert main([*argv, "--only", "landcover=5"]) == 0
+    soil = json.loads((tmp_path / "downstream_soc_landcover5.json").read_text())
+    assert soil["only"] == {"label": "label_landcover", "classes": [5]}
+    everything = json.loads((tmp_path / "downstream_soc.json").read_text())  # not overwritten
+    assert everything["only"] is None and everything["config"]["finetune_steps"] == 2
+    assert 0 < soil["n_eval_pixels"] < everything["n_eval_pixels"]
+    assert main([*argv, "--only", "landcover=soil"]) == 2
 
 
 def test_downstream_landcover_on_real_potsdam_tiles(

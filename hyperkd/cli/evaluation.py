@@ -81,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="take the no-teacher student from DIR/cells/no-teacher",
     )
     down.add_argument(
+        "--only",
+        default=None,
+        metavar="LABEL=CODES",
+        help="use only pixels of these classes of another label, e.g. landcover=5 (SOC on bare soil)",
+    )
+    down.add_argument(
         "--max-train-pixels", type=int, default=50_000, help="labelled train pixels for the probes"
     )
     down.add_argument(
@@ -139,6 +145,19 @@ def run_downstream(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"{args.ablation} holds no finished no-teacher cell (cells/no-teacher)"
             )
+    only = None
+    if args.only is not None:
+        name, _, codes = args.only.partition("=")
+        try:
+            only = (name.strip(), tuple(int(c) for c in codes.split(",")))
+        except ValueError:
+            raise ValueError(
+                f"--only {args.only!r}: expected LABEL=CODE[,CODE...], e.g. landcover=5"
+            ) from None
+        if not name.strip():
+            raise ValueError(
+                f"--only {args.only!r}: expected LABEL=CODE[,CODE...], e.g. landcover=5"
+            )
     cfg = DownstreamConfig(
         checkpoint=args.checkpoint,
         task=args.task,
@@ -151,6 +170,7 @@ def run_downstream(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
+        only=only,
     )
     result = evaluate_task(cfg)
     print(markdown_table(result))
