@@ -84,6 +84,16 @@ def _gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Ten
     return g / g.sum()  # (size,)
 
 
+def _blur_matrix(n: int, g: torch.Tensor) -> torch.Tensor:
+    """(n, n) matrix ``M``: ``M @ v`` blurs ``v`` (length n) with kernel ``g``, reflect-padded."""
+    k, pad = g.numel(), g.numel() // 2
+    rows = torch.arange(n, device=g.device).view(n, 1).expand(n, k)
+    src = (rows + torch.arange(k, device=g.device).view(1, k) - pad).abs()  # (n, k)
+    src = torch.where(src > n - 1, 2 * (n - 1) - src, src)  # reflect, edge not repeated
+    m = torch.zeros(n, n, device=g.device)
+    return m.index_put_((rows, src), g.expand(n, k), accumulate=True)
+
+
 def ssim_map(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -97,19 +107,19 @@ def ssim_map(
     ``data_range`` is a float or a tensor broadcastable to (B, C, 1, 1). Borders are
     reflect-padded so the map stays aligned with the image (and its masks); images smaller
     than the window get the largest window reflect padding allows.
+
+    The separable Gaussian blur is two small matrix products (``Mh @ t @ Mw^T``) rather than a
+    depthwise convolution: with 200+ bands, grouped convolutions are the slowest op of a CPU
+    training step, and the banded matrices give the same result (to float32 rounding).
     """
     x, y = x.float(), y.float()
-    c = x.shape[1]
-    window = min(window, 2 * min(x.shape[-2:]) - 1)
+    h, w = x.shape[-2:]
+    window = min(window, 2 * min(h, w) - 1)
     g = _gaussian_window(window, sigma, x.device)
-    kernel_h = g.view(1, 1, window, 1).expand(c, 1, window, 1)
-    kernel_w = g.view(1, 1, 1, window).expand(c, 1, 1, window)
-    pad = window // 2
+    m_h, m_w_t = _blur_matrix(h, g), _blur_matrix(w, g).T  # (H, H), (W, W)
 
     def blur(t: torch.Tensor) -> torch.Tensor:
-        # Separable depthwise Gaussian: one pass down the rows, one along the columns.
-        t = F.pad(t, (pad, pad, pad, pad), mode="reflect")
-        return F.conv2d(F.conv2d(t, kernel_h, groups=c), kernel_w, groups=c)
+        return m_h @ t @ m_w_t  # (B, C, H, W)
 
     mu_x, mu_y = blur(x), blur(y)
     var_x = blur(x * x) - mu_x**2
