@@ -40,7 +40,7 @@ def demo_region(out: str, size: str, seed: int) -> dict[str, Any]:
 
 
 @flow(name="hyperkd-demo", task_runner=_ONE_AT_A_TIME)
-def demo(out: str, size: str = "small", seed: int = 0, steps: int = 300) -> dict[str, Any]:
+def demo(out: str, size: str = "medium", seed: int = 0, steps: int = 150) -> dict[str, Any]:
     """The whole job on the embedded demo region; returns the pipeline outputs and the report path."""
     out = str(Path(out).resolve())
     region = demo_region(f"{out}/region", size, seed)
@@ -50,12 +50,17 @@ def demo(out: str, size: str = "small", seed: int = 0, steps: int = 300) -> dict
         start=region["start"],
         end=region["end"],
         out=f"{out}/pipeline",
+        name="demo",
         tile_size=64,
         patch_size=8,
+        split_block_px=128,
         labels=region["labels"],
         teacher_steps=steps,
         student_steps=steps,
         batch_size=8,
+        # A short CPU run: the MAE recipe's lr (1.5e-4 x batch/256) is made for thousands of
+        # steps at batch 4096, so the demo sets a peak lr that learns within a few minutes.
+        lr=1e-3,
         seed=seed,
         dask_address=None,
     )

@@ -93,20 +93,18 @@ def tiles_stage(params: PipelineParams, ingest: IngestRecord, root: str) -> Tile
 def teacher_stage(params: PipelineParams, tiles: TileRecord, root: str) -> RunRecord | str:
     if params.teacher:
         return params.teacher
+    p = params
     key = fingerprint(
-        tiles.fingerprint,
-        params.teacher_preset,
-        params.teacher_steps,
-        params.batch_size,
-        params.seed,
+        tiles.fingerprint, p.teacher_preset, p.teacher_steps, p.batch_size, p.seed, p.lr
     )
     return tasks.train_teacher(
         tiles,
         f"{root}/teachers/{key}",
-        params.teacher_preset,
-        params.teacher_steps,
-        params.batch_size,
-        params.seed,
+        p.teacher_preset,
+        p.teacher_steps,
+        p.batch_size,
+        p.seed,
+        p.lr,
     )
 
 
@@ -117,7 +115,7 @@ def run_dir_of(
     teacher_key = teacher.fingerprint if isinstance(teacher, RunRecord) else teacher
     key = fingerprint(
         tiles.fingerprint, teacher_key, params.student_preset, params.masking, params.loss,
-        params.student_steps, params.batch_size, params.seed,
+        params.student_steps, params.batch_size, params.seed, params.lr,
     )  # fmt: skip
     return f"{root}/runs/{key}"
 
@@ -127,7 +125,7 @@ def student_stage(
 ) -> RunRecord:
     return tasks.distill_student(
         tiles, teacher, f"{run_dir}/student", params.student_preset, params.masking, params.loss,
-        params.student_steps, params.batch_size, params.seed,
+        params.student_steps, params.batch_size, params.seed, params.lr,
     )  # fmt: skip
 
 
@@ -197,7 +195,7 @@ def _summary_artifact(params: RegionParams, out: dict[str, Any]) -> None:
 
 def run_pipeline(params: PipelineParams) -> dict[str, Any]:
     """Every requested stage for one region, inside the current flow run."""
-    root = region_root(params.out, params.region)
+    root = region_root(params.out, params.name or params.region)
     stages, out = set(params.stages), {}
     cube = f"{root}/cube.zarr"
     if "ingest" in stages:

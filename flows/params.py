@@ -67,6 +67,7 @@ class PipelineParams(RegionParams):
     """The whole chain for one region: ingest -> tiles -> teacher -> student -> evaluate -> report."""
 
     out: str = Field(description="root URL; the cube, tiles and run go under it")
+    name: str | None = Field(default=None, description="folder name under `out`; default from the region")
     stages: tuple[Stage, ...] = ALL_STAGES
     tile_size: int = Field(default=128, gt=0)
     patch_size: int = Field(default=16, gt=0)
@@ -86,6 +87,9 @@ class PipelineParams(RegionParams):
     masking: Literal["random", "gabor", "wavelet"] = "gabor"
     loss: Literal["mse", "mse+ssim", "mse+ssim+kld"] = "mse+ssim+kld"
     batch_size: int = Field(default=8, gt=0)
+    lr: float | None = Field(
+        default=None, gt=0, description="peak learning rate; None = MAE recipe"
+    )
     seed: int = 0
     dask_address: str | None = Field(
         default=None, description="dask scheduler; None = LocalCluster"

@@ -132,13 +132,22 @@ def _progress(key: str, total: int):
 
 @task(cache_policy=CACHE, persist_result=True)
 def train_teacher(
-    tiles: TileRecord, out: str, preset: str, steps: int, batch_size: int, seed: int
+    tiles: TileRecord,
+    out: str,
+    preset: str,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    lr: float | None,
 ) -> RunRecord:
     """MAE-pretrains the Prithvi architecture on the six-band teacher tiles."""
-    from hyperkd.model.config import TeacherPretrainConfig, TrainConfig
+    from hyperkd.model.config import OptimConfig, TeacherPretrainConfig, TrainConfig
     from hyperkd.model.runs import run_teacher_pretrain
 
-    train = TrainConfig(out=out, steps=steps, batch_size=batch_size, seed=seed, progress=False)
+    optim = OptimConfig(lr=lr)
+    train = TrainConfig(
+        out=out, steps=steps, batch_size=batch_size, seed=seed, optim=optim, progress=False
+    )
     run_teacher_pretrain(
         TeacherPretrainConfig(tiles=tiles.url, train=train, preset=preset),
         on_step=_progress("teacher-pretraining", steps),
@@ -159,15 +168,19 @@ def distill_student(
     steps: int,
     batch_size: int,
     seed: int,
+    lr: float | None,
 ) -> RunRecord:
     """Distils the student from the teacher on the tile store."""
-    from hyperkd.model.config import DistillConfig, TrainConfig
+    from hyperkd.model.config import DistillConfig, OptimConfig, TrainConfig
     from hyperkd.model.losses import LossConfig
     from hyperkd.model.masking import Masking
     from hyperkd.model.runs import run_distill
 
     teacher_path = teacher.path if isinstance(teacher, RunRecord) else teacher
-    train = TrainConfig(out=out, steps=steps, batch_size=batch_size, seed=seed, progress=False)
+    optim = OptimConfig(lr=lr)
+    train = TrainConfig(
+        out=out, steps=steps, batch_size=batch_size, seed=seed, optim=optim, progress=False
+    )
     cfg = DistillConfig(
         tiles.url,
         train,
@@ -181,7 +194,7 @@ def distill_student(
     return RunRecord(
         "student",
         out,
-        fingerprint(tiles.fingerprint, key, preset, masking, loss, steps, batch_size, seed),
+        fingerprint(tiles.fingerprint, key, preset, masking, loss, steps, batch_size, seed, lr),
     )
 
 

@@ -94,9 +94,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo", help="run the whole job on the embedded demo region (one Prefect flow run)"
     )
     p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
-    p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"])
+    p.add_argument("--size", default="medium", choices=["tiny", "small", "medium", "large"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=300, help="training steps for teacher and student")
+    p.add_argument("--steps", type=int, default=150, help="training steps for teacher and student")
     p.set_defaults(handler=_demo)
 
     p = sub.add_parser("pipeline", help="run the hyperkd-pipeline flow for one region")
