@@ -6,8 +6,9 @@ labelled axes with units, 110 dpi. Images are shown pixel for pixel (nearest int
 - RGB composites use the EnMAP bands nearest 640 / 550 / 460 nm, with a per-channel 2-98 %
   percentile stretch taken from the *true* tile and applied unchanged to the reconstruction, so
   the two are directly comparable.
-- Masked patches are outlined (the boundary of the masked area, patch edges where a masked patch
-  meets a visible one or the tile edge).
+- The reconstruction panel is the MAE composite: the model's prediction in the masked patches,
+  the input in the visible ones. With 75 % masked, the few *visible* patches are the ones
+  outlined (on the true tile too), so the eye lands on what the model did not have to predict.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def apply_stretch(
 
 
 def mask_outline(mask_grid: np.ndarray, patch: int) -> list[list[tuple[float, float]]]:
-    """Boundary segments (pixel coordinates for ``imshow``) of the masked patches of an (h, w) bool grid."""
+    """Boundary segments (pixel coordinates for ``imshow``) of the True patches of an (h, w) bool grid."""
     padded = np.pad(mask_grid.astype(bool), 1, constant_values=False)
     segs: list[list[tuple[float, float]]] = []
     for i, j in zip(*np.nonzero(mask_grid), strict=True):
@@ -108,7 +109,8 @@ def reconstruction_figure(
     titles: Sequence[str],
 ) -> bytes:
     """One row per tile: true RGB, the visible input (masked patches grey), the reconstruction
-    with the masked patches outlined. ``*_rgb``: (H, W, 3) in [0, 1]; ``masks``: (h, w) bool."""
+    (prediction in masked patches, input elsewhere) with the visible patches outlined.
+    ``*_rgb``: (H, W, 3) in [0, 1]; ``masks``: (h, w) bool, True = masked."""
     n = len(true_rgb)
     fig = _figure(10.5, 3.5 * n + 0.3)
     axes = fig.subplots(n, 3, squeeze=False)
@@ -120,10 +122,10 @@ def reconstruction_figure(
         _image_axis(
             axes[row, 1], visible, f"student input\n{int(m.sum())} of {m.size} patches masked"
         )
-        _image_axis(axes[row, 2], r, "reconstruction\nmasked patches outlined")
+        _image_axis(axes[row, 2], r, "reconstruction (masked patches)\nvisible input outlined")
         for ax in (axes[row, 0], axes[row, 2]):
             ax.add_collection(
-                LineCollection(mask_outline(m, patch), colors=OUTLINE, linewidths=1.5)
+                LineCollection(mask_outline(~m.astype(bool), patch), colors=OUTLINE, linewidths=1.5)
             )
     return to_png(fig)
 

@@ -120,8 +120,9 @@ def summary_section(run_dir: Path, run: dict[str, Any], student: dict[str, Any] 
             ["masking", _fmt(spec.get("masking", {}).get("kind"))],
             ["loss", _fmt(spec.get("loss", {}).get("terms"))],
             ["steps", _fmt(spec.get("train", {}).get("steps") or f"{spec.get('train', {}).get('epochs')} epochs")],
-            ["teacher", _fmt(spec.get("teacher"))],
         ]  # fmt: skip
+        if "teacher" not in run:  # run.json names the teacher already when the flows wrote it
+            rows.append(["teacher", _fmt(spec.get("teacher"))])
     sec.blocks.append(Table(["setting", "value"], rows))
     return sec
 
