@@ -16,9 +16,7 @@ Output layout under ``<out>/<region>/`` (content-addressed where a parameter cha
 
 from __future__ import annotations
 
-import logging
 import re
-from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
@@ -36,6 +34,22 @@ def region_root(out: str, region: str) -> str:
         r"[^A-Za-z0-9._-]+", "_", region.rsplit("/", 1)[-1].removesuffix(".geojson")
     ).strip("_")
     return f"{out.rstrip('/')}/{slug or 'region'}"
+
+
+def _exists(url: str) -> bool:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return bool(fs.exists(path))
+
+
+def _unless_gone(task: Any, output: str) -> Any:
+    """``task`` as is while ``output`` exists, else one that ignores its cached result.
+
+    "Cached" must mean "still there": a user who deletes a cube, a tile store or a run folder
+    gets it rebuilt, not a cached record pointing at nothing.
+    """
+    return task if _exists(output) else task.with_options(refresh_cache=True)
 
 
 # -- stages (run inside a flow) ---------------------------------------------------------------
@@ -58,20 +72,25 @@ def ingest_stage(
             f"no EnMAP scene in {params.region} between {start} and {end} to define the grid"
         )
     grid = tasks.region_grid(enmap[0], params.region)
-    # Scenes run one at a time, in time order: each group's time axis only grows forward.
-    futures = tasks.ingest_scene.map(
-        unmapped(cube),
-        refs,
-        unmapped(grid),
-        unmapped(params.region),
-        unmapped(resampling),
-        unmapped(tile_size),
-    )
-    for future in futures:
-        future.wait()
-    states = [future.state for future in futures]
     from hyperkd.pipeline.cube import committed_scenes
 
+    # Scenes run one at a time, in time order: each group's time axis only grows forward.
+    # Scenes missing from the cube (say it was deleted) ignore their cached results.
+    present = set(committed_scenes(cube))
+    futures = {}
+    for in_cube in (True, False):
+        part = [r for r in refs if (r.id in present) == in_cube]
+        task = (
+            tasks.ingest_scene if in_cube else tasks.ingest_scene.with_options(refresh_cache=True)
+        )
+        mapped = task.map(
+            unmapped(cube), part, unmapped(grid), unmapped(params.region),
+            unmapped(resampling), unmapped(tile_size),
+        )  # fmt: skip
+        futures.update(zip((r.id for r in part), mapped, strict=True))
+    for future in futures.values():
+        future.wait()
+    states = [futures[r.id].state for r in refs]
     record = tasks.record_of(refs, states, cube, committed_scenes(cube))
     _ingest_artifacts(refs, record)
     return record
@@ -87,7 +106,10 @@ def tiles_stage(params: PipelineParams, ingest: IngestRecord, root: str) -> Tile
         "seed": params.seed,
     }
     url = f"{root}/tiles-{fingerprint(tile_cfg, params.labels)}.zarr"
-    return tasks.build_tiles(ingest, url, tile_cfg, dict(params.labels), params.dask_address)
+    build = _unless_gone(tasks.build_tiles, f"{url}/zarr.json")
+    return build(
+        ingest.cube, ingest.fingerprint, url, tile_cfg, dict(params.labels), params.dask_address
+    )
 
 
 def teacher_stage(params: PipelineParams, tiles: TileRecord, root: str) -> RunRecord | str:
@@ -97,9 +119,10 @@ def teacher_stage(params: PipelineParams, tiles: TileRecord, root: str) -> RunRe
     key = fingerprint(
         tiles.fingerprint, p.teacher_preset, p.teacher_steps, p.batch_size, p.seed, p.lr
     )
-    return tasks.train_teacher(
+    out = f"{root}/teachers/{key}"
+    return _unless_gone(tasks.train_teacher, f"{out}/model.safetensors")(
         tiles,
-        f"{root}/teachers/{key}",
+        out,
         p.teacher_preset,
         p.teacher_steps,
         p.batch_size,
@@ -123,7 +146,8 @@ def run_dir_of(
 def student_stage(
     params: PipelineParams, tiles: TileRecord, teacher: RunRecord | str, run_dir: str
 ) -> RunRecord:
-    return tasks.distill_student(
+    distill = _unless_gone(tasks.distill_student, f"{run_dir}/student/model.safetensors")
+    return distill(
         tiles, teacher, f"{run_dir}/student", params.student_preset, params.masking, params.loss,
         params.student_steps, params.batch_size, params.seed, params.lr,
     )  # fmt: skip
@@ -137,7 +161,8 @@ def evaluate_stage(
     run_dir: str,
 ) -> dict[str, Any]:
     teacher_path = teacher.path if isinstance(teacher, RunRecord) else teacher
-    tasks.write_run_manifest(run_dir, tiles.url, student.path, teacher_path)
+    manifest = _unless_gone(tasks.write_run_manifest, f"{run_dir}/run.json")
+    manifest(run_dir, tiles.url, student.path, teacher_path)
     # The test split can be empty on small regions (whole blocks go to one split): fall back
     # to val, then train, and say so in the metrics table.
     split = next((s for s in ("test", "val", "train") if tiles.splits.get(s)), "test")
@@ -145,8 +170,10 @@ def evaluate_stage(
         get_run_logger().warning(
             "tile store %s has no test tiles: evaluating on %s", tiles.url, split
         )
-    evaluation = tasks.evaluate(student, tiles, f"{run_dir}/evaluate", split)
-    html = tasks.write_report(run_dir, evaluation) if "report" in params.stages else None
+    evaluate = _unless_gone(tasks.evaluate, f"{run_dir}/evaluate/metrics.json")
+    evaluation = evaluate(student, tiles, f"{run_dir}/evaluate", split)
+    report = _unless_gone(tasks.write_report, f"{run_dir}/report.html")
+    html = report(run_dir, evaluation) if "report" in params.stages else None
     rows = [{"metric": k, "value": round(v, 4)} for k, v in sorted(evaluation.metrics.items())]
     create_table_artifact(
         rows, key="hyperkd-metrics", description=f"reconstruction metrics, {run_dir}"
@@ -219,14 +246,7 @@ def run_pipeline(params: PipelineParams) -> dict[str, Any]:
             params, out["student"], out["tiles"], out["teacher"], run_dir
         )
     _summary_artifact(params, out)
-    logging.getLogger(__name__).debug(
-        "pipeline outputs: %s", {k: _small(v) for k, v in out.items()}
-    )
     return out
-
-
-def _small(value: Any) -> Any:
-    return asdict(value) if hasattr(value, "__dataclass_fields__") else value
 
 
 # -- flows ------------------------------------------------------------------------------------

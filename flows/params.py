@@ -67,7 +67,9 @@ class PipelineParams(RegionParams):
     """The whole chain for one region: ingest -> tiles -> teacher -> student -> evaluate -> report."""
 
     out: str = Field(description="root URL; the cube, tiles and run go under it")
-    name: str | None = Field(default=None, description="folder name under `out`; default from the region")
+    name: str | None = Field(
+        default=None, description="folder name under `out`; default from the region"
+    )
     stages: tuple[Stage, ...] = ALL_STAGES
     tile_size: int = Field(default=128, gt=0)
     patch_size: int = Field(default=16, gt=0)

@@ -10,7 +10,6 @@ The search task's cache also expires, because catalogs gain scenes over time.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict
 from typing import Any
 
 from prefect import task
@@ -99,25 +98,24 @@ def ingest_scene(
 
 @task(cache_policy=CACHE, persist_result=True)
 def build_tiles(
-    ingest: IngestRecord,
+    cube: str,
+    cube_fingerprint: str,
     out: str,
     tile_cfg: dict[str, Any],
     labels: dict[str, str],
     dask_address: str | None,
 ) -> TileRecord:
-    """Aggregation, significance maps and the tile store for the cube in ``ingest``."""
+    """Aggregation, significance maps and the tile store for ``cube``.
+
+    ``cube_fingerprint`` (the cube's committed scenes) is in the inputs so that a cube that
+    gained scenes is tiled again, while a re-run that merely skipped scenes is not.
+    """
     from hyperkd.pipeline.tiles import TileConfig
     from hyperkd.pipeline.tiles import build_tiles as build
 
-    summary = build(
-        ingest.cube, out, TileConfig(**tile_cfg), labels=labels, dask_address=dask_address
-    )
-    return TileRecord(
-        out,
-        summary.n_tiles,
-        dict(summary.splits),
-        fingerprint(ingest.fingerprint, tile_cfg, labels),
-    )
+    summary = build(cube, out, TileConfig(**tile_cfg), labels=labels, dask_address=dask_address)
+    key = fingerprint(cube_fingerprint, tile_cfg, labels)
+    return TileRecord(out, summary.n_tiles, dict(summary.splits), key)
 
 
 def _progress(key: str, total: int):
@@ -249,7 +247,3 @@ def _reason(state: Any) -> str:
     except Exception as exc:  # the task's own exception, already redacted by the pipeline
         return str(exc).splitlines()[0]
     return state.message or state.name
-
-
-def asdict_records(records: list[Any]) -> list[dict[str, Any]]:
-    return [asdict(r) for r in records]

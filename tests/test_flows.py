@@ -79,6 +79,12 @@ def test_pipeline_runs_then_reruns_from_cache(
     # student, run manifest, evaluate, report
     assert third_states.count("Completed") == 4, third_states
 
+    # "Cached" means "still there": a deleted cube is ingested again, not taken from the cache.
+    shutil.rmtree(out["ingest"].cube)
+    fourth = hyperkd_pipeline(params, return_state=True)
+    assert fourth.is_completed(), fourth.message
+    assert fourth.result()["ingest"].written == out["ingest"].scenes
+
 
 def test_a_corrupt_scene_fails_alone(prefect_harness: None, region: Path, tmp_path: Path) -> None:
     from hyperkd.flows.flows import ingest_region
