@@ -28,6 +28,8 @@ demo: $(STAMP)
 	$(VENV)/bin/hyperkd demo --out $(DEMO_OUT)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/python -m pytest -q
 
 test-all: $(STAMP)

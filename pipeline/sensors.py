@@ -63,7 +63,9 @@ class EnmapBands:
         if not self.offset:
             object.__setattr__(self, "offset", (0.0,) * n)
         if len(self.gain) != n or len(self.offset) != n:
-            raise ValueError(f"band metadata: {n} bands but {len(self.gain)} gains and {len(self.offset)} offsets")
+            raise ValueError(
+                f"band metadata: {n} bands but {len(self.gain)} gains and {len(self.offset)} offsets"
+            )
         bad = [i for i in self.nodata_bands if not 0 <= i < n]
         if bad:
             raise ValueError(f"band metadata: nodata band positions {bad} outside 0..{n - 1}")
@@ -132,7 +134,9 @@ class EnmapBands:
             centres = [float(b["center_wavelength"]) for b in eo_bands]
             fwhms = [float(b.get("full_width_half_max", np.nan)) for b in eo_bands]
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"item band metadata is incomplete: eo:bands entry lacks {exc}") from exc
+            raise ValueError(
+                f"item band metadata is incomplete: eo:bands entry lacks {exc}"
+            ) from exc
         drops = np.flatnonzero(np.diff(centres) < 0)
         detectors: list[str | None] = [None] * len(centres)
         if len(drops) == 1:
@@ -265,7 +269,9 @@ def hls_sensor() -> HlsSensor:
     """The catalog's HLS v2.0 table."""
     raw = _read_yaml("sensors", "hls.yaml")
     roles = tuple(
-        TeacherBand(r["name"], r["l30"], r["s30"], (float(r["range_nm"][0]), float(r["range_nm"][1])))
+        TeacherBand(
+            r["name"], r["l30"], r["s30"], (float(r["range_nm"][0]), float(r["range_nm"][1]))
+        )
         for r in raw["roles"]
     )
     fm = raw["fmask"]
@@ -303,7 +309,9 @@ def prithvi_preset(name: str = "prithvi-eo-1.0-100m") -> PrithviPreset:
     )
 
 
-def alignment(bands: EnmapBands | None = None, hls: HlsSensor | None = None) -> dict[str, np.ndarray]:
+def alignment(
+    bands: EnmapBands | None = None, hls: HlsSensor | None = None
+) -> dict[str, np.ndarray]:
     """Spectral range-based channel alignment: teacher band -> EnMAP band positions.
 
     For each HLS band, the *valid* EnMAP bands whose centre lies inside the band's range

@@ -77,7 +77,11 @@ def s3_server() -> Iterator[dict[str, str]]:
     else:
         proc.kill()
         pytest.fail("moto server did not start within 30 s")
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -100,7 +104,9 @@ def s3_bucket(s3_server: dict[str, str]) -> Iterator[str]:
     import s3fs
 
     fs = s3fs.S3FileSystem(
-        key=s3_server["key"], secret=s3_server["secret"], client_kwargs={"endpoint_url": s3_server["endpoint_url"]}
+        key=s3_server["key"],
+        secret=s3_server["secret"],
+        client_kwargs={"endpoint_url": s3_server["endpoint_url"]},
     )
     bucket = f"hyperkd-{uuid.uuid4().hex[:8]}"
     fs.mkdir(bucket)

@@ -14,9 +14,24 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 FORBIDDEN = {
-    "pipeline": {"torch", "torchvision", "timm", "prefect", "prefect_dask", "hyperkd.model", "hyperkd.flows"},
+    "pipeline": {
+        "torch",
+        "torchvision",
+        "timm",
+        "prefect",
+        "prefect_dask",
+        "hyperkd.model",
+        "hyperkd.flows",
+    },
     "model": {"prefect", "prefect_dask", "hyperkd.flows"},
-    "catalogs": {"torch", "prefect", "xarray", "hyperkd.pipeline", "hyperkd.model", "hyperkd.flows"},
+    "catalogs": {
+        "torch",
+        "prefect",
+        "xarray",
+        "hyperkd.pipeline",
+        "hyperkd.model",
+        "hyperkd.flows",
+    },
 }
 
 
@@ -57,7 +72,11 @@ def test_only_flows_hold_prefect_decorators() -> None:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
                 for dec in node.decorator_list:
                     target = dec.func if isinstance(dec, ast.Call) else dec
-                    name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+                    name = (
+                        target.attr
+                        if isinstance(target, ast.Attribute)
+                        else getattr(target, "id", "")
+                    )
                     if name in {"flow", "task"}:
                         offenders.append(f"{rel}:{node.lineno} @{name}")
     assert offenders == []
