@@ -195,6 +195,17 @@ def write_run_manifest(
     return root / "run.json"
 
 
+def _prepare(
+    config: DistillConfig | TeacherPretrainConfig, env: DistEnv | None, dataset: Any
+) -> tuple[DistEnv, Any]:
+    """The process group, the train split (unless given) and the seeds of a training run."""
+    env = env or setup_distributed(config.train.device)
+    if dataset is None:
+        dataset = open_tiles(config.tiles, "train", config.storage_options)
+    seed_everything(config.train.seed)
+    return env, dataset
+
+
 def run_distill(
     config: DistillConfig,
     *,
@@ -204,14 +215,8 @@ def run_distill(
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """``hyperkd train``: the student MAE on the tile store's train split."""
-    env = env or setup_distributed(config.train.device)
-    dataset = (
-        dataset
-        if dataset is not None
-        else open_tiles(config.tiles, "train", config.storage_options)
-    )
+    env, dataset = _prepare(config, env, dataset)
     info = dataset.info
-    seed_everything(config.train.seed)
     student = StudentMAE(
         student_config(
             config.preset,
@@ -260,14 +265,8 @@ def run_teacher_pretrain(
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """``hyperkd train-teacher``: MAE pretraining of a Prithvi architecture on teacher tiles."""
-    env = env or setup_distributed(config.train.device)
-    dataset = (
-        dataset
-        if dataset is not None
-        else open_tiles(config.tiles, "train", config.storage_options)
-    )
+    env, dataset = _prepare(config, env, dataset)
     info = dataset.info
-    seed_everything(config.train.seed)
     model = PrithviMAE(
         teacher_config(config.preset, img_size=info.tile_size, patch_size=info.patch_size)
     )
