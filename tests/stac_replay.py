@@ -44,8 +44,36 @@ class Recorded:
     outcome: str
 
 
+class _Loopback:
+    """A threaded HTTP server on 127.0.0.1 (a free port), started and stopped with ``with``."""
+
+    _httpd: ThreadingHTTPServer
+    _thread: threading.Thread
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
 @dataclass
-class ReplayServer:
+class ReplayServer(_Loopback):
     features: list[dict[str, Any]]
     page_size: int = 4
     share_503: float = 0.0
@@ -60,25 +88,7 @@ class ReplayServer:
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def __enter__(self) -> ReplayServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        self._serve(_handler(self))
 
     @property
     def outcomes(self) -> Counter[str]:
@@ -229,7 +239,7 @@ def _handler(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
 
 
 @dataclass
-class TokenServer:
+class TokenServer(_Loopback):
     """A loopback stand-in for the Planetary Computer SAS token endpoint.
 
     ``GET /api/sas/v1/token/<account>/<container>`` answers ``{"token", "msft:expiry"}`` with a
@@ -242,25 +252,11 @@ class TokenServer:
     requests: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _token_handler(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._serve(_token_handler(self))
 
     @property
     def token_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/api/sas/v1/token"
-
-    def __enter__(self) -> TokenServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        return f"{self.url}/api/sas/v1/token"
 
 
 def _token_handler(server: TokenServer) -> type[BaseHTTPRequestHandler]:
