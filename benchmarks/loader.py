@@ -58,7 +58,8 @@ def build_inputs(work: Path, size: int, scenes: int) -> tuple[str, str]:
 def loader_pass(tiles: str, workers: int) -> Callable[[], float]:
     """One timed epoch of ``make_loader`` per call; the loader (and its persistent workers)
     is built once and warmed up by one untimed epoch."""
-    from hyperkd.model.data import TileDataset, make_loader
+    from hyperkd.model.data import TileDataset
+    from hyperkd.model.loader import make_loader
 
     ds = TileDataset(tiles, split=None)
     loader = make_loader(ds, batch_size=4, num_workers=workers, shuffle=True, drop_last=False)

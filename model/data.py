@@ -1,31 +1,33 @@
-"""Stream the tile store (docs/tiles.md) into PyTorch: dataset, DDP-aware sampler, loader.
+"""Read the tile store (docs/tiles.md) as a PyTorch dataset; the sampler and the DataLoader
+are in :mod:`hyperkd.model.loader`.
 
 The hot path is plain zarr: one chunk read per array per tile, an int16 -> float32
-normalisation in two numpy passes, no xarray. Store handles are opened lazily per process,
-so a dataset built in the trainer forks into DataLoader workers safely.
+normalisation in two numpy passes, no xarray. The tiles of a batch are read and decoded by a
+few threads at once (zstd decompression and numpy both release the GIL). Store handles and
+the thread pool are opened lazily per process, so a dataset built in the trainer forks into
+DataLoader workers safely.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from hyperkd.pipeline.tile_verify import as_str, open_store
 
 __all__ = [
     "TileDataset",
-    "TileSampler",
     "TileStoreInfo",
     "collate_tiles",
+    "default_workers",
     "denormalise_student",
-    "make_loader",
-    "make_sampler",
     "read_info",
 ]
 
@@ -161,7 +163,9 @@ class TileDataset(Dataset):
 
     ``split=None`` takes every tile; ``bands`` picks student bands by index into the C
     bands; ``augment`` applies one random flip/rot90 (torch's RNG, seeded per worker) to
-    every spatial field alike.
+    every spatial field alike. ``read_threads`` threads read and decode the tiles of a batch
+    together (default: the cores in the main process, 1 inside a DataLoader worker, where
+    the workers already run side by side).
     """
 
     def __init__(
@@ -171,8 +175,12 @@ class TileDataset(Dataset):
         bands: Sequence[int] | None = None,
         augment: bool = False,
         storage_options: Mapping[str, Any] | None = None,
+        read_threads: int | None = None,
     ) -> None:
+        if read_threads is not None and read_threads < 1:
+            raise ValueError(f"read_threads must be at least 1, got {read_threads}")
         self.url = url
+        self.read_threads = read_threads
         self.split = split
         self.augment = augment
         self.storage_options = dict(storage_options) if storage_options else None
@@ -203,6 +211,8 @@ class TileDataset(Dataset):
         self._label_kind = {k: v.get("kind", "classes") for k, v in self.info.labels.items()}
         self._arrays: dict[str, Any] | None = None
         self._pid: int | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.tile_ids)
@@ -210,7 +220,20 @@ class TileDataset(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_arrays"], state["_pid"] = None, None
+        state["_pool"], state["_pool_pid"] = None, None
         return state
+
+    def _threads(self) -> int:
+        if self.read_threads is not None:
+            return self.read_threads
+        return 1 if torch.utils.data.get_worker_info() is not None else default_workers()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """This process's read pool (a forked copy has no threads, so it is rebuilt)."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = ThreadPoolExecutor(self._threads(), thread_name_prefix="tile-read")
+            self._pool_pid = os.getpid()
+        return self._pool
 
     def _open(self) -> dict[str, Any]:
         """Array handles for this process (reopened after a fork)."""
@@ -262,9 +285,14 @@ class TileDataset(Dataset):
             raise IndexError(f"tile index {i} out of range for {len(self)} tiles")
         return i % len(self)
 
-    def _augment(self, fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One random flip/rot90 (torch's RNG), the same for every spatial field."""
-        k, flip = divmod(int(torch.randint(0, 8, ()).item()), 2)
+    @staticmethod
+    def _draw_augmentation() -> int:
+        """One of the 8 flips/rotations, from torch's RNG (0 = identity)."""
+        return int(torch.randint(0, 8, ()).item())
+
+    def _augment(self, fields: dict[str, np.ndarray], choice: int) -> dict[str, np.ndarray]:
+        """Flip/rot90 ``choice`` (see :meth:`_draw_augmentation`) of every spatial field."""
+        k, flip = divmod(choice, 2)
         out = {}
         for key, value in fields.items():
             value = np.rot90(value, k, axes=(-2, -1))
@@ -278,7 +306,7 @@ class TileDataset(Dataset):
         }
         self._decode(self.read_raw(i), fields)
         if self.augment:
-            fields = self._augment(fields)
+            fields = self._augment(fields, self._draw_augmentation())
         out = {key: torch.from_numpy(value) for key, value in fields.items()}
         out["tile_id"] = torch.tensor(int(self.tile_ids[i]), dtype=torch.int64)
         return out
@@ -286,8 +314,10 @@ class TileDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         """A batch of samples decoded straight into one collated buffer per field.
 
-        Returns the samples as views of the batch; :func:`collate_tiles` hands the batch on
-        without copying (torch's default collate also works, with one copy).
+        Each tile is read and decoded into its slot by the read pool, so tiles of a batch
+        overlap; augmentations are drawn here, in order, so they do not depend on thread
+        timing. Returns the samples as views of the batch; :func:`collate_tiles` hands the
+        batch on without copying (torch's default collate also works, with one copy).
         """
         shared = torch.utils.data.get_worker_info() is not None
         n = len(indices)
@@ -296,16 +326,24 @@ class TileDataset(Dataset):
         }
         views = {k: v.numpy() for k, v in batch.items()}
         positions = [self._check(int(i)) for i in indices]
-        for slot, i in enumerate(positions):
-            tile = self.read_raw(i)
+        choices = [self._draw_augmentation() if self.augment else 0 for _ in positions]
+
+        def fill(slot: int) -> None:
+            tile = self.read_raw(positions[slot])
             out = {k: v[slot] for k, v in views.items()}
-            if self.augment:
+            if choices[slot]:
                 fields = {k: np.empty_like(v) for k, v in out.items()}
                 self._decode(tile, fields)
-                for k, v in self._augment(fields).items():
+                for k, v in self._augment(fields, choices[slot]).items():
                     out[k][...] = v
             else:
                 self._decode(tile, out)
+
+        if n == 1 or self._threads() == 1:
+            for slot in range(n):
+                fill(slot)
+        else:
+            list(self._executor().map(fill, range(n)))  # re-raises a failed read here
         ids = self.tile_ids[np.asarray(positions, dtype=np.int64)]
         batch["tile_id"] = torch.from_numpy(ids.astype(np.int64))
         samples = _Batch({k: v[slot] for k, v in batch.items()} for slot in range(n))
@@ -325,118 +363,9 @@ def denormalise_student(
     return x * std[:, None, None] + mean[:, None, None]
 
 
-class TileSampler(Sampler[int]):
-    """Epoch order over a :class:`TileDataset`, shard-local and split across DDP ranks.
-
-    Shuffling keeps locality when the store is sharded: the order of shards is shuffled,
-    then the tiles inside each shard, so a worker reads a shard's tiles together. Each rank
-    takes one contiguous run of ``len(dataset) // world_size`` positions of the epoch order,
-    so ranks never overlap and all ranks run the same number of steps (DDP needs that). The
-    ``len(dataset) % world_size`` positions at the end of the order are skipped that epoch;
-    with ``shuffle=True`` those are different tiles each epoch. With one rank nothing is
-    skipped. Call ``set_epoch(e)`` before each epoch; the order depends on ``(seed, e)``.
-    """
-
-    def __init__(
-        self,
-        dataset: TileDataset | int,
-        *,
-        shuffle: bool = True,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        shard_tiles: int | None = None,
-    ) -> None:
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
-        if isinstance(dataset, TileDataset):
-            self._tile_ids = dataset.tile_ids
-            shard_tiles = shard_tiles if shard_tiles is not None else dataset.info.shard_tiles
-        else:
-            self._tile_ids = np.arange(int(dataset), dtype=np.int64)
-        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
-        self.shard_tiles = shard_tiles
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self._tile_ids) // self.world_size
-
-    def epoch_order(self) -> np.ndarray:
-        """All dataset positions in this epoch's order (every rank computes the same)."""
-        n = len(self._tile_ids)
-        if not self.shuffle:
-            return np.arange(n, dtype=np.int64)
-        rng = np.random.default_rng([self.seed, self.epoch])
-        if not self.shard_tiles:
-            return rng.permutation(n).astype(np.int64)
-        shard_of = self._tile_ids // self.shard_tiles
-        groups = [np.flatnonzero(shard_of == s) for s in np.unique(shard_of)]
-        return np.concatenate(
-            [rng.permutation(groups[g]) for g in rng.permutation(len(groups))]
-        ).astype(np.int64)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        size = len(self)
-        mine = self.epoch_order()[self.rank * size : (self.rank + 1) * size]
-        return iter(mine.tolist())
-
-
-def make_sampler(
-    dataset: TileDataset, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1
-) -> TileSampler:
-    """The :class:`TileSampler` for ``dataset`` (shard size read from the store)."""
-    return TileSampler(dataset, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
-
-
-def _worker_init(worker_id: int) -> None:
-    # Decoding and normalising run one tile per worker; extra intra-op threads would only
-    # fight the other workers for cores.
-    torch.set_num_threads(1)
-
-
 def default_workers() -> int:
     """The cores this process may use."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def make_loader(
-    dataset: TileDataset,
-    batch_size: int,
-    *,
-    shuffle: bool = True,
-    seed: int = 0,
-    num_workers: int | None = None,
-    drop_last: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
-    prefetch_factor: int = 4,
-    timeout: float = 300.0,
-) -> DataLoader:
-    """A DataLoader that works out of the box for the tile store.
-
-    Workers default to the number of cores, stay alive across epochs and prefetch
-    ``prefetch_factor`` batches each; memory is pinned when CUDA is present. A worker that
-    raises re-raises in the trainer; one that stalls for ``timeout`` seconds raises instead
-    of hanging the run. Call ``loader.sampler.set_epoch(e)`` every epoch.
-    """
-    workers = default_workers() if num_workers is None else int(num_workers)
-    sampler = TileSampler(dataset, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        prefetch_factor=prefetch_factor if workers > 0 else None,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=drop_last,
-        timeout=timeout if workers > 0 else 0,
-        worker_init_fn=_worker_init if workers > 0 else None,
-        collate_fn=collate_tiles,
-    )

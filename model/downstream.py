@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hyperkd.model import pixels, probes
-from hyperkd.model.data import TileDataset, make_loader
+from hyperkd.model.data import TileDataset
+from hyperkd.model.loader import make_loader
 from hyperkd.model.mae import StudentMAE
 from hyperkd.model.runs import load_student
 

@@ -325,7 +325,7 @@ def evaluate(
             f"patches; the student was trained on {c.in_chans}, {c.img_size} and {c.patch_size}"
         )
     if batches is None:
-        from hyperkd.model.data import make_loader
+        from hyperkd.model.loader import make_loader
 
         batches = make_loader(dataset, config.batch_size, shuffle=False, drop_last=False)
     device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")

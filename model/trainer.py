@@ -87,12 +87,12 @@ def setup_distributed(device: str = "auto") -> DistEnv:
 def default_loader_factory(
     dataset: Any, batch_size: int, *, seed: int, env: DistEnv, num_workers: int | None
 ) -> LoaderFactory:
-    """Epoch loaders from the tile loader (:func:`hyperkd.model.data.make_loader`).
+    """Epoch loaders from the tile loader (:func:`hyperkd.model.loader.make_loader`).
 
     One loader (its workers persist); each epoch sets the sampler's epoch, so the order of
     epoch ``e`` depends only on ``(seed, e)`` and this rank's shard, as exact resume needs.
     """
-    from hyperkd.model.data import make_loader
+    from hyperkd.model.loader import make_loader
 
     loader = make_loader(
         dataset,

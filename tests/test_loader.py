@@ -13,13 +13,8 @@ import torch
 import zarr
 from tile_helpers import make_scene
 
-from hyperkd.model.data import (
-    TileDataset,
-    TileSampler,
-    denormalise_student,
-    make_loader,
-    read_info,
-)
+from hyperkd.model.data import TileDataset, collate_tiles, denormalise_student, read_info
+from hyperkd.model.loader import TileSampler, make_loader
 from hyperkd.pipeline.tiles import TileConfig, verify_tiles, write_tile_store
 
 CFG = TileConfig(tile_size=32, patch_size=8, split_block_px=64)
@@ -270,3 +265,20 @@ def test_augmented_batches_move_every_field_alike(store: str) -> None:
         k, f = matches[0]
         for key in ("teacher", "valid", "significance_gabor", "label_landcover"):
             np.testing.assert_array_equal(_dihedral(p[key].numpy(), k, f), batch[key][slot].numpy())
+
+
+def test_threaded_batch_reads_match_sequential_reads(store: str) -> None:
+    """Reading a batch's tiles on several threads changes neither values nor augmentations."""
+    indices = [5, 0, 3, 1, 4]
+    batches = {}
+    for threads in (1, 3):
+        ds = TileDataset(store, split=None, augment=True, read_threads=threads)
+        torch.manual_seed(7)
+        batches[threads] = collate_tiles(ds.__getitems__(indices))
+    assert batches[1].keys() == batches[3].keys()
+    for key, value in batches[1].items():
+        torch.testing.assert_close(batches[3][key], value, rtol=0, atol=0, msg=key)
+    with pytest.raises(RuntimeError, match="tile 2 is unreadable"):
+        _Broken(store, split=None, read_threads=2).__getitems__([0, 1, 2, 3])
+    with pytest.raises(ValueError, match="read_threads must be at least 1"):
+        TileDataset(store, split=None, read_threads=0)
