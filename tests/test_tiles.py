@@ -82,6 +82,8 @@ def test_store_meets_the_contract(store: tuple[str, list]) -> None:
         root["student"].shape == (n, 7, 32, 32) and root["student"].dtype == np.int16
     )  # bad band left out
     assert root["student"].chunks == (1, 7, 32, 32)
+    (codec,) = root["student"].compressors  # docs/tiles.md: Blosc LZ4 with byte shuffle
+    assert (codec.cname.value, codec.shuffle.value, codec.typesize) == ("lz4", "shuffle", 2)
     assert root["significance_gabor"].shape == (n, 4, 4)
     assert root["label_landcover"].dtype == np.int16
     attrs = dict(root.attrs)
