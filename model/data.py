@@ -3,9 +3,9 @@ are in :mod:`hyperkd.model.loader`.
 
 The hot path is plain zarr: one chunk read per array per tile, an int16 -> float32
 normalisation in two numpy passes, no xarray. The tiles of a batch are read and decoded by a
-few threads at once (zstd decompression and numpy both release the GIL). Store handles and
-the thread pool are opened lazily per process, so a dataset built in the trainer forks into
-DataLoader workers safely.
+few threads at once (Blosc or zstd decompression and numpy both release the GIL). Store
+handles and the thread pool are opened lazily per process, so a dataset built in the trainer
+forks into DataLoader workers safely.
 """
 
 from __future__ import annotations
