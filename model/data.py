@@ -2,9 +2,10 @@
 are in :mod:`hyperkd.model.loader`.
 
 The hot path is plain zarr: one chunk read per array per tile, an int16 -> float32
-normalisation in two numpy passes, no xarray. The tiles of a batch are read and decoded by a
-few threads at once (Blosc or zstd decompression and numpy both release the GIL). Store
-handles and the thread pool are opened lazily per process, so a dataset built in the trainer
+normalisation in two numpy passes, no xarray. All chunk reads of a batch are in flight at once
+on an event loop, and each tile is normalised by a decode thread as soon as it has arrived
+(:mod:`hyperkd.model.tile_reader`; decompression and numpy both release the GIL). Store
+handles, loop and threads are opened lazily per process, so a dataset built in the trainer
 forks into DataLoader workers safely.
 """
 
@@ -12,14 +13,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hyperkd.model.batch_buffers import BufferPool
+from hyperkd.model.tile_reader import TileReader
 from hyperkd.pipeline.tile_verify import as_str, open_store
 
 __all__ = [
@@ -124,14 +127,19 @@ def _normalise(
         np.copyto(out, np.float32(0), where=~valid)
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor; in shared memory inside a DataLoader worker.
+def _decode_threads(requested: int | None) -> int:
+    """Decode threads: ``requested``, else the cores here, or 1 in a DataLoader worker."""
+    if requested is not None:
+        return requested
+    return 1 if torch.utils.data.get_worker_info() is not None else default_workers()
+
+
+def _empty_shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor in shared memory, for a batch built in a DataLoader worker.
 
     Allocating the batch in shared memory up front (as torch's own collate does) saves the
     copy into shared memory that sending a batch to the trainer would otherwise cost.
     """
-    if not shared:
-        return torch.from_numpy(np.empty(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
     numel = int(np.prod(shape))
     template = torch.empty(0, dtype=dtype)
     storage = template._typed_storage()._new_shared(numel, device="cpu")
@@ -209,50 +217,23 @@ class TileDataset(Dataset):
         self._student = _affine(mean, std)
         self._teacher = _affine(self.info.teacher_mean, self.info.teacher_std)
         self._label_kind = {k: v.get("kind", "classes") for k, v in self.info.labels.items()}
-        self._arrays: dict[str, Any] | None = None
-        self._pid: int | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid: int | None = None
+        names = ["student", "teacher", "significance_gabor", "significance_wavelet", "valid"]
+        names += [f"label_{k}" for k in self.info.labels]
+        threads = partial(_decode_threads, read_threads)  # evaluated in the reading process
+        self._reader = TileReader(url, names, self.storage_options, threads)
+        self._buffers = BufferPool()
 
     def __len__(self) -> int:
         return len(self.tile_ids)
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_arrays"], state["_pid"] = None, None
-        state["_pool"], state["_pool_pid"] = None, None
-        return state
-
-    def _threads(self) -> int:
-        if self.read_threads is not None:
-            return self.read_threads
-        return 1 if torch.utils.data.get_worker_info() is not None else default_workers()
-
-    def _executor(self) -> ThreadPoolExecutor:
-        """This process's read pool (a forked copy has no threads, so it is rebuilt)."""
-        if self._pool is None or self._pool_pid != os.getpid():
-            self._pool = ThreadPoolExecutor(self._threads(), thread_name_prefix="tile-read")
-            self._pool_pid = os.getpid()
-        return self._pool
-
-    def _open(self) -> dict[str, Any]:
-        """Array handles for this process (reopened after a fork)."""
-        if self._arrays is None or self._pid != os.getpid():
-            root = open_store(self.url, self.storage_options)
-            names = ["student", "teacher", "significance_gabor", "significance_wavelet", "valid"]
-            names += [f"label_{k}" for k in self.info.labels]
-            self._arrays = {name: root[name] for name in names}
-            self._pid = os.getpid()
-        return self._arrays
+    async def aread_raw(self, i: int) -> dict[str, np.ndarray]:
+        """The stored arrays of sample ``i``, undecoded (int16 student/teacher): plain
+        integer reads, one chunk per array, all in flight at once."""
+        return await self._reader.read(int(self.tile_ids[i]))
 
     def read_raw(self, i: int) -> dict[str, np.ndarray]:
-        """The stored arrays of sample ``i``, undecoded (int16 student/teacher).
-
-        Plain integer reads, one chunk per array. (Batched orthogonal or concurrent async
-        reads were tried and were slower on a busy 2-core machine: benchmarks/RESULTS.md.)
-        """
-        j = int(self.tile_ids[i])
-        return {name: arr[j] for name, arr in self._open().items()}
+        """:meth:`aread_raw`, from synchronous code."""
+        return self._reader.run(self.aread_raw(i))
 
     def _layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Per-sample shape and dtype of every field of ``ds[i]`` except ``tile_id``."""
@@ -302,7 +283,8 @@ class TileDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         i = self._check(i)
         fields = {
-            k: _empty(shape, dtype, False).numpy() for k, (shape, dtype) in self._layout().items()
+            k: np.empty(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype)
+            for k, (shape, dtype) in self._layout().items()
         }
         self._decode(self.read_raw(i), fields)
         if self.augment:
@@ -314,22 +296,22 @@ class TileDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
         """A batch of samples decoded straight into one collated buffer per field.
 
-        Each tile is read and decoded into its slot by the read pool, so tiles of a batch
-        overlap; augmentations are drawn here, in order, so they do not depend on thread
-        timing. Returns the samples as views of the batch; :func:`collate_tiles` hands the
-        batch on without copying (torch's default collate also works, with one copy).
+        Every tile's chunk reads are in flight at once, and each tile is decoded into its
+        slot on a decode thread as it arrives; augmentations are drawn here, in order, so
+        they do not depend on read order or thread timing. Returns the samples as views of
+        the batch; :func:`collate_tiles` hands the batch on without copying (torch's default
+        collate also works, with one copy). Outside workers, batch memory comes from a pool
+        that takes it back once the trainer has dropped the batch.
         """
-        shared = torch.utils.data.get_worker_info() is not None
+        in_worker = torch.utils.data.get_worker_info() is not None
+        empty = _empty_shared if in_worker else self._buffers.empty
         n = len(indices)
-        batch = {
-            k: _empty((n, *shape), dtype, shared) for k, (shape, dtype) in self._layout().items()
-        }
+        batch = {k: empty((n, *shape), dtype) for k, (shape, dtype) in self._layout().items()}
         views = {k: v.numpy() for k, v in batch.items()}
         positions = [self._check(int(i)) for i in indices]
         choices = [self._draw_augmentation() if self.augment else 0 for _ in positions]
 
-        def fill(slot: int) -> None:
-            tile = self.read_raw(positions[slot])
+        def fill(slot: int, tile: dict[str, np.ndarray]) -> None:
             out = {k: v[slot] for k, v in views.items()}
             if choices[slot]:
                 fields = {k: np.empty_like(v) for k, v in out.items()}
@@ -339,11 +321,7 @@ class TileDataset(Dataset):
             else:
                 self._decode(tile, out)
 
-        if n == 1 or self._threads() == 1:
-            for slot in range(n):
-                fill(slot)
-        else:
-            list(self._executor().map(fill, range(n)))  # re-raises a failed read here
+        self._reader.read_batch(self.aread_raw, positions, fill)  # re-raises a failed read
         ids = self.tile_ids[np.asarray(positions, dtype=np.int64)]
         batch["tile_id"] = torch.from_numpy(ids.astype(np.int64))
         samples = _Batch({k: v[slot] for k, v in batch.items()} for slot in range(n))

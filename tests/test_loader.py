@@ -3,7 +3,10 @@ failing workers and S3."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import itertools
+import threading
 import time
 from pathlib import Path
 
@@ -201,16 +204,16 @@ def test_loader_covers_an_epoch_with_workers(store: str) -> None:
 
 
 class _Broken(TileDataset):
-    def read_raw(self, i: int) -> dict[str, np.ndarray]:
+    async def aread_raw(self, i: int) -> dict[str, np.ndarray]:
         if i >= 2:
             raise RuntimeError(f"tile {i} is unreadable")
-        return super().read_raw(i)
+        return await super().aread_raw(i)
 
 
 class _Stuck(TileDataset):
-    def read_raw(self, i: int) -> dict[str, np.ndarray]:
-        time.sleep(60)
-        return super().read_raw(i)
+    async def aread_raw(self, i: int) -> dict[str, np.ndarray]:
+        await asyncio.sleep(60)
+        return await super().aread_raw(i)
 
 
 def test_failing_worker_raises_instead_of_hanging(store: str) -> None:
@@ -282,3 +285,51 @@ def test_threaded_batch_reads_match_sequential_reads(store: str) -> None:
         _Broken(store, split=None, read_threads=2).__getitems__([0, 1, 2, 3])
     with pytest.raises(ValueError, match="read_threads must be at least 1"):
         TileDataset(store, split=None, read_threads=0)
+
+
+def test_reads_inside_an_event_loop_and_after_a_fork(store: str) -> None:
+    """The dataset reads from code that already runs an event loop (a notebook), and a
+    worker forked after the parent has read starts its own loop instead of hanging on the
+    parent's."""
+    ds = TileDataset(store, split=None)
+    expected = ds[1]
+
+    async def in_a_loop() -> dict[str, torch.Tensor]:
+        return collate_tiles(ds.__getitems__([1, 0]))
+
+    batch = asyncio.run(in_a_loop())
+    for key, value in expected.items():
+        torch.testing.assert_close(batch[key][0], value, rtol=0, atol=0, msg=key)
+    loader = make_loader(ds, batch_size=2, num_workers=1, shuffle=False, timeout=20.0)
+    forked = next(iter(loader))
+    for key, value in expected.items():
+        torch.testing.assert_close(forked[key][1], value, rtol=0, atol=0, msg=key)
+
+
+def test_batch_memory_is_reused_only_after_the_last_view_is_gone(store: str) -> None:
+    ds = TileDataset(store, split=None)
+    first = collate_tiles(ds.__getitems__([0, 1]))
+    address, expected = first["student"].data_ptr(), first["student"].clone()
+    sample = first["student"][1]  # a view that outlives the batch
+    del first
+    second = collate_tiles(ds.__getitems__([2, 3]))
+    assert second["student"].data_ptr() != address
+    torch.testing.assert_close(sample, expected[1], rtol=0, atol=0)
+    del sample
+    third = collate_tiles(ds.__getitems__([4, 5]))
+    assert third["student"].data_ptr() == address
+    fresh = torch.stack([ds[4]["student"], ds[5]["student"]])
+    torch.testing.assert_close(third["student"], fresh, rtol=0, atol=0)
+
+
+def test_a_dropped_dataset_stops_its_threads(store: str) -> None:
+    before = set(threading.enumerate())
+    ds = TileDataset(store, split=None, read_threads=2)
+    collate_tiles(ds.__getitems__([0, 1, 2]))
+    started = [t for t in set(threading.enumerate()) - before if t.name.startswith("tile-")]
+    assert {t.name.split("_")[0] for t in started} == {"tile-io", "tile-decode"}
+    del ds
+    gc.collect()
+    for thread in started:
+        thread.join(timeout=10)
+    assert not [t.name for t in started if t.is_alive()]
