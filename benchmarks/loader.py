@@ -7,13 +7,18 @@ with ``build_tiles``, then times one pass over every tile, several times (median
   shuffled, steady state (after a warm-up epoch that starts the persistent workers);
   the methods take turns, one pass each per repeat;
 * ``naive``: the xbatcher way: the cube opened with xarray (CF decoding, dask), one
-  ``isel(...).load()`` per sample in one process, then tensors;
+  ``isel(...).load()`` per sample in one process, then the sample the loader returns
+  (normalised student and teacher, significance maps, valid mask; checked equal to the
+  loader's on the first tile), as tensors;
+* ``naive_reads``: the same reads without building the sample (the baseline before
+  2026-11-26, session 3);
 * ``floor``: raw chunk reads + decompression with zarr into numpy, one process, no
   processing, of the same arrays the loader reads.
 
 Sizes are counted as the stored (uncompressed) bytes of a tile's arrays, the same for all.
 Prints tiles/s, MB/s and ratios; the last line is
-``loader/floor=<r> loader/naive=<r>`` for the loader's best worker count.
+``loader/floor=<r> loader/naive=<r>`` for the loader's best worker count; the line before it
+gives ``loader/naive_reads``.
 
     .venv/bin/python benchmarks/loader.py [--size 512] [--scenes 2] [--repeats 5]
 """
@@ -77,31 +82,72 @@ def loader_pass(tiles: str, workers: int) -> Callable[[], float]:
     return run
 
 
-def naive_pass(cube: str, n_tiles: int) -> Callable[[], float]:
+def naive_pass(cube: str, tiles: str, full: bool = True) -> Callable[[], float]:
     """The xbatcher way: the cube opened once with xarray (CF decoding, dask), then one
-    ``isel(...).load()`` per sample in this process, then tensors."""
+    ``isel(...).load()`` per sample in this process, then tensors.
+
+    ``full``: build the same sample the loader returns (student and teacher normalised with
+    the tile store's statistics in float32, 0 where not valid; both significance maps; the
+    valid mask), checked against :class:`TileDataset` on the first tile. Without it, only the
+    reads (CF-decoded reflectance, teacher bands and valid mask) are timed.
+    """
     import torch
     import xarray as xr
+    import zarr
 
+    from hyperkd.model.data import TileDataset
     from hyperkd.pipeline.cube_store import CubeStore
+    from hyperkd.pipeline.tile_verify import as_str
 
     ds = xr.open_zarr(
         CubeStore(cube).zarr_store(read_only=True), group="enmap", decode_coords="all"
     )
     bands = np.flatnonzero(ds["valid_band"].values)
-    nt, ny, nx = ds.sizes["time"], ds.sizes["y"] // 128, ds.sizes["x"] // 128
-    samples = [(t, y * 128, x * 128) for t in range(nt) for y in range(ny) for x in range(nx)]
-    samples = samples[:n_tiles]
-    fields = ["reflectance", "teacher_bands", "valid"]
+    store = zarr.open_group(tiles, mode="r")
+    attrs, index = dict(store.attrs), store["index"]
+    size, patch = int(attrs["tile_size"]), int(attrs["patch_size"])
+    # The tile store's statistics are in reflectance x 10000; the CF-decoded cube is reflectance.
+    band = ds["band"].values[bands]
+    s_mean = xr.DataArray(np.asarray(attrs["student_mean"]) / 1e4, coords={"band": band})
+    s_std = xr.DataArray(np.asarray(attrs["student_std"]) / 1e4, coords={"band": band})
+    names = ds["teacher_band"].values
+    t_mean = xr.DataArray(np.asarray(attrs["teacher_mean"]) / 1e4, coords={"teacher_band": names})
+    t_std = xr.DataArray(np.asarray(attrs["teacher_std"]) / 1e4, coords={"teacher_band": names})
+    time_of = {sid: i for i, sid in enumerate(as_str(ds["scene_id"].values))}
+    samples = [
+        (time_of[sid], int(y), int(x))
+        for sid, y, x in zip(as_str(index["scene"][:]), index["y0"][:], index["x0"][:], strict=True)
+    ]
+
+    def sample(t: int, y: int, x: int) -> dict[str, torch.Tensor]:
+        window = {"time": t, "y": slice(y, y + size), "x": slice(x, x + size)}
+        s = ds[["reflectance", "teacher_bands", "valid"]].isel(window).isel(band=bands).load()
+        if not full:
+            return {k: torch.from_numpy(np.asarray(s[k].values)) for k in s.data_vars}
+        grid = {"time": t, "py": slice(y // patch, (y + size) // patch)}
+        grid["px"] = slice(x // patch, (x + size) // patch)
+        maps = ds[["significance_gabor", "significance_wavelet"]].isel(grid).load()
+        student = ((s["reflectance"] - s_mean) / s_std).where(s["valid"], 0)
+        teacher = ((s["teacher_bands"] - t_mean) / t_std).where(s["valid"], 0)
+        out = {
+            "student": student.astype("float32"),
+            "teacher": teacher.astype("float32"),
+            "significance_gabor": maps["significance_gabor"],
+            "significance_wavelet": maps["significance_wavelet"],
+            "valid": s["valid"],
+        }
+        return {k: torch.from_numpy(np.asarray(v.values)) for k, v in out.items()}
+
+    if full:  # the same work as the loader, so check it gives the same sample
+        reference = TileDataset(tiles, split=None)[0]
+        for key, value in sample(*samples[0]).items():
+            torch.testing.assert_close(value, reference[key], rtol=1e-5, atol=1e-4, msg=key)
     rng = np.random.default_rng(0)
 
     def run() -> float:
         t0 = time.perf_counter()
         for i in rng.permutation(len(samples)):
-            t, y, x = samples[i]
-            window = {"time": t, "y": slice(y, y + 128), "x": slice(x, x + 128)}
-            sample = ds[fields].isel(window).isel(band=bands).load()
-            _ = {k: torch.from_numpy(np.asarray(sample[k].values)) for k in fields}
+            sample(*samples[i])
         return time.perf_counter() - t0
 
     return run
@@ -158,7 +204,8 @@ def main() -> None:
         mb = tile_bytes(tiles) / 1e6
         runs: dict[str, Callable[[], float]] = {
             "floor": floor_pass(tiles),
-            "naive": naive_pass(cube, n),
+            "naive": naive_pass(cube, tiles),
+            "naive_reads": naive_pass(cube, tiles, full=False),
             **{f"loader_w{w}": loader_pass(tiles, w) for w in (0, 1, 2)},
         }
         # Round-robin: every repeat times each method once, so the load other processes put
@@ -180,6 +227,7 @@ def main() -> None:
             print(
                 f"{k}/floor={rate[k] / rate['floor']:.2f} {k}/naive={rate[k] / rate['naive']:.1f}"
             )
+        print(f"loader/naive_reads={rate[best] / rate['naive_reads']:.1f}")
         print(
             f"loader/floor={rate[best] / rate['floor']:.2f} loader/naive={rate[best] / rate['naive']:.1f}"
         )
