@@ -12,6 +12,9 @@ with ``build_tiles``, then times one pass over every tile, several times (median
   loader's on the first tile), as tensors;
 * ``naive_reads``: the same reads without building the sample (the baseline before
   2026-11-26, session 3);
+* ``w0_step`` / ``w0_step_no_ahead``: the 0-worker loader with and without its read-ahead
+  while the "trainer" waits ``--step-ms`` per batch (a GPU-bound step), which is where
+  reading the next batch ahead pays; printed as a ratio, not part of the last line;
 * ``floor``: raw chunk reads + decompression with zarr into numpy, one process, no
   processing, of the same arrays the loader reads.
 
@@ -60,21 +63,33 @@ def build_inputs(work: Path, size: int, scenes: int) -> tuple[str, str]:
     return cube, tiles
 
 
-def loader_pass(tiles: str, workers: int) -> Callable[[], float]:
+def loader_pass(
+    tiles: str, workers: int, step_s: float = 0.0, read_ahead: bool = True
+) -> Callable[[], float]:
     """One timed epoch of ``make_loader`` per call; the loader (and its persistent workers)
-    is built once and warmed up by one untimed epoch."""
+    is built once and warmed up by one untimed epoch.
+
+    ``step_s``: after each batch, wait this long, as a trainer waiting on its GPU would.
+    ``read_ahead=False`` turns off the read-ahead of the 0-worker loader.
+    """
     from hyperkd.model.data import TileDataset
     from hyperkd.model.loader import make_loader
 
     ds = TileDataset(tiles, split=None)
     loader = make_loader(ds, batch_size=4, num_workers=workers, shuffle=True, drop_last=False)
+    if not read_ahead:
+        loader.sampler.on_epoch = None
     epoch = [0]
 
     def run() -> float:
         loader.sampler.set_epoch(epoch[0])
         epoch[0] += 1
         t = time.perf_counter()
-        n = sum(len(batch["tile_id"]) for batch in loader)
+        n = 0
+        for batch in loader:
+            n += len(batch["tile_id"])
+            if step_s:
+                time.sleep(step_s)
         assert n == len(ds)
         return time.perf_counter() - t
 
@@ -193,6 +208,13 @@ def main() -> None:
     parser.add_argument(
         "--workdir", type=Path, default=None, help="keep inputs here (default: temp)"
     )
+    parser.add_argument(
+        "--step-ms",
+        type=float,
+        default=20.0,
+        help="also time the 0-worker loader with and without read-ahead when the trainer "
+        "waits this long per batch, as on a GPU (default 20; 0 skips it)",
+    )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hyperkd-loader-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -208,6 +230,10 @@ def main() -> None:
             "naive_reads": naive_pass(cube, tiles, full=False),
             **{f"loader_w{w}": loader_pass(tiles, w) for w in (0, 1, 2)},
         }
+        if args.step_ms > 0:
+            step = args.step_ms / 1000
+            runs["w0_step"] = loader_pass(tiles, 0, step)
+            runs["w0_step_no_ahead"] = loader_pass(tiles, 0, step, read_ahead=False)
         # Round-robin: every repeat times each method once, so the load other processes put
         # on this shared machine hits all methods alike.
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -220,6 +246,11 @@ def main() -> None:
             print(
                 f"{name:10s} {rate[name]:8.1f} tiles/s {rate[name] * mb:8.1f} MB/s  "
                 f"(median of {args.repeats}, {n} tiles of {mb:.2f} MB)"
+            )
+        if args.step_ms > 0:
+            print(
+                f"with a {args.step_ms:g} ms step per batch: read-ahead/none="
+                f"{rate['w0_step'] / rate['w0_step_no_ahead']:.2f}"
             )
         best = max((k for k in rate if k.startswith("loader")), key=rate.__getitem__)
         print(f"best loader: {best}")

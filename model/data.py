@@ -222,6 +222,8 @@ class TileDataset(Dataset):
         threads = partial(_decode_threads, read_threads)  # evaluated in the reading process
         self._reader = TileReader(url, names, self.storage_options, threads)
         self._buffers = BufferPool()
+        self._plan: np.ndarray | None = None
+        self._planned = 0
 
     def __len__(self) -> int:
         return len(self.tile_ids)
@@ -234,6 +236,27 @@ class TileDataset(Dataset):
     def read_raw(self, i: int) -> dict[str, np.ndarray]:
         """:meth:`aread_raw`, from synchronous code."""
         return self._reader.run(self.aread_raw(i))
+
+    def plan_reads(self, order: Sequence[int] | None) -> None:
+        """The positions the coming ``__getitems__`` calls will ask for, in order (or None).
+
+        While the calls follow the plan, each one also starts reading the batch after it, so
+        that batch's reads overlap this one's decoding and whatever the caller does with it.
+        A call off the plan drops the plan. Only used outside DataLoader workers (which
+        prefetch on their own); :func:`hyperkd.model.loader.make_loader` sets it each epoch
+        when it has no workers.
+        """
+        self._plan = None if order is None else np.asarray(order, dtype=np.int64)
+        self._planned = 0
+
+    def _next_planned(self, positions: list[int]) -> list[int]:
+        """The batch the plan puts after ``positions`` ([] at its end or off the plan)."""
+        plan, start, n = self._plan, self._planned, len(positions)
+        if plan is None or plan[start : start + n].tolist() != positions:
+            self._plan = None
+            return []
+        self._planned = start + n
+        return plan[start + n : start + 2 * n].tolist()
 
     def _layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """Per-sample shape and dtype of every field of ``ds[i]`` except ``tile_id``."""
@@ -321,7 +344,8 @@ class TileDataset(Dataset):
             else:
                 self._decode(tile, out)
 
-        self._reader.read_batch(self.aread_raw, positions, fill)  # re-raises a failed read
+        then = [] if in_worker else self._next_planned(positions)
+        self._reader.read_batch(self.aread_raw, positions, fill, then)  # re-raises a failed read
         ids = self.tile_ids[np.asarray(positions, dtype=np.int64)]
         batch["tile_id"] = torch.from_numpy(ids.astype(np.int64))
         samples = _Batch({k: v[slot] for k, v in batch.items()} for slot in range(n))

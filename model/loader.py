@@ -4,6 +4,8 @@ sampler and a DataLoader with defaults that work out of the box (docs/tiles.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -45,6 +47,8 @@ class TileSampler(Sampler[int]):
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
         self.shard_tiles = shard_tiles
         self.epoch = 0
+        self.on_epoch: Callable[[np.ndarray], None] | None = None
+        """Called with this rank's order each time an epoch's iteration starts."""
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -69,6 +73,8 @@ class TileSampler(Sampler[int]):
     def __iter__(self):  # type: ignore[no-untyped-def]
         size = len(self)
         mine = self.epoch_order()[self.rank * size : (self.rank + 1) * size]
+        if self.on_epoch is not None:
+            self.on_epoch(mine)
         return iter(mine.tolist())
 
 
@@ -103,10 +109,15 @@ def make_loader(
     Workers default to the number of cores, stay alive across epochs and prefetch
     ``prefetch_factor`` batches each; memory is pinned when CUDA is present. A worker that
     raises re-raises in the trainer; one that stalls for ``timeout`` seconds raises instead
-    of hanging the run. Call ``loader.sampler.set_epoch(e)`` every epoch.
+    of hanging the run. With ``num_workers=0`` the dataset itself reads the next batch while
+    the trainer uses the current one (:meth:`TileDataset.plan_reads`). Call
+    ``loader.sampler.set_epoch(e)`` every epoch.
     """
     workers = default_workers() if num_workers is None else int(num_workers)
     sampler = TileSampler(dataset, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
+    if workers == 0:
+        # No worker prefetches, so the dataset reads one batch ahead itself (plan_reads).
+        sampler.on_epoch = dataset.plan_reads
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -56,10 +56,11 @@ class TileReader:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._arrays: dict[str, Any] = {}
+        self._ahead: tuple[tuple[int, ...], list[asyncio.Task[Any]]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_pid=None, _loop=None, _pool=None, _arrays={})
+        state.update(_pid=None, _loop=None, _pool=None, _arrays={}, _ahead=None)
         return state
 
     def _start(self) -> asyncio.AbstractEventLoop:
@@ -69,7 +70,7 @@ class TileReader:
         # A forked child inherits the parent's objects but none of its threads: start afresh.
         loop = asyncio.new_event_loop()
         threading.Thread(target=_serve, args=(loop,), name="tile-io", daemon=True).start()
-        self._loop, self._pid = loop, os.getpid()
+        self._loop, self._pid, self._ahead = loop, os.getpid(), None
         self._pool = ThreadPoolExecutor(self._threads(), thread_name_prefix="tile-decode")
         # Threads outlive nothing: a dataset that is garbage-collected stops its loop.
         weakref.finalize(self, _stop, loop, self._pool)
@@ -105,20 +106,39 @@ class TileReader:
         read: Callable[[int], Awaitable[dict[str, np.ndarray]]],
         positions: Sequence[int],
         fill: Callable[[int, dict[str, np.ndarray]], None],
+        then: Sequence[int] = (),
     ) -> None:
         """``fill(slot, await read(positions[slot]))`` for every slot, concurrently.
 
         ``fill`` runs on the decode threads as each tile arrives. At most twice as many tiles
-        as decode threads (and at least 4) are read ahead, which bounds the raw tiles held in
-        memory. The first error cancels the rest and is raised here.
+        as decode threads (and at least 4) are being read at once, which bounds the raw tiles
+        held in memory. The first error cancels the rest of the batch and is raised here.
+
+        ``then``: the positions of the batch that will be asked for next. Their reads start
+        as this batch is done and go on after this call returns, while the caller uses the
+        batch; a next call for exactly those positions takes them over, any other call
+        cancels them. Their errors surface in the call that takes them over.
         """
         self._start()
-        pool, ahead = self._pool, max(4, 2 * self._threads())
+        pool, limit = self._pool, max(4, 2 * self._threads())
+        pending, self._ahead = self._ahead, None
 
-        async def batch() -> None:
-            loop, gate = asyncio.get_running_loop(), asyncio.Semaphore(ahead)
+        async def batch() -> list[asyncio.Task[dict[str, np.ndarray]]]:
+            loop, gate = asyncio.get_running_loop(), asyncio.Semaphore(limit)
+            ready = pending[1] if pending and pending[0] == tuple(positions) else None
+            if pending and ready is None:
+                for task in pending[1]:
+                    task.cancel()
+
+            async def gated_read(position: int) -> dict[str, np.ndarray]:
+                async with gate:
+                    return await read(position)
 
             async def one(slot: int) -> None:
+                if ready is not None:  # read ahead by the previous call, outside the gate
+                    raw = await ready[slot]
+                    await loop.run_in_executor(pool, fill, slot, raw)
+                    return
                 async with gate:
                     raw = await read(positions[slot])
                     await loop.run_in_executor(pool, fill, slot, raw)
@@ -126,11 +146,19 @@ class TileReader:
             async with asyncio.TaskGroup() as group:
                 for slot in range(len(positions)):
                     group.create_task(one(slot))
+            # Started once this batch is done, so they run while the caller uses it instead
+            # of competing with its decoding for the cores.
+            ahead = [loop.create_task(gated_read(p)) for p in then]
+            for task in ahead:
+                task.add_done_callback(_retrieve)
+            return ahead
 
         try:
-            self._submit(batch())
+            ahead = self._submit(batch())
         except BaseExceptionGroup as errors:
             raise _first(errors) from None
+        if then:
+            self._ahead = (tuple(then), ahead)
 
 
 def _serve(loop: asyncio.AbstractEventLoop) -> None:
@@ -147,6 +175,13 @@ def _stop(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor) -> None:
     pool.shutdown(wait=False)
     if not loop.is_closed():
         loop.call_soon_threadsafe(loop.stop)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark a read-ahead's error as seen: the batch that takes the read over re-raises it,
+    and one that nobody takes over (the loop stopped) has nobody to tell."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _first(errors: BaseExceptionGroup) -> BaseException:

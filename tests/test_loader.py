@@ -4,9 +4,7 @@ failing workers and S3."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
-import threading
 import time
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from tile_helpers import make_scene
+from tile_helpers import labelled_store, make_scene
 
 from hyperkd.model.data import TileDataset, collate_tiles, denormalise_student, read_info
 from hyperkd.model.loader import TileSampler, make_loader
@@ -23,45 +21,9 @@ from hyperkd.pipeline.tiles import TileConfig, verify_tiles, write_tile_store
 CFG = TileConfig(tile_size=32, patch_size=8, split_block_px=64)
 
 
-def _label_raster(path: Path) -> str:
-    import rasterio
-    from tile_helpers import CRS, RES, X0, Y0
-
-    data = (np.arange(160 * 192).reshape(160, 192) % 5).astype(np.uint8)
-    transform = rasterio.transform.Affine(RES, 0, X0, 0, -RES, Y0)
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=192,
-        height=160,
-        count=1,
-        dtype="uint8",
-        crs=CRS,
-        transform=transform,
-    ) as dst:
-        dst.write(data, 1)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    tmp = tmp_path_factory.mktemp("loader")
-    scenes = [
-        make_scene(160, 192, patch=8, seed=0, invalid_box=(0, 40, 0, 60)),
-        make_scene(
-            160,
-            192,
-            patch=8,
-            seed=1,
-            scene_id="ENMAP_TEST_1",
-            time="2022-08-01",
-            invalid_box=(100, 110, 0, 192),
-        ),
-    ]
-    out = str(tmp / "tiles.zarr")
-    write_tile_store(scenes, out, CFG, labels={"landcover": _label_raster(tmp / "lc.tif")})
-    return out
+    return labelled_store(tmp_path_factory.mktemp("loader"))
 
 
 def test_loader_returns_exactly_the_stored_tiles(store: str) -> None:
@@ -285,51 +247,3 @@ def test_threaded_batch_reads_match_sequential_reads(store: str) -> None:
         _Broken(store, split=None, read_threads=2).__getitems__([0, 1, 2, 3])
     with pytest.raises(ValueError, match="read_threads must be at least 1"):
         TileDataset(store, split=None, read_threads=0)
-
-
-def test_reads_inside_an_event_loop_and_after_a_fork(store: str) -> None:
-    """The dataset reads from code that already runs an event loop (a notebook), and a
-    worker forked after the parent has read starts its own loop instead of hanging on the
-    parent's."""
-    ds = TileDataset(store, split=None)
-    expected = ds[1]
-
-    async def in_a_loop() -> dict[str, torch.Tensor]:
-        return collate_tiles(ds.__getitems__([1, 0]))
-
-    batch = asyncio.run(in_a_loop())
-    for key, value in expected.items():
-        torch.testing.assert_close(batch[key][0], value, rtol=0, atol=0, msg=key)
-    loader = make_loader(ds, batch_size=2, num_workers=1, shuffle=False, timeout=20.0)
-    forked = next(iter(loader))
-    for key, value in expected.items():
-        torch.testing.assert_close(forked[key][1], value, rtol=0, atol=0, msg=key)
-
-
-def test_batch_memory_is_reused_only_after_the_last_view_is_gone(store: str) -> None:
-    ds = TileDataset(store, split=None)
-    first = collate_tiles(ds.__getitems__([0, 1]))
-    address, expected = first["student"].data_ptr(), first["student"].clone()
-    sample = first["student"][1]  # a view that outlives the batch
-    del first
-    second = collate_tiles(ds.__getitems__([2, 3]))
-    assert second["student"].data_ptr() != address
-    torch.testing.assert_close(sample, expected[1], rtol=0, atol=0)
-    del sample
-    third = collate_tiles(ds.__getitems__([4, 5]))
-    assert third["student"].data_ptr() == address
-    fresh = torch.stack([ds[4]["student"], ds[5]["student"]])
-    torch.testing.assert_close(third["student"], fresh, rtol=0, atol=0)
-
-
-def test_a_dropped_dataset_stops_its_threads(store: str) -> None:
-    before = set(threading.enumerate())
-    ds = TileDataset(store, split=None, read_threads=2)
-    collate_tiles(ds.__getitems__([0, 1, 2]))
-    started = [t for t in set(threading.enumerate()) - before if t.name.startswith("tile-")]
-    assert {t.name.split("_")[0] for t in started} == {"tile-io", "tile-decode"}
-    del ds
-    gc.collect()
-    for thread in started:
-        thread.join(timeout=10)
-    assert not [t.name for t in started if t.is_alive()]

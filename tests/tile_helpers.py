@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import xarray as xr
 
@@ -95,3 +97,46 @@ def factory_cube(url: str, spec: object, n_scenes: int = 2, tile_size: int = 32)
                 (dn[bands.valid] != bands.nodata).all(axis=0) & (opacity <= 0.08) & (shadow <= 0.2)
             )
             writer.append(SceneWrite("enmap", f"scene-{t}", spec.enmap_dates[t], dn, valid))
+
+
+def _label_raster(path: Path) -> str:
+    import rasterio
+
+    data = (np.arange(160 * 192).reshape(160, 192) % 5).astype(np.uint8)
+    transform = rasterio.transform.Affine(RES, 0, X0, 0, -RES, Y0)
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=192,
+        height=160,
+        count=1,
+        dtype="uint8",
+        crs=CRS,
+        transform=transform,
+    ) as dst:
+        dst.write(data, 1)
+    return str(path)
+
+
+def labelled_store(tmp: Path) -> str:
+    """A tile store (32 px tiles, 8 px patches) of two 160 x 192 scenes with invalid boxes
+    and a ``landcover`` label, for the loader tests."""
+    from hyperkd.pipeline.tiles import TileConfig, write_tile_store
+
+    scenes = [
+        make_scene(160, 192, patch=8, seed=0, invalid_box=(0, 40, 0, 60)),
+        make_scene(
+            160,
+            192,
+            patch=8,
+            seed=1,
+            scene_id="ENMAP_TEST_1",
+            time="2022-08-01",
+            invalid_box=(100, 110, 0, 192),
+        ),
+    ]
+    out = str(tmp / "tiles.zarr")
+    config = TileConfig(tile_size=32, patch_size=8, split_block_px=64)
+    write_tile_store(scenes, out, config, labels={"landcover": _label_raster(tmp / "lc.tif")})
+    return out
