@@ -87,12 +87,9 @@ class TileReader:
         return self._submit(coro)
 
     async def _open(self) -> dict[str, Any]:
-        options = dict(self.storage_options or {})
-        if "://" in self.url and not self.url.startswith("file://"):
-            # A filesystem instance of its own: fsspec caches instances, and an async one
-            # (s3fs >= 2023) made on zarr's loop carries a session bound to that loop.
-            options["skip_instance_cache"] = True
-        store = CubeStore(self.url, options)
+        # This runs on the loop's thread, and fsspec caches filesystem instances per thread,
+        # so an async filesystem made here is not the one zarr's own loop already uses.
+        store = CubeStore(self.url, self.storage_options)
         group = await zarr_async.open_group(store=store.zarr_store(read_only=True), mode="r")
         return {name: await group.getitem(name) for name in self.names}
 
