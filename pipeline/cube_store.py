@@ -224,7 +224,8 @@ class CubeStore:
         return zarr.storage.FsspecStore(wrapped, read_only=read_only, path=self.root)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -273,7 +274,7 @@ class CubeLock:
     def _is_stale(self, doc: dict[str, Any] | None) -> bool:
         if doc is None:  # torn or unreadable lock: its writer died while writing it
             return True
-        if doc.get("host") == socket.gethostname() and not _pid_alive(int(doc.get("pid", -1))):
+        if doc.get("host") == socket.gethostname() and not pid_alive(int(doc.get("pid", -1))):
             return True
         return time.time() - float(doc.get("refreshed_at", 0.0)) > self.stale_after_s
 

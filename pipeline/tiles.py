@@ -4,8 +4,8 @@
 raw int16) and writes the store described in ``docs/tiles.md``; ``build_tiles`` does the same
 from a cube URL, running preprocess first when the cube lacks teacher bands or significance.
 
-Writes are crash-safe: a local store is built in ``<out>.partial-<uuid>`` and renamed into
-place; an fsspec store is written in place with the root attributes (the completeness marker
+Writes are crash-safe: a local store is built in ``<out>.partial-<host>-<pid>-<hex>`` and
+renamed into place (the next build removes what a killed one left); an fsspec store is written in place with the root attributes (the completeness marker
 that ``verify_tiles`` and the loader require) written last. Re-running with the same inputs
 and parameters is a no-op (``params_hash`` in the root attributes).
 """
@@ -17,7 +17,6 @@ import json
 import logging
 import shutil
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import zarr
 
 from hyperkd.pipeline.cube_store import CubeStore
 from hyperkd.pipeline.labels import load_label
+from hyperkd.pipeline.local_commit import commit, partial_path, sweep_killed_partials
 from hyperkd.pipeline.redaction import clean_href
 from hyperkd.pipeline.sensors import hls_sensor, prithvi_preset
 from hyperkd.pipeline.tile_index import (
@@ -257,7 +257,9 @@ def write_tile_store(
     bands = band_selection(scenes[0])
 
     target = _local_path(out_url) if _is_local(out_url) else None
-    write_url = f"{target}.partial-{uuid.uuid4().hex[:8]}" if target is not None else out_url
+    if target is not None:
+        sweep_killed_partials(target)
+    write_url = str(partial_path(target)) if target is not None else out_url
     try:
         location = CubeStore(write_url, storage_options)
         if target is None:
@@ -303,23 +305,13 @@ def write_tile_store(
         # Root attributes last: until they exist the store fails verify_tiles and read_info.
         root.attrs.update(attrs)
         if target is not None:
-            _commit_local(Path(write_url), target)
+            commit(Path(write_url), target)
     except BaseException:
         if target is not None:
             shutil.rmtree(write_url, ignore_errors=True)
         raise
     seconds = time.perf_counter() - t_start
     return TileSummary(out_url, n, splits, dropped, False, params, seconds)
-
-
-def _commit_local(partial: Path, target: Path) -> None:
-    old = None
-    if target.exists():
-        old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
-        target.rename(old)
-    partial.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _needs_preprocess(enmap: xr.Dataset, patch_size: int) -> bool:

@@ -4,6 +4,9 @@ crash safety and idempotence."""
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +225,23 @@ def test_killed_build_leaves_the_old_store_and_no_partial(tmp_path: Path) -> Non
         write_tile_store(scenes, str(tmp_path / "new.zarr"), CFG, progress=die)
     assert not (tmp_path / "new.zarr").exists()
     assert verify_tiles(str(tmp_path / "new.zarr"))  # nothing there is a problem, not a store
+
+
+def test_next_build_removes_what_a_killed_build_left(tmp_path: Path) -> None:
+    out = tmp_path / "t.zarr"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    killed = tmp_path / f"t.zarr.partial-{host}-{dead.pid}-0badc0de"
+    running = tmp_path / f"t.zarr.partial-{host}-{os.getpid()}-0badc0de"
+    elsewhere = tmp_path / f"t.zarr.partial-another-host-{dead.pid}-0badc0de"
+    old_style = tmp_path / "t.zarr.partial-0badc0de"
+    for leftover in (killed, running, elsewhere, old_style):
+        (leftover / "student").mkdir(parents=True)
+    write_tile_store(_scenes()[:1], str(out), CFG)
+    assert verify_tiles(str(out)) == []
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(["t.zarr", running.name, elsewhere.name, old_style.name])
 
 
 def test_sharded_store_verifies(tmp_path: Path) -> None:
