@@ -74,7 +74,12 @@ class TileReader:
         self._pool = ThreadPoolExecutor(self._threads(), thread_name_prefix="tile-decode")
         # Threads outlive nothing: a dataset that is garbage-collected stops its loop.
         weakref.finalize(self, _stop, loop, self._pool)
-        self._arrays = self._submit(self._open())
+        try:
+            self._arrays = self._submit(self._open())
+        except BaseException:  # e.g. the store is gone: no half-started reader stays behind
+            _stop(loop, self._pool)
+            self._loop = None
+            raise
         return loop
 
     def _submit(self, coro: Coroutine[Any, Any, _T]) -> _T:
@@ -83,7 +88,11 @@ class TileReader:
 
     def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
         """Run ``coro`` on this process's loop and return its result (or raise its error)."""
-        self._start()
+        try:
+            self._start()
+        except BaseException:
+            coro.close()  # never started: close it, so nothing warns it was never awaited
+            raise
         return self._submit(coro)
 
     async def _open(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -140,3 +141,14 @@ def test_a_dropped_dataset_stops_its_threads(store: str) -> None:
     for thread in started:
         thread.join(timeout=10)
     assert not [t.name for t in started if t.is_alive()]
+
+
+def test_a_store_removed_after_opening_fails_with_its_name(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    path = labelled_store(tmp_path_factory.mktemp("gone"))
+    ds = TileDataset(path, split=None)
+    shutil.rmtree(path)
+    for _ in range(2):  # and again: a failed start leaves nothing half-started behind
+        with pytest.raises(FileNotFoundError, match=r"tiles\.zarr does not exist"):
+            ds[0]
