@@ -8,6 +8,7 @@ build on the same host remove such leftovers without touching a build that is st
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import shutil
@@ -37,7 +38,7 @@ def sweep_killed_partials(target: Path) -> list[Path]:
     """
     removed = []
     host = socket.gethostname()
-    for path in target.parent.glob(f"{target.name}.partial-*"):
+    for path in target.parent.glob(f"{glob.escape(target.name)}.partial-*"):
         owner = path.name[len(f"{target.name}.partial-") :].rsplit("-", 2)
         if len(owner) != 3 or owner[0] != host or not owner[1].isdigit():
             continue

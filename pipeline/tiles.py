@@ -5,9 +5,10 @@ raw int16) and writes the store described in ``docs/tiles.md``; ``build_tiles`` 
 from a cube URL, running preprocess first when the cube lacks teacher bands or significance.
 
 Writes are crash-safe: a local store is built in ``<out>.partial-<host>-<pid>-<hex>`` and
-renamed into place (the next build removes what a killed one left); an fsspec store is written in place with the root attributes (the completeness marker
-that ``verify_tiles`` and the loader require) written last. Re-running with the same inputs
-and parameters is a no-op (``params_hash`` in the root attributes).
+renamed into place (the next build removes what a killed one left); an fsspec store is
+written in place with the root attributes (the completeness marker that ``verify_tiles`` and
+the loader require) written last. Re-running with the same inputs and parameters is a no-op
+(``params_hash`` in the root attributes).
 """
 
 from __future__ import annotations
