@@ -36,20 +36,15 @@ def region_root(out: str, region: str) -> str:
     return f"{out.rstrip('/')}/{slug or 'region'}"
 
 
-def _exists(url: str) -> bool:
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(url)
-    return bool(fs.exists(path))
-
-
 def _unless_gone(task: Any, output: str) -> Any:
     """``task`` as is while ``output`` exists, else one that ignores its cached result.
 
     "Cached" must mean "still there": a user who deletes a cube, a tile store or a run folder
     gets it rebuilt, not a cached record pointing at nothing.
     """
-    return task if _exists(output) else task.with_options(refresh_cache=True)
+    from hyperkd.pipeline.cube_store import CubeStore
+
+    return task if CubeStore(output).exists() else task.with_options(refresh_cache=True)
 
 
 # -- stages (run inside a flow) ---------------------------------------------------------------

@@ -9,6 +9,7 @@ environment (``AWS_*``), never from the command line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 
@@ -148,13 +149,9 @@ def run_downstream(args: argparse.Namespace) -> int:
     only = None
     if args.only is not None:
         name, _, codes = args.only.partition("=")
-        try:
+        with contextlib.suppress(ValueError):  # a code that is not an integer
             only = (name.strip(), tuple(int(c) for c in codes.split(",")))
-        except ValueError:
-            raise ValueError(
-                f"--only {args.only!r}: expected LABEL=CODE[,CODE...], e.g. landcover=5"
-            ) from None
-        if not name.strip():
+        if only is None or not only[0]:
             raise ValueError(
                 f"--only {args.only!r}: expected LABEL=CODE[,CODE...], e.g. landcover=5"
             )
