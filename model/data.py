@@ -228,14 +228,14 @@ class TileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tile_ids)
 
-    async def aread_raw(self, i: int) -> dict[str, np.ndarray]:
-        """The stored arrays of sample ``i``, undecoded (int16 student/teacher): plain
-        integer reads, one chunk per array, all in flight at once."""
-        return await self._reader.read(int(self.tile_ids[i]))
+    async def aread_raw(self, i: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The stored arrays ``names`` (default: all) of sample ``i``, undecoded (int16
+        student/teacher): plain integer reads, one chunk per array, all in flight at once."""
+        return await self._reader.read(int(self.tile_ids[i]), names)
 
-    def read_raw(self, i: int) -> dict[str, np.ndarray]:
+    def read_raw(self, i: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """:meth:`aread_raw`, from synchronous code."""
-        return self._reader.run(self.aread_raw(i))
+        return self._reader.run(self.aread_raw(i, names))
 
     def plan_reads(self, order: Sequence[int] | None) -> None:
         """The positions the coming ``__getitems__`` calls will ask for, in order (or None).

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from hyperkd.model import probes
-from hyperkd.model.data import TileDataset
+from hyperkd.model.data import TileDataset, collate_tiles
 
 
 def usable(fields: Mapping[str, Any], only: tuple[str, tuple[int, ...]] | None) -> Any:
@@ -38,8 +38,9 @@ def split_sample(
 ) -> probes.PixelSample:
     """The split's labelled pixels (see :func:`hyperkd.model.probes.sample_pixels`)."""
     labels, valids = [], []
+    names = {"valid", f"label_{label}"} | ({f"label_{only[0]}"} if only else set())
     for i in range(len(ds)):
-        raw = ds.read_raw(i)
+        raw = ds.read_raw(i, sorted(names))  # not the student and teacher bands
         labels.append(np.asarray(raw[f"label_{label}"]))
         valids.append(usable(raw, only))
     return probes.sample_pixels(labels, valids, classes=classes, max_pixels=max_pixels, seed=seed)
@@ -51,7 +52,7 @@ def _batches(
     """(tile positions, stacked normalised student tiles (B, C, T, T))."""
     for start in range(0, len(positions), batch):
         chunk = positions[start : start + batch]
-        yield chunk, torch.stack([ds[int(i)]["student"] for i in chunk])
+        yield chunk, collate_tiles(ds.__getitems__(chunk.tolist()))["student"]
 
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]

@@ -102,10 +102,12 @@ class TileReader:
         group = await zarr_async.open_group(store=store.zarr_store(read_only=True), mode="r")
         return {name: await group.getitem(name) for name in self.names}
 
-    async def read(self, j: int) -> dict[str, np.ndarray]:
-        """The arrays of tile ``j`` (stored dtype, ``shape[1:]`` each), read concurrently."""
-        values = await asyncio.gather(*(self._arrays[k].getitem(j) for k in self.names))
-        return dict(zip(self.names, values, strict=True))
+    async def read(self, j: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The arrays ``names`` (default: all) of tile ``j`` (stored dtype, ``shape[1:]``
+        each), read concurrently."""
+        names = self.names if names is None else tuple(names)
+        values = await asyncio.gather(*(self._arrays[k].getitem(j) for k in names))
+        return dict(zip(names, values, strict=True))
 
     def read_batch(
         self,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -166,16 +167,16 @@ def test_loader_covers_an_epoch_with_workers(store: str) -> None:
 
 
 class _Broken(TileDataset):
-    async def aread_raw(self, i: int) -> dict[str, np.ndarray]:
+    async def aread_raw(self, i: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         if i >= 2:
             raise RuntimeError(f"tile {i} is unreadable")
-        return await super().aread_raw(i)
+        return await super().aread_raw(i, names)
 
 
 class _Stuck(TileDataset):
-    async def aread_raw(self, i: int) -> dict[str, np.ndarray]:
+    async def aread_raw(self, i: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         await asyncio.sleep(60)
-        return await super().aread_raw(i)
+        return await super().aread_raw(i, names)
 
 
 def test_failing_worker_raises_instead_of_hanging(store: str) -> None:

@@ -8,7 +8,7 @@ import gc
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -32,11 +32,11 @@ class _Recording(TileDataset):
         self.reads: list[int] = []
         self.fail = fail
 
-    async def aread_raw(self, i: int) -> dict[str, np.ndarray]:
+    async def aread_raw(self, i: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         self.reads.append(i)
         if i in self.fail:
             raise RuntimeError(f"tile {i} is unreadable")
-        return await super().aread_raw(i)
+        return await super().aread_raw(i, names)
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
