@@ -3,7 +3,7 @@
 The scene comes from the scene factory (``write_region``: band-interleaved, tiled, DEFLATE COG
 of 224 int16 bands in detector order, plus its quality layers and a static STAC item).
 
-* ``ingest``: :func:`hyperkd.pipeline.ingest.ingest_scene` into a fresh cube: lock, cube
+* ``ingest``: :func:`hyperkd.pipeline.ingest.region.ingest_scene` into a fresh cube: lock, cube
   creation, odc-stac load on the EnMAP grid, canonical band axis, quality folding into
   ``valid``, zstd chunks ``(1, 224, 128, 128)``, commit.
 * ``floor``: plain ``rasterio`` read of the same image file into memory plus a zarr v3 write
@@ -29,8 +29,8 @@ from pathlib import Path
 def make_scene(work: Path, size: int, pixel_interleaved: bool = False) -> Path:
     """The factory's scene; ``pixel_interleaved`` rewrites its image with GDAL's COG driver
     (pixel-interleaved, 512 px blocks), the layout of real DLR EnMAP products."""
-    from hyperkd.pipeline.synthetic import RegionSpec
-    from hyperkd.pipeline.synthetic_products import write_region
+    from hyperkd.pipeline.synthetic.factory import RegionSpec
+    from hyperkd.pipeline.synthetic.products import write_region
 
     manifest = write_region(work / "region", RegionSpec(size_px=size, n_scenes=1))
     item = manifest.enmap_items[0]
@@ -48,8 +48,8 @@ def make_scene(work: Path, size: int, pixel_interleaved: bool = False) -> Path:
 def run_ingest(item_path: Path, out: Path, tile: int) -> float:
     import pystac
 
-    from hyperkd.pipeline.ingest import IngestParams, ingest_scene, region_grid
-    from hyperkd.pipeline.sources import static_source
+    from hyperkd.pipeline.ingest.region import IngestParams, ingest_scene, region_grid
+    from hyperkd.pipeline.stac.sources import static_source
 
     item = pystac.Item.from_file(str(item_path))
     item.make_asset_hrefs_absolute()

@@ -46,8 +46,8 @@ sys.path.insert(0, str(REPO / "tests"))
 def build_inputs(work: Path, size: int, scenes: int) -> tuple[str, str]:
     from tile_helpers import factory_cube
 
-    from hyperkd.pipeline.synthetic import RegionSpec
-    from hyperkd.pipeline.tiles import TileConfig, build_tiles
+    from hyperkd.pipeline.synthetic.factory import RegionSpec
+    from hyperkd.pipeline.tiles.build import TileConfig, build_tiles
 
     cube, tiles = str(work / "cube.zarr"), str(work / "tiles.zarr")
     spec = RegionSpec(size_px=size, n_scenes=scenes, seed=3, cloud_cover=0.0)
@@ -72,8 +72,8 @@ def loader_pass(
     ``step_s``: after each batch, wait this long, as a trainer waiting on its GPU would.
     ``read_ahead=False`` turns off the read-ahead of the 0-worker loader.
     """
-    from hyperkd.model.data import TileDataset
-    from hyperkd.model.loader import make_loader
+    from hyperkd.model.data.dataset import TileDataset
+    from hyperkd.model.data.loader import make_loader
 
     ds = TileDataset(tiles, split=None)
     loader = make_loader(ds, batch_size=4, num_workers=workers, shuffle=True, drop_last=False)
@@ -110,9 +110,9 @@ def naive_pass(cube: str, tiles: str, full: bool = True) -> Callable[[], float]:
     import xarray as xr
     import zarr
 
-    from hyperkd.model.data import TileDataset
-    from hyperkd.pipeline.cube_store import CubeStore
-    from hyperkd.pipeline.tile_verify import as_str
+    from hyperkd.model.data.dataset import TileDataset
+    from hyperkd.pipeline.store.location import CubeStore
+    from hyperkd.pipeline.tiles.verify import as_str
 
     ds = xr.open_zarr(
         CubeStore(cube).zarr_store(read_only=True), group="enmap", decode_coords="all"

@@ -45,11 +45,11 @@ STUDENTS = {
 
 
 def train(args: argparse.Namespace, student: Student, seed: int, out: Path) -> None:
-    from hyperkd.model.checkpoint import latest_checkpoint
-    from hyperkd.model.config import DistillConfig, OptimConfig, TrainConfig
-    from hyperkd.model.losses import LossConfig
-    from hyperkd.model.masking import Masking
-    from hyperkd.model.runs import run_distill
+    from hyperkd.model.nets.masking import Masking
+    from hyperkd.model.train.checkpoint import latest_checkpoint
+    from hyperkd.model.train.config import DistillConfig, OptimConfig, TrainConfig
+    from hyperkd.model.train.losses import LossConfig
+    from hyperkd.model.train.runs import run_distill
 
     if (out / "model.safetensors").is_file():
         return
@@ -75,9 +75,9 @@ def train(args: argparse.Namespace, student: Student, seed: int, out: Path) -> N
 
 
 def score(args: argparse.Namespace, run: Path, masking: str, seed: int) -> dict[str, float]:
-    from hyperkd.model.config import EvaluateConfig
-    from hyperkd.model.masking import Masking
-    from hyperkd.model.runs import evaluate
+    from hyperkd.model.evaluate.reconstruction import evaluate
+    from hyperkd.model.nets.masking import Masking
+    from hyperkd.model.train.config import EvaluateConfig
 
     out = run / f"evaluate-{masking}-{seed}"
     if (out / "metrics.json").is_file():

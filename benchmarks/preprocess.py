@@ -27,12 +27,12 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from hyperkd.pipeline.aggregate import teacher_bands
-from hyperkd.pipeline.cube import CubeLayout, CubeWriter, Grid, SceneWrite, write_variables
-from hyperkd.pipeline.preprocess import open_enmap
+from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, Grid, SceneWrite, write_variables
+from hyperkd.pipeline.features.aggregate import teacher_bands
+from hyperkd.pipeline.features.preprocess import open_enmap
+from hyperkd.pipeline.features.significance import SignificanceConfig, significance_maps
 from hyperkd.pipeline.sensors import enmap_table
-from hyperkd.pipeline.significance import SignificanceConfig, significance_maps
-from hyperkd.pipeline.synthetic import (
+from hyperkd.pipeline.synthetic.factory import (
     RegionSpec,
     cloud_fields,
     enmap_reflectance,
@@ -114,7 +114,7 @@ def peak_rss_mb(url: str) -> float:
     # this (cube-building, hence large) process's peak. VmHWM belongs to the new image.
     code = (
         "import json, re, sys\n"
-        "from hyperkd.pipeline.preprocess import preprocess_cube\n"
+        "from hyperkd.pipeline.features.preprocess import preprocess_cube\n"
         "s = preprocess_cube(sys.argv[1])\n"
         "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read())\n"
         "print(json.dumps({'peak_mb': int(hwm.group(1)) / 1024, 'seconds': s.seconds}))\n"

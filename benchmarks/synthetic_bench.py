@@ -17,7 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperkd.pipeline.synthetic import RegionSpec, enmap_reflectance, make_surface, write_region
+from hyperkd.pipeline.synthetic.factory import (
+    RegionSpec,
+    enmap_reflectance,
+    make_surface,
+)
+from hyperkd.pipeline.synthetic.products import write_region
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 3) -> float:

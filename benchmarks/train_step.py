@@ -31,11 +31,11 @@ import time
 
 import torch
 
-from hyperkd.model.losses import LossConfig, tile_range, weighted_ssim
-from hyperkd.model.mae import StudentMAE, student_config
-from hyperkd.model.masking import Masking
-from hyperkd.model.prithvi import PrithviMAE, Teacher, teacher_config
-from hyperkd.model.tasks import DistillationTask
+from hyperkd.model.nets.mae import StudentMAE, student_config
+from hyperkd.model.nets.masking import Masking
+from hyperkd.model.nets.prithvi import PrithviMAE, Teacher, teacher_config
+from hyperkd.model.train.losses import LossConfig, tile_range, weighted_ssim
+from hyperkd.model.train.tasks import DistillationTask
 
 TEACHER_FOR = {"tiny": "tiny", "small": "prithvi-eo-1.0-100m", "base": "prithvi-eo-1.0-100m"}
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L4": 121.0}

@@ -1,7 +1,7 @@
 """Facts as data: sensor tables, STAC sources and named regions (YAML).
 
 This package holds no logic beyond locating its files; ``hyperkd.pipeline.sensors`` and
-``hyperkd.pipeline.sources`` parse them into frozen dataclasses. The ``__init__`` exists so
+``hyperkd.pipeline.stac.sources`` parse them into frozen dataclasses. The ``__init__`` exists so
 that ``importlib.resources`` finds the YAML files in editable installs too.
 """
 

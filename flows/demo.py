@@ -20,9 +20,9 @@ from hyperkd.flows.params import PipelineParams
 @task(cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
 def demo_region(out: str, size: str, seed: int) -> dict[str, Any]:
     """Writes the demo region (static STAC catalog + COGs + ground truth) with the scene factory."""
-    from hyperkd.pipeline.synthetic import SIZES, RegionSpec
-    from hyperkd.pipeline.synthetic_products import write_region
-    from hyperkd.pipeline.synthetic_stac import footprint_lonlat
+    from hyperkd.pipeline.synthetic.factory import SIZES, RegionSpec
+    from hyperkd.pipeline.synthetic.products import write_region
+    from hyperkd.pipeline.synthetic.stac import footprint_lonlat
 
     spec = RegionSpec(size_px=SIZES[size], seed=seed)
     manifest = write_region(out, spec)

@@ -42,7 +42,7 @@ def _unless_gone(task: Any, output: str) -> Any:
     "Cached" must mean "still there": a user who deletes a cube, a tile store or a run folder
     gets it rebuilt, not a cached record pointing at nothing.
     """
-    from hyperkd.pipeline.cube_store import CubeStore
+    from hyperkd.pipeline.store.location import CubeStore
 
     return task if CubeStore(output).exists() else task.with_options(refresh_cache=True)
 
@@ -67,7 +67,7 @@ def ingest_stage(
             f"no EnMAP scene in {params.region} between {start} and {end} to define the grid"
         )
     grid = tasks.region_grid(enmap[0], params.region)
-    from hyperkd.pipeline.cube import committed_scenes
+    from hyperkd.pipeline.cube.io import committed_scenes
 
     # Scenes run one at a time, in time order: each group's time axis only grows forward.
     # Scenes missing from the cube (say it was deleted) ignore their cached results.
@@ -223,7 +223,7 @@ def run_pipeline(params: PipelineParams) -> dict[str, Any]:
     if "ingest" in stages:
         out["ingest"] = ingest_stage(params, cube, tile_size=params.tile_size)
     else:
-        from hyperkd.pipeline.cube import committed_scenes
+        from hyperkd.pipeline.cube.io import committed_scenes
 
         out["ingest"] = IngestRecord(cube, committed_scenes(cube))
     needs_tiles = stages & {"tiles", "teacher", "student", "evaluate", "report"}

@@ -46,11 +46,11 @@ def search_scenes(
     window_days: int,
 ) -> list[SceneRef]:
     """STAC search + pairing, in ingest order: EnMAP scenes first, then paired HLS, each by time."""
-    from hyperkd.pipeline.ingest import plan_scenes
-    from hyperkd.pipeline.regions import parse_region
-    from hyperkd.pipeline.search import SearchQuery, search
-    from hyperkd.pipeline.sources import resolve_source
-    from hyperkd.pipeline.stac_items import cloud_cover, scene_datetime
+    from hyperkd.pipeline.ingest.region import plan_scenes
+    from hyperkd.pipeline.stac.items import cloud_cover, scene_datetime
+    from hyperkd.pipeline.stac.regions import parse_region
+    from hyperkd.pipeline.stac.search import SearchQuery, search
+    from hyperkd.pipeline.stac.sources import resolve_source
 
     resolved = tuple(resolve_source(s) for s in sources)
     query = SearchQuery(sources, parse_region(region), start, end, max_cloud, window_days)
@@ -66,9 +66,9 @@ def region_grid(scene: SceneRef, region: str) -> Any:
     """The cube grid from the first EnMAP scene, cropped to the region."""
     import pystac
 
-    from hyperkd.pipeline.ingest import region_grid as grid_of
-    from hyperkd.pipeline.regions import parse_region
-    from hyperkd.pipeline.sources import resolve_source
+    from hyperkd.pipeline.ingest.region import region_grid as grid_of
+    from hyperkd.pipeline.stac.regions import parse_region
+    from hyperkd.pipeline.stac.sources import resolve_source
 
     return grid_of(
         pystac.Item.from_dict(scene.item), resolve_source(scene.source), parse_region(region).bbox
@@ -82,9 +82,9 @@ def ingest_scene(
     """Write one scene into the cube; a failure fails this task run alone."""
     import pystac
 
-    from hyperkd.pipeline.ingest import IngestParams
-    from hyperkd.pipeline.ingest import ingest_scene as ingest
-    from hyperkd.pipeline.sources import resolve_source
+    from hyperkd.pipeline.ingest.region import IngestParams
+    from hyperkd.pipeline.ingest.region import ingest_scene as ingest
+    from hyperkd.pipeline.stac.sources import resolve_source
 
     item, source = pystac.Item.from_dict(scene.item), resolve_source(scene.source)
     params = IngestParams(resampling=resampling, tile_size=tile_size)
@@ -110,8 +110,8 @@ def build_tiles(
     ``cube_fingerprint`` (the cube's committed scenes) is in the inputs so that a cube that
     gained scenes is tiled again, while a re-run that merely skipped scenes is not.
     """
-    from hyperkd.pipeline.tiles import TileConfig
-    from hyperkd.pipeline.tiles import build_tiles as build
+    from hyperkd.pipeline.tiles.build import TileConfig
+    from hyperkd.pipeline.tiles.build import build_tiles as build
 
     summary = build(cube, out, TileConfig(**tile_cfg), labels=labels, dask_address=dask_address)
     key = fingerprint(cube_fingerprint, tile_cfg, labels)
@@ -139,8 +139,8 @@ def train_teacher(
     lr: float | None,
 ) -> RunRecord:
     """MAE-pretrains the Prithvi architecture on the six-band teacher tiles."""
-    from hyperkd.model.config import OptimConfig, TeacherPretrainConfig, TrainConfig
-    from hyperkd.model.runs import run_teacher_pretrain
+    from hyperkd.model.train.config import OptimConfig, TeacherPretrainConfig, TrainConfig
+    from hyperkd.model.train.runs import run_teacher_pretrain
 
     optim = OptimConfig(lr=lr)
     train = TrainConfig(
@@ -169,10 +169,10 @@ def distill_student(
     lr: float | None,
 ) -> RunRecord:
     """Distils the student from the teacher on the tile store."""
-    from hyperkd.model.config import DistillConfig, OptimConfig, TrainConfig
-    from hyperkd.model.losses import LossConfig
-    from hyperkd.model.masking import Masking
-    from hyperkd.model.runs import run_distill
+    from hyperkd.model.nets.masking import Masking
+    from hyperkd.model.train.config import DistillConfig, OptimConfig, TrainConfig
+    from hyperkd.model.train.losses import LossConfig
+    from hyperkd.model.train.runs import run_distill
 
     teacher_path = teacher.path if isinstance(teacher, RunRecord) else teacher
     optim = OptimConfig(lr=lr)
@@ -199,8 +199,8 @@ def distill_student(
 @task(cache_policy=CACHE, persist_result=True)
 def evaluate(student: RunRecord, tiles: TileRecord, out: str, split: str = "test") -> RunRecord:
     """PSNR, SSIM and SAM of the student's reconstructions on ``split``."""
-    from hyperkd.model.config import EvaluateConfig
-    from hyperkd.model.runs import evaluate as run_evaluate
+    from hyperkd.model.evaluate.reconstruction import evaluate as run_evaluate
+    from hyperkd.model.train.config import EvaluateConfig
 
     metrics = run_evaluate(
         EvaluateConfig(checkpoint=student.path, tiles=tiles.url, out=out, split=split)
@@ -214,7 +214,7 @@ def evaluate(student: RunRecord, tiles: TileRecord, out: str, split: str = "test
 @task(cache_policy=CACHE, persist_result=True)
 def write_run_manifest(run_dir: str, tiles: str, student: str, teacher: str) -> str:
     """``run.json`` of a run folder (docs/run.md), plus a ``teacher`` link to a local teacher run."""
-    from hyperkd.model.runs import write_run_manifest as write
+    from hyperkd.model.train.runs import write_run_manifest as write
 
     return str(write(run_dir, tiles=tiles, student=student, teacher=teacher))
 
@@ -222,8 +222,8 @@ def write_run_manifest(run_dir: str, tiles: str, student: str, teacher: str) -> 
 @task(cache_policy=CACHE, persist_result=True)
 def write_report(run_dir: str, evaluation: RunRecord) -> str:
     """The HTML + markdown report of a run folder; returns the HTML path."""
-    from hyperkd.model.report import ReportConfig
-    from hyperkd.model.report import write_report as report
+    from hyperkd.model.report.page import ReportConfig
+    from hyperkd.model.report.page import write_report as report
 
     return str(report(ReportConfig(run=run_dir))["html"])
 

@@ -124,11 +124,9 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# Our own modules that log URLs take their logger from :func:`redacted_logger`, so a module
+# that moves keeps its filter; these are the third-party loggers that see the same URLs.
 _FILTERED_LOGGERS = (
-    "hyperkd.pipeline.search",
-    "hyperkd.pipeline.credentials",
-    "hyperkd.pipeline.ingest",
-    "hyperkd.pipeline.loading",
     # Third-party loggers that print URLs and request headers (pystac-client logs headers at DEBUG).
     "pystac_client.stac_api_io",
     "urllib3.connectionpool",
@@ -137,6 +135,19 @@ _FILTERED_LOGGERS = (
     "rasterio._env",
     "rasterio._err",
 )
+
+
+def redacted_logger(name: str) -> logging.Logger:
+    """``logging.getLogger(name)`` with a :class:`RedactingFilter`, plus the third-party loggers.
+
+    Modules that log URLs, hrefs or headers call this with ``__name__`` instead of
+    ``logging.getLogger``: the filter travels with the module, whatever it is named.
+    """
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())
+    install_log_redaction()
+    return logger
 
 
 def install_log_redaction() -> None:

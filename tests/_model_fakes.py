@@ -1,6 +1,6 @@
 """In-memory tiles shaped like the tile loader's samples, for model and trainer tests.
 
-``FakeTiles[i]`` returns what ``hyperkd.model.data.TileDataset[i]`` returns (``student``
+``FakeTiles[i]`` returns what ``hyperkd.model.data.dataset.TileDataset[i]`` returns (``student``
 (C, T, T), ``teacher`` (6, T, T), ``significance_*`` (T/P, T/P), ``valid`` (T, T)) and carries
 an ``info`` with the ``TileStoreInfo`` fields the model reads. Tiles are smooth spectra over
 smooth spatial fields, so MAEs can actually learn them.
@@ -107,7 +107,7 @@ def write_small_tile_store(url: str) -> str:
     """A real Zarr tile store (two 160 x 192 scenes, 32-px tiles, 8-px patches) at ``url``."""
     from tile_helpers import make_scene
 
-    from hyperkd.pipeline.tiles import TileConfig, write_tile_store
+    from hyperkd.pipeline.tiles.build import TileConfig, write_tile_store
 
     scenes = [make_scene(160, 192, patch=8, seed=s, scene_id=f"ENMAP_TEST_{s}") for s in (0, 1)]
     write_tile_store(scenes, url, TileConfig(tile_size=32, patch_size=8, split_block_px=64))

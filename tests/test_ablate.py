@@ -14,7 +14,7 @@ from eval_helpers import ablation as run_ablation
 from eval_helpers import demo_run, potsdam_run, torch_threads
 
 from hyperkd.cli import main
-from hyperkd.model.ablate import NO_TEACHER, NO_TEACHER_AS, grid
+from hyperkd.model.evaluate.ablate import NO_TEACHER, NO_TEACHER_AS, grid
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from hyperkd.pipeline.aggregate import (
+from hyperkd.pipeline.features.aggregate import (
     TEACHER_DIM,
     TEACHER_NODATA,
     cube_bands,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hyperkd.pipeline.bandmap import (
+from hyperkd.pipeline.cube.bandmap import (
     COPY,
     INTERPOLATE,
     MISSING,

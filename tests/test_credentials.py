@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import importlib
 import json
 import logging
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from stac_replay import ReplayServer, TokenServer
 
-from hyperkd.pipeline.credentials import (
+from hyperkd.pipeline.stac.credentials import (
     clean_href,
     clear_token_cache,
     gdal_env,
@@ -21,9 +22,9 @@ from hyperkd.pipeline.credentials import (
     redact,
     strip_credentials,
 )
-from hyperkd.pipeline.search import SearchQuery, search
-from hyperkd.pipeline.sources import RetryPolicy, load_source
-from hyperkd.pipeline.stac_http import StacApiError
+from hyperkd.pipeline.stac.http import StacApiError
+from hyperkd.pipeline.stac.search import SearchQuery, search
+from hyperkd.pipeline.stac.sources import RetryPolicy, load_source
 
 TOKEN = "EDL-TOKEN-SECRET-1f2e3d"
 PASSWORD = "NETRC-PW-SECRET-4c5b6a"
@@ -194,7 +195,7 @@ def test_secrets_never_reach_logs_errors_or_results(
 ) -> None:
     import datetime as dt
 
-    from hyperkd.pipeline.regions import parse_region
+    from hyperkd.pipeline.stac.regions import parse_region
 
     monkeypatch.setenv("EARTHDATA_TOKEN", TOKEN)
     caplog.set_level(logging.DEBUG)
@@ -214,7 +215,7 @@ def test_secrets_never_reach_logs_errors_or_results(
             sources=[dataclasses.replace(load_source("enmap-dlr"), url=server.url, retry=FAST)],
         )
         signed = reading_href(BLOB, _pc_source(token_server))
-        logging.getLogger("hyperkd.pipeline.search").info("would read %s", signed)
+        logging.getLogger("hyperkd.pipeline.stac.search").info("would read %s", signed)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -246,3 +247,22 @@ def test_secrets_never_reach_logs_errors_or_results(
     for where, text in texts.items():
         for secret in (TOKEN, PASSWORD, SAS_SIG, basic, "SAS-TOKEN-"):
             assert secret not in text, f"{secret!r} leaked into {where}"
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "hyperkd.pipeline.stac.http",
+        "hyperkd.pipeline.stac.search",
+        "hyperkd.pipeline.stac.credentials",
+        "hyperkd.pipeline.ingest.region",
+    ],
+)
+def test_modules_that_log_urls_keep_their_redaction_when_moved(module: str) -> None:
+    # The filter is attached by the module itself (redacted_logger(__name__)), not by a list of
+    # names that a move could leave stale.
+    from hyperkd.pipeline.redaction import RedactingFilter
+
+    mod = importlib.import_module(module)
+    assert mod.log.name == module
+    assert any(isinstance(f, RedactingFilter) for f in mod.log.filters)

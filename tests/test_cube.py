@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from hyperkd.pipeline.bandmap import load_band_table
-from hyperkd.pipeline.cube import (
+from hyperkd.pipeline.cube.bandmap import load_band_table
+from hyperkd.pipeline.cube.io import (
     CubeLayout,
     CubeWriter,
     Grid,
@@ -23,7 +23,7 @@ from hyperkd.pipeline.cube import (
     verify_cube,
     write_variables,
 )
-from hyperkd.pipeline.cube_store import LOCK_KEY, CubeLockedError
+from hyperkd.pipeline.store.location import LOCK_KEY, CubeLockedError
 
 # A Potsdam-like grid: the corner is NOT a multiple of 30 m (362175 E).
 GRID = Grid("EPSG:32633", (30.0, 0.0, 362175.0, 0.0, -30.0, 5809965.0), (40, 50))

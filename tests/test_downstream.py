@@ -14,8 +14,8 @@ import torch
 from eval_helpers import demo_run, demo_tiles, potsdam_run, torch_threads, train_student
 
 from hyperkd.cli import main
-from hyperkd.model import probes
-from hyperkd.model.mae import StudentMAE, student_config
+from hyperkd.model.evaluate import probes
+from hyperkd.model.nets.mae import StudentMAE, student_config
 
 
 @pytest.fixture(autouse=True, scope="module")

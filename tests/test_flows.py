@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hyperkd.pipeline.synthetic import RegionSpec
-    from hyperkd.pipeline.synthetic_products import write_region
+    from hyperkd.pipeline.synthetic.factory import RegionSpec
+    from hyperkd.pipeline.synthetic.products import write_region
 
     root = tmp_path_factory.mktemp("flow-region")
     return write_region(root / "region", RegionSpec(size_px=128, seed=3)).catalog
@@ -99,7 +99,7 @@ def test_a_corrupt_scene_fails_alone(prefect_harness: None, region: Path, tmp_pa
     record = state.result()
     assert [sid for sid, _ in record.failed] == [victim.name.rsplit(".", 2)[0]]
     assert len(record.scenes) == 5
-    from hyperkd.pipeline.cube import verify_cube
+    from hyperkd.pipeline.cube.io import verify_cube
 
     assert verify_cube(record.cube) == []
 

@@ -18,14 +18,14 @@ import xarray as xr
 from rasterio.warp import Resampling, reproject
 
 from hyperkd.cli import main
-from hyperkd.pipeline.cube import open_cube, verify_cube
-from hyperkd.pipeline.ingest import IngestConfig, IngestParams, ingest_region
-from hyperkd.pipeline.regions import parse_region
-from hyperkd.pipeline.search import SearchQuery
+from hyperkd.pipeline.cube.io import open_cube, verify_cube
+from hyperkd.pipeline.ingest.region import IngestConfig, IngestParams, ingest_region
 from hyperkd.pipeline.sensors import EnmapBands, enmap_table
-from hyperkd.pipeline.sources import RetryPolicy, Source
-from hyperkd.pipeline.synthetic import RegionSpec
-from hyperkd.pipeline.synthetic_products import write_region
+from hyperkd.pipeline.stac.regions import parse_region
+from hyperkd.pipeline.stac.search import SearchQuery
+from hyperkd.pipeline.stac.sources import RetryPolicy, Source
+from hyperkd.pipeline.synthetic.factory import RegionSpec
+from hyperkd.pipeline.synthetic.products import write_region
 
 SIZE = 64
 ARGS = ["--region", "demo", "--start", "2024-06-01", "--tile-size", "32"]
@@ -313,7 +313,7 @@ def test_concurrent_runs_serialise(demo, tmp_path):
 def test_provenance_hrefs_carry_no_credentials():
     import pystac
 
-    from hyperkd.pipeline.ingest import _record
+    from hyperkd.pipeline.ingest.region import _record
 
     item = pystac.Item("x", None, None, dt.datetime(2024, 1, 1), {}, collection="HLSL30_2.0")
     item.add_asset("B02", pystac.Asset("https://user:s3cret@data.example/x.tif?sig=T0KEN&se=1"))

@@ -16,10 +16,10 @@ import pytest
 import rasterio
 import xarray as xr
 
-from hyperkd.pipeline.cube import open_cube, verify_cube
+from hyperkd.pipeline.cube.io import open_cube, verify_cube
 from hyperkd.pipeline.sensors import enmap_table
-from hyperkd.pipeline.synthetic import RegionSpec
-from hyperkd.pipeline.synthetic_products import write_region
+from hyperkd.pipeline.synthetic.factory import RegionSpec
+from hyperkd.pipeline.synthetic.products import write_region
 
 
 @pytest.fixture(scope="module")

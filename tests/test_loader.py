@@ -15,9 +15,9 @@ import torch
 import zarr
 from tile_helpers import labelled_store, make_scene
 
-from hyperkd.model.data import TileDataset, collate_tiles, denormalise_student, read_info
-from hyperkd.model.loader import TileSampler, make_loader
-from hyperkd.pipeline.tiles import TileConfig, verify_tiles, write_tile_store
+from hyperkd.model.data.dataset import TileDataset, collate_tiles, denormalise_student, read_info
+from hyperkd.model.data.loader import TileSampler, make_loader
+from hyperkd.pipeline.tiles.build import TileConfig, verify_tiles, write_tile_store
 
 CFG = TileConfig(tile_size=32, patch_size=8, split_block_px=64)
 

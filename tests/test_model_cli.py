@@ -12,7 +12,7 @@ from _model_fakes import write_small_tile_store
 from safetensors.torch import load_file
 
 from hyperkd.cli import main
-from hyperkd.model.runs import load_teacher
+from hyperkd.model.train.runs import load_teacher
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +76,7 @@ def test_train_teacher_then_distill_then_evaluate(
 
 
 def test_teacher_from_a_pt_file_loads_weights_only(tmp_path: Path) -> None:
-    from hyperkd.model.prithvi import PrithviMAE, teacher_config
+    from hyperkd.model.nets.prithvi import PrithviMAE, teacher_config
 
     model = PrithviMAE(teacher_config("tiny", img_size=32, patch_size=8))
     torch.save(

@@ -8,19 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from hyperkd.model.losses import LossConfig, feature_kld, masked_patch_mse, ssim_map
-from hyperkd.model.mae import StudentMAE, student_config
-from hyperkd.model.masking import Masking, num_masked
-from hyperkd.model.metrics import reconstruction_metrics, tile_metrics
-from hyperkd.model.pos_embed import interpolate_grid, sincos_2d, sincos_3d
-from hyperkd.model.prithvi import (
+from hyperkd.model.evaluate.metrics import reconstruction_metrics, tile_metrics
+from hyperkd.model.nets.mae import StudentMAE, student_config
+from hyperkd.model.nets.masking import Masking, num_masked
+from hyperkd.model.nets.pos_embed import interpolate_grid, sincos_2d, sincos_3d
+from hyperkd.model.nets.prithvi import (
     PrithviMAE,
     Teacher,
     adapt_pos_table,
     load_prithvi_state_dict,
     teacher_config,
 )
-from hyperkd.model.tasks import DistillationTask, tokens_to_grid
+from hyperkd.model.train.losses import LossConfig, feature_kld, masked_patch_mse, ssim_map
+from hyperkd.model.train.tasks import DistillationTask, tokens_to_grid
 
 
 # --- reference sin-cos tables, transcribed from the numpy originals (terratorch, MAE) ---

@@ -16,23 +16,24 @@ import torch
 from _model_fakes import FakeTiles, collate, shard_loader, write_small_tile_store
 from safetensors.torch import load_file
 
-from hyperkd.model.checkpoint import (
+from hyperkd.model.evaluate.reconstruction import evaluate
+from hyperkd.model.nets.masking import Masking
+from hyperkd.model.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     optimizer_from_tensors,
     optimizer_to_tensors,
 )
-from hyperkd.model.config import (
+from hyperkd.model.train.config import (
     DistillConfig,
     EvaluateConfig,
     OptimConfig,
     TeacherPretrainConfig,
     TrainConfig,
 )
-from hyperkd.model.losses import LossConfig
-from hyperkd.model.masking import Masking
-from hyperkd.model.runs import evaluate, load_teacher, run_distill, run_teacher_pretrain
-from hyperkd.model.trainer import NonFiniteLossError
+from hyperkd.model.train.losses import LossConfig
+from hyperkd.model.train.runs import load_teacher, run_distill, run_teacher_pretrain
+from hyperkd.model.train.trainer import NonFiniteLossError
 
 TESTS = Path(__file__).resolve().parent
 
@@ -125,7 +126,7 @@ import os, signal, sys
 import torch
 torch.set_num_threads(1)
 from _model_fakes import FakeTiles, shard_loader
-from hyperkd.model.runs import run_distill
+from hyperkd.model.train.runs import run_distill
 from test_model_train import _distill_config
 ds = FakeTiles(6, seed=1)
 def die(step):
@@ -185,9 +186,9 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(
 DDP_RUN = """
 import dataclasses, sys, torch
 from safetensors.torch import save_file
-import hyperkd.model.runs as runs
-from hyperkd.model.data import TileDataset
-from hyperkd.model.trainer import setup_distributed
+import hyperkd.model.train.runs as runs
+from hyperkd.model.data.dataset import TileDataset
+from hyperkd.model.train.trainer import setup_distributed
 from test_model_train import _distill_config
 env = setup_distributed("cpu")
 assert env.world_size == 2, env
@@ -213,7 +214,7 @@ def tile_store(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_two_process_gloo_ddp_through_torchrun_ends_with_equal_weights(
     tmp_path: Path, teacher_run: Path, tile_store: str
 ) -> None:
-    from hyperkd.model.data import TileDataset
+    from hyperkd.model.data.dataset import TileDataset
 
     n_train = len(TileDataset(tile_store, split="train"))
     steps_per_epoch = n_train // 2 // 2  # 2 ranks x batch 2

@@ -9,17 +9,28 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from hyperkd.pipeline.aggregate import TEACHER_DIM, teacher_bands
-from hyperkd.pipeline.cube import CubeLayout, CubeWriter, Grid, SceneWrite, open_cube, verify_cube
-from hyperkd.pipeline.preprocess import (
+from hyperkd.pipeline.cube.io import (
+    CubeLayout,
+    CubeWriter,
+    Grid,
+    SceneWrite,
+    open_cube,
+    verify_cube,
+)
+from hyperkd.pipeline.features.aggregate import TEACHER_DIM, teacher_bands
+from hyperkd.pipeline.features.preprocess import (
     PARAMS_ATTR,
     PreprocessConfig,
     open_enmap,
     preprocess_cube,
 )
+from hyperkd.pipeline.features.significance import (
+    SignificanceConfig,
+    WaveletConfig,
+    significance_maps,
+)
 from hyperkd.pipeline.sensors import enmap_table
-from hyperkd.pipeline.significance import SignificanceConfig, WaveletConfig, significance_maps
-from hyperkd.pipeline.synthetic import (
+from hyperkd.pipeline.synthetic.factory import (
     RegionSpec,
     cloud_fields,
     enmap_reflectance,

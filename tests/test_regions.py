@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from shapely.geometry import shape
 
-from hyperkd.pipeline.regions import named_regions, parse_region
+from hyperkd.pipeline.stac.regions import named_regions, parse_region
 
 
 def test_bbox_string_becomes_lonlat_polygon() -> None:

@@ -21,7 +21,7 @@ from eval_helpers import ablation, demo_run, torch_threads
 from PIL import Image
 
 from hyperkd.cli import main
-from hyperkd.model import figures
+from hyperkd.model.report import figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = Path("/usr/bin/chromium")

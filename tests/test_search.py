@@ -16,10 +16,10 @@ import pytest
 from stac_replay import ReplayServer
 
 from hyperkd import cli
-from hyperkd.pipeline.regions import parse_region
-from hyperkd.pipeline.search import SearchQuery, pair_scenes, search
-from hyperkd.pipeline.sources import RetryPolicy, Source, load_source, resolve_source
-from hyperkd.pipeline.stac_http import StacApiError
+from hyperkd.pipeline.stac.http import StacApiError
+from hyperkd.pipeline.stac.regions import parse_region
+from hyperkd.pipeline.stac.search import SearchQuery, pair_scenes, search
+from hyperkd.pipeline.stac.sources import RetryPolicy, Source, load_source, resolve_source
 
 DLR_PAGE = "enmap_dlr_stac_search_page_20items.json"
 LPDAAC_PAGE = "hls_l30_v1.5_cmr_stac_item_collection.json"
@@ -221,7 +221,7 @@ def test_api_search_survives_503s_and_timeouts_and_logs_retries(
         expected = search(
             _query("2021-01-01", "2025-12-31"), sources=[_api("enmap-dlr", clean.url)]
         )
-    caplog.set_level(logging.WARNING, logger="hyperkd.pipeline.search")
+    caplog.set_level(logging.WARNING, logger="hyperkd.pipeline.stac")
     with ReplayServer(features, page_size=2, share_503=0.3, share_timeout=0.15, seed=7) as flaky:
         result = search(_query("2021-01-01", "2025-12-31"), sources=[_api("enmap-dlr", flaky.url)])
     assert [i.id for i in result.enmap] == [i.id for i in expected.enmap]
@@ -231,7 +231,7 @@ def test_api_search_survives_503s_and_timeouts_and_logs_retries(
     retries = [
         r
         for r in caplog.records
-        if r.name == "hyperkd.pipeline.search" and "retry" in r.getMessage()
+        if r.name.startswith("hyperkd.pipeline.stac.") and "retry" in r.getMessage()
     ]
     # One log line per injected fault (more only if the loaded machine misses a 0.3 s deadline).
     assert len(retries) >= flaky.outcomes["503"] + flaky.outcomes["timeout"]
@@ -253,7 +253,7 @@ def test_rate_limit_retry_after_is_honoured_but_capped(sample_data: Path) -> Non
 def test_persistent_503_gives_one_line_after_the_last_try(
     sample_data: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="hyperkd.pipeline.search")
+    caplog.set_level(logging.WARNING, logger="hyperkd.pipeline.stac")
     policy = dataclasses.replace(FAST, tries=3)
     server = ReplayServer(_features(sample_data, DLR_PAGE), share_503=1.0)
     with server, pytest.raises(StacApiError) as info:

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from hyperkd.pipeline.aggregate import TEACHER_DIM, TEACHER_NODATA
-from hyperkd.pipeline.sensors import enmap_table, hls_sensor, prithvi_preset
-from hyperkd.pipeline.significance import (
+from hyperkd.pipeline.features.aggregate import TEACHER_DIM, TEACHER_NODATA
+from hyperkd.pipeline.features.significance import (
     GaborConfig,
     SignificanceConfig,
     WaveletConfig,
@@ -18,6 +17,7 @@ from hyperkd.pipeline.significance import (
     significance_maps,
     wavelet_energy,
 )
+from hyperkd.pipeline.sensors import enmap_table, hls_sensor, prithvi_preset
 
 N = 192
 MEAN = np.array(prithvi_preset().mean)

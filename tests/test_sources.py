@@ -11,8 +11,8 @@ import pystac
 import pytest
 
 from hyperkd.pipeline.sensors import hls_sensor
-from hyperkd.pipeline.sources import load_source, resolve_source, sensor_of, source_names
-from hyperkd.pipeline.stac_items import asset_grid, cloud_cover, enmap_bands_of, processor_version
+from hyperkd.pipeline.stac.items import asset_grid, cloud_cover, enmap_bands_of, processor_version
+from hyperkd.pipeline.stac.sources import load_source, resolve_source, sensor_of, source_names
 
 DLR_ITEM = "enmap_l2a_dlr_stac_item_DT0000080454.json"
 DLR_PAGE = "enmap_dlr_stac_search_page_20items.json"
@@ -180,8 +180,8 @@ def test_cmr_item_has_no_projection_so_read_it_from_the_file(stac_dir: Path) -> 
 
 @pytest.fixture(scope="module")
 def factory_region(tmp_path_factory: pytest.TempPathFactory):
-    from hyperkd.pipeline.synthetic import RegionSpec
-    from hyperkd.pipeline.synthetic_products import write_region
+    from hyperkd.pipeline.synthetic.factory import RegionSpec
+    from hyperkd.pipeline.synthetic.products import write_region
 
     return write_region(
         tmp_path_factory.mktemp("factory") / "demo", RegionSpec(size_px=16, n_scenes=2)
@@ -191,9 +191,9 @@ def factory_region(tmp_path_factory: pytest.TempPathFactory):
 def test_factory_catalog_is_searched_and_paired_over_the_demo_region(factory_region) -> None:
     import datetime as dt
 
-    from hyperkd.pipeline.regions import parse_region
-    from hyperkd.pipeline.search import SearchQuery, search
-    from hyperkd.pipeline.stac_items import scene_datetime
+    from hyperkd.pipeline.stac.items import scene_datetime
+    from hyperkd.pipeline.stac.regions import parse_region
+    from hyperkd.pipeline.stac.search import SearchQuery, search
 
     catalog = str(factory_region.catalog)
     query = SearchQuery(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hyperkd.model.losses import _gaussian_window, ssim_map
+from hyperkd.model.train.losses import _gaussian_window, ssim_map
 
 
 def _reference_ssim(

@@ -11,18 +11,17 @@ import numpy as np
 import pytest
 import rasterio
 
-from hyperkd.pipeline import spectra
+from hyperkd.pipeline.features import spectra
 from hyperkd.pipeline.sensors import EnmapBands, alignment, enmap_table, hls_sensor
-from hyperkd.pipeline.synthetic import (
+from hyperkd.pipeline.synthetic.factory import (
     RegionSpec,
     detector_order,
     enmap_reflectance,
     hls_reflectance,
     make_surface,
-    write_region,
 )
-from hyperkd.pipeline.synthetic_products import RegionManifest
-from hyperkd.pipeline.synthetic_stac import footprint_lonlat, odc_stac_cfg
+from hyperkd.pipeline.synthetic.products import RegionManifest, write_region
+from hyperkd.pipeline.synthetic.stac import footprint_lonlat, odc_stac_cfg
 
 SPEC = RegionSpec(size_px=128, seed=0)
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from tile_helpers import labelled_store
 
-from hyperkd.model.data import TileDataset, collate_tiles
-from hyperkd.model.loader import make_loader
+from hyperkd.model.data.dataset import TileDataset, collate_tiles
+from hyperkd.model.data.loader import make_loader
 
 
 @pytest.fixture(scope="module")

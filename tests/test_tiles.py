@@ -17,8 +17,8 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 from tile_helpers import CRS, RES, X0, Y0, make_scene
 
-from hyperkd.pipeline.tile_index import block_splits, drop_leaks, leaking_pairs, tile_origins
-from hyperkd.pipeline.tiles import TileConfig, verify_tiles, write_tile_store
+from hyperkd.pipeline.tiles.build import TileConfig, verify_tiles, write_tile_store
+from hyperkd.pipeline.tiles.index import block_splits, drop_leaks, leaking_pairs, tile_origins
 
 CFG = TileConfig(tile_size=32, patch_size=8, split_block_px=64)
 H, W = 160, 192
@@ -276,7 +276,7 @@ def test_demo_cube_to_tile_store_via_the_cli(tmp_path: Path) -> None:
     from tile_helpers import factory_cube
 
     from hyperkd.cli import main
-    from hyperkd.pipeline.preprocess import open_enmap
+    from hyperkd.pipeline.features.preprocess import open_enmap
     from hyperkd.pipeline.synthetic import RegionSpec, write_region
 
     spec = RegionSpec(size_px=128, n_scenes=2, seed=11, cloud_cover=0.2)

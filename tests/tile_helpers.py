@@ -78,9 +78,14 @@ def factory_cube(url: str, spec: object, n_scenes: int = 2, tile_size: int = 32)
 
     Stands in for ``hyperkd ingest`` of the factory's products until that path exists.
     """
-    from hyperkd.pipeline.cube import CubeLayout, CubeWriter, Grid, SceneWrite
+    from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, Grid, SceneWrite
     from hyperkd.pipeline.sensors import enmap_table
-    from hyperkd.pipeline.synthetic import cloud_fields, enmap_reflectance, is_cloudy, make_surface
+    from hyperkd.pipeline.synthetic.factory import (
+        cloud_fields,
+        enmap_reflectance,
+        is_cloudy,
+        make_surface,
+    )
 
     surface = make_surface(spec)
     bands = enmap_table().bands
@@ -122,7 +127,7 @@ def _label_raster(path: Path) -> str:
 def labelled_store(tmp: Path) -> str:
     """A tile store (32 px tiles, 8 px patches) of two 160 x 192 scenes with invalid boxes
     and a ``landcover`` label, for the loader tests."""
-    from hyperkd.pipeline.tiles import TileConfig, write_tile_store
+    from hyperkd.pipeline.tiles.build import TileConfig, write_tile_store
 
     scenes = [
         make_scene(160, 192, patch=8, seed=0, invalid_box=(0, 40, 0, 60)),

@@ -55,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_demo_data(args: argparse.Namespace) -> int:
     config = DemoDataConfig(out=args.out, size=args.size, seed=args.seed, n_scenes=args.scenes)
-    from hyperkd.pipeline.synthetic import SIZES, RegionSpec
-    from hyperkd.pipeline.synthetic_products import write_region
+    from hyperkd.pipeline.synthetic.factory import SIZES, RegionSpec
+    from hyperkd.pipeline.synthetic.products import write_region
 
     spec = RegionSpec(size_px=SIZES[config.size], seed=config.seed, n_scenes=config.n_scenes)
     manifest = write_region(config.out, spec)

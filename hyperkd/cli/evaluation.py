@@ -1,7 +1,7 @@
 """``hyperkd ablate``, ``hyperkd downstream`` and ``hyperkd report``: judging a pretraining run.
 
-Each command builds one frozen config (:class:`hyperkd.model.ablate.AblationConfig`,
-:class:`hyperkd.model.downstream.DownstreamConfig`, :class:`hyperkd.model.report.ReportConfig`)
+Each command builds one frozen config (:class:`hyperkd.model.evaluate.ablate.AblationConfig`,
+:class:`hyperkd.model.evaluate.downstream.DownstreamConfig`, :class:`hyperkd.model.report.page.ReportConfig`)
 from its arguments and hands it to the model layer. Credentials for object stores come from the
 environment (``AWS_*``), never from the command line.
 """
@@ -116,7 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_ablate(args: argparse.Namespace) -> int:
-    from hyperkd.model.ablate import AblationConfig, run_ablation
+    from hyperkd.model.evaluate.ablate import AblationConfig, run_ablation
 
     cfg = AblationConfig(
         tiles=args.tiles,
@@ -136,8 +136,8 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 
 def run_downstream(args: argparse.Namespace) -> int:
-    from hyperkd.model.downstream import DownstreamConfig, markdown_table
-    from hyperkd.model.downstream import run_downstream as evaluate_task
+    from hyperkd.model.evaluate.downstream import DownstreamConfig, markdown_table
+    from hyperkd.model.evaluate.downstream import run_downstream as evaluate_task
 
     baseline = args.baseline_checkpoint
     if args.ablation is not None:
@@ -175,7 +175,7 @@ def run_downstream(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from hyperkd.model.report import ReportConfig, write_report
+    from hyperkd.model.report.page import ReportConfig, write_report
 
     paths = write_report(
         ReportConfig(run=args.run, n_tiles=args.n_tiles, n_pixels=args.n_pixels, seed=args.seed)

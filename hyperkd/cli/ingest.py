@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from hyperkd.cli.stac import add_search_arguments, search_query_from_args
 
 if TYPE_CHECKING:
-    from hyperkd.pipeline.ingest import IngestConfig, SceneOutcome
+    from hyperkd.pipeline.ingest.region import IngestConfig, SceneOutcome
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,8 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> IngestConfig:
     """One frozen :class:`IngestConfig`; ``ValueError`` with one line on bad input."""
-    from hyperkd.pipeline.bandmap import load_band_table
-    from hyperkd.pipeline.ingest import IngestConfig, IngestParams
+    from hyperkd.pipeline.cube.bandmap import load_band_table
+    from hyperkd.pipeline.ingest.region import IngestConfig, IngestParams
 
     query = search_query_from_args(args)
     options = {}
@@ -86,7 +86,7 @@ def _progress(outcome: SceneOutcome) -> None:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    from hyperkd.pipeline.ingest import ingest_region
+    from hyperkd.pipeline.ingest.region import ingest_region
     from hyperkd.pipeline.redaction import install_log_redaction
 
     install_log_redaction()

@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
-    from hyperkd.pipeline.search import SearchQuery, SearchResult
+    from hyperkd.pipeline.stac.search import SearchQuery, SearchResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,9 +66,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
 
 def search_query_from_args(args: argparse.Namespace) -> SearchQuery:
     """One frozen :class:`SearchQuery` from the shared options; ``ValueError`` on bad input."""
-    from hyperkd.pipeline.regions import parse_region
-    from hyperkd.pipeline.search import SearchQuery
-    from hyperkd.pipeline.sources import resolve_source
+    from hyperkd.pipeline.stac.regions import parse_region
+    from hyperkd.pipeline.stac.search import SearchQuery
+    from hyperkd.pipeline.stac.sources import resolve_source
 
     sources = tuple(args.source)
     for name in sources:
@@ -86,7 +86,7 @@ def search_query_from_args(args: argparse.Namespace) -> SearchQuery:
 def run_search(args: argparse.Namespace) -> int:
     import sys
 
-    from hyperkd.pipeline.search import search
+    from hyperkd.pipeline.stac.search import search
 
     query = search_query_from_args(args)
     result = search(query)
@@ -96,8 +96,8 @@ def run_search(args: argparse.Namespace) -> int:
 
 def print_result(result: SearchResult, query: SearchQuery, out: TextIO) -> None:
     """The matches as a table: id, sensor, collection, time, cloud %, paired scenes."""
-    from hyperkd.pipeline.sources import sensor_of
-    from hyperkd.pipeline.stac_items import cloud_cover, scene_datetime
+    from hyperkd.pipeline.stac.items import cloud_cover, scene_datetime
+    from hyperkd.pipeline.stac.sources import sensor_of
 
     if not result.enmap and not result.hls:
         print(

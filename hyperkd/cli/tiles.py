@@ -91,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_tiles(args: argparse.Namespace) -> int:
-    from hyperkd.pipeline.labels import parse_label_arg
+    from hyperkd.pipeline.tiles.labels import parse_label_arg
 
     command = TilesCommand(
         cube=args.cube,
@@ -113,7 +113,7 @@ def run_tiles(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from hyperkd.pipeline.redaction import clean_href
-    from hyperkd.pipeline.tiles import TileConfig, build_tiles
+    from hyperkd.pipeline.tiles.build import TileConfig, build_tiles
 
     cfg = TileConfig(
         tile_size=command.tile_size,

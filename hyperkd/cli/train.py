@@ -179,7 +179,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train_config(args: argparse.Namespace) -> Any:
-    from hyperkd.model.config import OptimConfig, TrainConfig
+    from hyperkd.model.train.config import OptimConfig, TrainConfig
 
     return TrainConfig(
         out=args.out,
@@ -206,7 +206,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def _fit(run: Any, config: Any) -> None:
     from hyperkd.cli import CliError
-    from hyperkd.model.trainer import NonFiniteLossError
+    from hyperkd.model.train.trainer import NonFiniteLossError
 
     try:
         run(config)
@@ -215,8 +215,8 @@ def _fit(run: Any, config: Any) -> None:
 
 
 def run_train_teacher(args: argparse.Namespace) -> int:
-    from hyperkd.model.config import TeacherPretrainConfig
-    from hyperkd.model.runs import run_teacher_pretrain
+    from hyperkd.model.train.config import TeacherPretrainConfig
+    from hyperkd.model.train.runs import run_teacher_pretrain
 
     command = TrainCommand(
         "train-teacher",
@@ -233,10 +233,10 @@ def run_train_teacher(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from hyperkd.model.config import DistillConfig
-    from hyperkd.model.losses import LossConfig
-    from hyperkd.model.masking import Masking
-    from hyperkd.model.runs import run_distill
+    from hyperkd.model.nets.masking import Masking
+    from hyperkd.model.train.config import DistillConfig
+    from hyperkd.model.train.losses import LossConfig
+    from hyperkd.model.train.runs import run_distill
 
     if "kld" in args.loss and not args.teacher:
         raise ValueError(
@@ -262,9 +262,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from hyperkd.model.config import EvaluateConfig
-    from hyperkd.model.masking import Masking
-    from hyperkd.model.runs import evaluate
+    from hyperkd.model.evaluate.reconstruction import evaluate
+    from hyperkd.model.nets.masking import Masking
+    from hyperkd.model.train.config import EvaluateConfig
 
     command = TrainCommand(
         "evaluate",

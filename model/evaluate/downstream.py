@@ -1,0 +1,360 @@
+"""``hyperkd downstream``: a frozen encoder on a labelled tile store, against baselines.
+
+Tasks (``--task`` -> tile-store label): ``landcover`` -> ``label_landcover`` and ``crop`` ->
+``label_crop_type`` (classes, 0 = unlabeled and ignored), ``soc`` -> ``label_soc`` (soil organic
+carbon, g/kg, NaN = no value).
+
+Methods, all scored on the same labelled pixels (see :mod:`hyperkd.model.evaluate.probes` for the
+features, the probes and the metrics):
+
+- ``hyperkd``: the checkpoint under test (``--checkpoint``, a student run directory), named
+  ``student (<masking>, <loss>)`` instead when it was trained without the KLD term;
+- ``no-teacher``: a student trained without the teacher (``--baseline-checkpoint``, e.g. an
+  ablation's ``cells/no-teacher``); skipped with a note when not given;
+- ``random-init``: the same architecture, randomly initialised (seed ``seed``);
+- ``raw-spectra``: the pixel's normalised spectrum.
+
+Each encoder is scored twice: a **linear probe** on the frozen features, and a short
+**fine-tune** (``finetune_steps`` AdamW steps of encoder + head on the train tiles, every labelled
+pixel, LP-FT: the head starts from the linear probe, Kumar et al. 2022). The raw spectra only get
+the probe. Probes and fine-tunes train on ``train`` and are scored on ``test``, or on ``val``
+when ``test`` has no labelled pixel (recorded as ``eval_split``).
+
+Results: ``OUT/downstream_<task>.json`` and ``OUT/downstream_<task>.md`` (``<task>_<label><codes>``
+with ``only``, see :func:`result_name`).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hyperkd.model.data.dataset import TileDataset
+from hyperkd.model.data.loader import make_loader
+from hyperkd.model.evaluate import pixels, probes
+from hyperkd.model.nets.mae import StudentMAE
+from hyperkd.model.train.runs import load_student
+
+_log = logging.getLogger(__name__)
+
+TASKS: dict[str, tuple[str, bool]] = {
+    "landcover": ("landcover", True),
+    "crop": ("crop_type", True),
+    "soc": ("soc", False),
+}
+"""``--task`` -> (label name in the tile store, is classification)."""
+
+
+@dataclass(frozen=True)
+class DownstreamConfig:
+    """One downstream evaluation."""
+
+    checkpoint: str
+    """Student run directory (``model.safetensors`` + ``config.json``)."""
+    task: str
+    data: str
+    """Tile store holding the task's label."""
+    out: str
+    finetune_steps: int = 50
+    baseline_checkpoint: str | None = None
+    """The no-teacher student's run directory, or None to skip that baseline."""
+    max_train_pixels: int = 50_000
+    max_eval_pixels: int = 100_000
+    batch_size: int = 8
+    finetune_lr: float = 3e-4
+    """Encoder learning rate; the head's is 10x."""
+    seed: int = 0
+    device: str = "auto"
+    only: tuple[str, tuple[int, ...]] | None = None
+    """Score and train only on pixels whose class label ``only[0]`` is one of ``only[1]``, e.g.
+    ``("landcover", (5,))``: SOC on bare soil, where the soil is seen."""
+    storage_options: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}: choose one of {', '.join(TASKS)}")
+        if (
+            self.finetune_steps < 0
+            or self.batch_size < 1
+            or min(self.max_train_pixels, self.max_eval_pixels) < 1
+        ):
+            raise ValueError("finetune steps must be >= 0; batch size and pixel caps >= 1")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# --- fine-tuning --------------------------------------------------------------------------
+
+
+def finetune(
+    net: probes.SegmentationHead,
+    ds: TileDataset,
+    label: str,
+    target_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    cfg: DownstreamConfig,
+    device: torch.device,
+) -> list[float]:
+    """``cfg.finetune_steps`` AdamW steps on every labelled pixel; returns the loss per step.
+
+    ``target_fn(label, valid)`` maps a (B, T, T) label batch to ``(target, use)`` with ``use``
+    a (B, T, T) bool selection; classification targets are class indices, regression targets
+    standardised values.
+    """
+    classes = net.head.out_channels > 1
+    opt = torch.optim.AdamW(
+        [
+            {"params": net.encoder.parameters(), "lr": cfg.finetune_lr},
+            {"params": net.head.parameters(), "lr": 10 * cfg.finetune_lr},
+        ],
+        weight_decay=0.01,
+    )
+    loader = make_loader(
+        ds, min(cfg.batch_size, len(ds)), seed=cfg.seed, num_workers=0, drop_last=False
+    )
+    net.train()
+    losses: list[float] = []
+    epoch = 0
+    while len(losses) < cfg.finetune_steps:
+        loader.sampler.set_epoch(epoch)
+        for batch in loader:
+            target, use = target_fn(batch[f"label_{label}"], pixels.usable(batch, cfg.only))
+            if not use.any():
+                continue
+            out = net(batch["student"].to(device))  # (B, K, T, T)
+            use = use.to(device)
+            if classes:
+                loss = F.cross_entropy(out.permute(0, 2, 3, 1)[use], target.to(device)[use])
+            else:
+                loss = F.mse_loss(out[:, 0][use], target.to(device)[use])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+            if len(losses) >= cfg.finetune_steps:
+                break
+        epoch += 1
+        if epoch > 10 * cfg.finetune_steps + 10:  # no labelled pixel in any train tile
+            raise ValueError(f"no labelled train pixel for label_{label}")
+    net.eval()
+    return losses
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+# --- the evaluation -----------------------------------------------------------------------
+
+
+def method_name(run_config: Mapping[str, Any]) -> str:
+    """``hyperkd`` for a distilled student (its loss has a KLD term), else ``student
+    (<masking>, <loss>)``, so a table never calls an undistilled student HyperKD."""
+    spec = run_config.get("run", {})
+    loss = str(spec.get("loss", {}).get("terms", "?"))
+    if "kld" in loss:
+        return "hyperkd"
+    return f"student ({spec.get('masking', {}).get('kind', '?')}, {loss})"
+
+
+def _encoders(
+    cfg: DownstreamConfig, device: torch.device
+) -> tuple[dict[str, StudentMAE | None], dict[str, Any], list[str]]:
+    """Method name -> encoder (None: raw spectra), the checkpoint's run config, and notes."""
+    student, run_config = load_student(cfg.checkpoint)
+    notes: list[str] = []
+    torch.manual_seed(cfg.seed)
+    random_init = StudentMAE(student.config)
+    methods: dict[str, StudentMAE | None] = {method_name(run_config): student}
+    if cfg.baseline_checkpoint:
+        baseline, _ = load_student(cfg.baseline_checkpoint)
+        if baseline.config != student.config:
+            raise ValueError(
+                f"{cfg.baseline_checkpoint} has another architecture than {cfg.checkpoint}"
+            )
+        methods["no-teacher"] = baseline
+    else:
+        notes.append("no-teacher baseline skipped: no --baseline-checkpoint given")
+    methods["random-init"] = random_init
+    methods["raw-spectra"] = None
+    for model in methods.values():
+        if model is not None:
+            model.to(device).eval()
+    return methods, run_config, notes
+
+
+def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
+    """Evaluate every method on ``cfg.task``; writes the JSON and markdown results and returns them."""
+    label, classes = TASKS[cfg.task]
+    device = _device(cfg.device)
+    train = TileDataset(cfg.data, split="train", storage_options=cfg.storage_options)
+    if label not in train.info.labels:
+        raise ValueError(
+            f"tile store {cfg.data} has no label_{label} (labels: {sorted(train.info.labels) or 'none'})"
+        )
+    if cfg.only is not None and cfg.only[0] not in train.info.labels:
+        raise ValueError(
+            f"tile store {cfg.data} has no label_{cfg.only[0]} to select pixels with --only"
+        )
+    train_sample = pixels.split_sample(
+        train, label, classes, cfg.max_train_pixels, cfg.seed, cfg.only
+    )
+    if len(train_sample) == 0:
+        raise ValueError(f"no labelled pixel for label_{label} in the train split of {cfg.data}")
+    eval_split, eval_ds, eval_sample = "test", None, None
+    for split in ("test", "val"):
+        if train.info.splits.get(split, 0) == 0:
+            continue
+        eval_ds = TileDataset(cfg.data, split=split, storage_options=cfg.storage_options)
+        eval_sample = pixels.split_sample(
+            eval_ds, label, classes, cfg.max_eval_pixels, cfg.seed + 1, cfg.only
+        )
+        if len(eval_sample):
+            eval_split = split
+            break
+    if eval_ds is None or eval_sample is None or len(eval_sample) == 0:
+        raise ValueError(
+            f"no labelled pixel for label_{label} in the test or val split of {cfg.data}"
+        )
+
+    methods, run_config, notes = _encoders(cfg, device)
+    if cfg.only is not None:
+        notes.insert(0, f"only pixels whose label_{cfg.only[0]} is one of {list(cfg.only[1])}")
+    if classes:
+        codes = np.unique(train_sample.target)
+        missing = sorted(set(np.unique(eval_sample.target).tolist()) - set(codes.tolist()))
+        if missing:
+            notes.append(
+                f"classes {missing} occur in {eval_split} but not in train; they count as errors"
+            )
+    targets = probes.Targets.from_train(train_sample.target, classes)
+    score = probes.classification_metrics if classes else probes.regression_metrics
+    rows: list[dict[str, Any]] = []
+    for name, encoder in methods.items():
+        t0 = time.perf_counter()
+        fn: pixels.FeatureFn = (
+            _identity if encoder is None else functools.partial(probes.pixel_features, encoder)
+        )
+        x_train = pixels.gather(train, train_sample, fn, cfg.batch_size, device)
+        x_eval = pixels.gather(eval_ds, eval_sample, fn, cfg.batch_size, device)
+        probe = targets.fit_probe(x_train, train_sample.target)
+        pred = targets.decode_probe(probe.predict(x_eval))
+        row = {"method": name, "mode": "linear probe", **score(eval_sample.target, pred)}
+        rows.append(row | {"seconds": time.perf_counter() - t0})
+        _log.info("%s: %s", name, rows[-1])
+        if encoder is None or cfg.finetune_steps == 0:
+            continue
+        t0 = time.perf_counter()
+        net = probes.SegmentationHead(copy.deepcopy(encoder), targets.out_dim).to(device)
+        net.init_from_probe(probe)
+        losses = finetune(net, train, label, targets.pixel_targets, cfg, device)
+        pred = targets.decode_outputs(
+            pixels.gather(eval_ds, eval_sample, net, cfg.batch_size, device)
+        )
+        row = {
+            "method": name,
+            "mode": f"fine-tune {cfg.finetune_steps} steps",
+            **score(eval_sample.target, pred),
+        }
+        rows.append(
+            row
+            | {
+                "seconds": time.perf_counter() - t0,
+                "finetune_loss_first_last": [losses[0], losses[-1]],
+            }
+        )
+        _log.info("%s: %s", name, rows[-1])
+    result = {
+        "task": cfg.task,
+        "name": result_name(cfg),
+        "label": f"label_{label}",
+        "kind": "classification" if classes else "regression",
+        "metrics": ["accuracy", "macro_f1"] if classes else ["r2", "rmse"],
+        "data": cfg.data,
+        "checkpoint": cfg.checkpoint,
+        "baseline_checkpoint": cfg.baseline_checkpoint,
+        "train_split": "train",
+        "eval_split": eval_split,
+        "n_train_pixels": len(train_sample),
+        "n_eval_pixels": len(eval_sample),
+        "classes": [int(c) for c in np.unique(train_sample.target)] if classes else None,
+        "features": "encoder patch tokens (no masking, final LayerNorm) resampled bilinearly to pixels; "
+        "raw-spectra: normalised pixel spectrum",
+        "student": run_config.get("model", {}),
+        "student_run": run_config.get("run", {}),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "storage_options"},
+        "only": None
+        if cfg.only is None
+        else {"label": f"label_{cfg.only[0]}", "classes": list(cfg.only[1])},
+        "notes": notes,
+        "results": rows,
+    }
+    write_results(Path(cfg.out), result)
+    return result
+
+
+def table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (one per method and mode) of a result, as display strings."""
+    metrics = list(result["metrics"])
+    names = {"accuracy": "overall accuracy", "macro_f1": "macro-F1", "r2": "R²", "rmse": "RMSE"}
+    unit = " (g/kg)" if result["task"] == "soc" else ""
+    head = [
+        "method",
+        "mode",
+        *(names[m] + (unit if m == "rmse" else "") for m in metrics),
+        "time (s)",
+    ]
+    rows = [
+        [r["method"], r["mode"], *(f"{r[m]:.3f}" for m in metrics), f"{r['seconds']:.1f}"]
+        for r in result["results"]
+    ]
+    return head, rows
+
+
+def markdown_table(result: Mapping[str, Any]) -> str:
+    """The results as a markdown table (one row per method and mode)."""
+    head, rows = table(result)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def result_name(cfg: DownstreamConfig) -> str:
+    """``<task>``, or ``<task>_<label><codes>`` with ``only`` (e.g. ``soc_landcover5``)."""
+    if cfg.only is None:
+        return cfg.task
+    return f"{cfg.task}_{cfg.only[0]}{'-'.join(str(c) for c in cfg.only[1])}"
+
+
+def write_results(out: Path, result: Mapping[str, Any]) -> None:
+    """``downstream_<name>.json`` and ``.md`` in ``out`` (name: :func:`result_name`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    name = result["name"]
+    (out / f"downstream_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    unit = " (g/kg)" if result["task"] == "soc" else ""
+    text = [
+        f"# Downstream: {name}{unit}",
+        "",
+        f"Label `{result['label']}` of `{result['data']}`; trained on {result['n_train_pixels']} {result['train_split']} "
+        f"pixels, scored on {result['n_eval_pixels']} {result['eval_split']} pixels.",
+        "",
+        markdown_table(result),
+        "",
+        *(f"- {note}" for note in result["notes"]),
+    ]
+    (out / f"downstream_{name}.md").write_text("\n".join(text).rstrip() + "\n")

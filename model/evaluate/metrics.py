@@ -1,0 +1,122 @@
+"""Reconstruction metrics on reflectance scale: PSNR, SSIM (per band, averaged) and SAM.
+
+Inputs are de-normalised first (``x * std + mean`` with the tile store's per-band statistics in
+reflectance x 10000, then / 10000), so the numbers are in reflectance units and comparable
+between runs with different normalisations.
+
+- **PSNR** (dB): ``10 log10(R^2 / MSE)`` with the peak ``R = 1.0`` reflectance (HySpecNet-style
+  /10000 scaling), MSE over bands and the selected pixels.
+- **SSIM**: Gaussian-window SSIM (11 / 1.5) per band with ``data_range = 1.0`` reflectance,
+  averaged over the selected pixels, then over bands.
+- **SAM** (degrees): the angle between true and reconstructed spectra per pixel, averaged over
+  the selected pixels.
+
+Each metric is computed twice per tile: on the **masked** patches (``psnr``, ``ssim``,
+``sam``, the MAE task) and on the **full** decoder reconstruction (``psnr_full``, ...), every
+patch as predicted. Pixels the tile store marks invalid are excluded from both. Dataset values
+are means over tiles.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from hyperkd.model.train.losses import ssim_map
+
+REFLECTANCE_SCALE = 10000.0
+"""Tile stores hold reflectance x 10000."""
+PEAK = 1.0
+"""PSNR peak and SSIM data range, reflectance units."""
+
+
+def to_reflectance(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(B, C, H, W) per-band z-scores -> reflectance (0-1 units)."""
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    if m.shape[1] != x.shape[1] or s.shape[1] != x.shape[1]:
+        raise ValueError(f"{x.shape[1]} bands but {m.shape[1]} means and {s.shape[1]} stds")
+    return (x.float() * s + m) / REFLECTANCE_SCALE
+
+
+def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean over (H, W) of (B, ..., H, W) values with (B, 1, H, W) weights -> (B, ...)."""
+    w = weight.float()
+    return (values * w).sum(dim=(-2, -1)) / w.sum(dim=(-2, -1)).clamp_min(1e-8)
+
+
+def tile_metrics(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """PSNR, SSIM and SAM per tile over the pixels with ``weight`` > 0.
+
+    Args:
+        pred, target: (B, C, H, W) reflectance.
+        weight: (B, 1, H, W) pixel selection (0/1).
+
+    Returns:
+        ``psnr`` (dB), ``ssim``, ``sam`` (degrees), each (B,); tiles with no selected pixel
+        give NaN.
+    """
+    pred, target = pred.float(), target.float()
+    empty = weight.float().sum(dim=(1, 2, 3)) == 0  # (B,)
+    mse = _weighted_mean(((pred - target) ** 2).mean(dim=1, keepdim=True), weight)[:, 0]  # (B,)
+    psnr = 10 * torch.log10(PEAK**2 / mse.clamp_min(1e-12))
+    ssim = _weighted_mean(ssim_map(pred, target, PEAK), weight).mean(dim=1)  # (B,)
+    dot = (pred * target).sum(dim=1, keepdim=True)  # (B, 1, H, W)
+    norms = pred.norm(dim=1, keepdim=True) * target.norm(dim=1, keepdim=True)
+    cos = (dot / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
+    sam = _weighted_mean(torch.rad2deg(torch.acos(cos)), weight)[:, 0]  # (B,)
+    nan = torch.full_like(psnr, math.nan)
+    return {
+        k: torch.where(empty, nan, v) for k, v in {"psnr": psnr, "ssim": ssim, "sam": sam}.items()
+    }
+
+
+def reconstruction_metrics(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask_img: torch.Tensor,
+    valid: torch.Tensor | None,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> dict[str, torch.Tensor]:
+    """Masked-patch and full-reconstruction metrics per tile.
+
+    Args:
+        pred: (B, C, H, W) the decoder's reconstruction, normalised like ``target``.
+        target: (B, C, H, W) the normalised student tile.
+        mask_img: (B, 1, H, W) 1 on masked patches.
+        valid: (B, H, W) bool pixel validity, or None.
+        mean, std: the tile store's per-band statistics (reflectance x 10000).
+
+    Returns:
+        ``psnr``/``ssim``/``sam`` on masked patches and ``psnr_full``/``ssim_full``/``sam_full``
+        on the whole reconstruction, each (B,).
+    """
+    pred_r, target_r = to_reflectance(pred, mean, std), to_reflectance(target, mean, std)
+    valid_w = torch.ones_like(mask_img) if valid is None else valid[:, None].to(mask_img.dtype)
+    masked = tile_metrics(pred_r, target_r, mask_img * valid_w)
+    full = tile_metrics(pred_r, target_r, valid_w)
+    return masked | {f"{k}_full": v for k, v in full.items()}
+
+
+class MetricMeter:
+    """Accumulates per-tile metrics and reports means over tiles (NaN tiles skipped)."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, list[torch.Tensor]] = {}
+
+    def update(self, per_tile: dict[str, torch.Tensor]) -> None:
+        for key, value in per_tile.items():
+            self._values.setdefault(key, []).append(value.detach().float().cpu())
+
+    def compute(self) -> dict[str, float]:
+        out = {}
+        for key, chunks in self._values.items():
+            values = torch.cat(chunks)
+            values = values[~torch.isnan(values)]
+            out[key] = float(values.mean()) if values.numel() else math.nan
+        return out

@@ -1,0 +1,434 @@
+"""Write, open and check the hyperkd Zarr v3 cube (docs/cube.md), crash-safely.
+
+Commit protocol (docs/cube.md "Consistency guarantees"). The root ``zarr.json`` holds the
+consolidated metadata of every array AND the scene records; it is the single commit point.
+
+1. A scene's chunks are written at time index ``N`` (the committed length) through array handles
+   whose *in-memory* metadata has the grown shape ``N + 1``; no ``zarr.json`` changes yet.
+2. The root ``zarr.json`` (grown shapes + the new scene record) is replaced in ONE write.
+3. Each grown array's own ``zarr.json`` is then rewritten to match (it lags, never leads).
+
+Readers that use consolidated metadata (xarray does) only ever see committed scenes; readers
+that do not see committed scenes or fewer. A killed writer leaves chunks at index ``N`` that no
+metadata points to; the next writer deletes them before reuse and rewrites any lagging
+``zarr.json`` (:meth:`CubeWriter.reconcile`). Appends are serialised by :class:`CubeLock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from hyperkd.pipeline.cube.derived import plan_variables
+from hyperkd.pipeline.cube.layout import (
+    CORE_VARIABLES,
+    CUBE_VERSION,
+    GROUPS,
+    CubeLayout,
+    Grid,
+    SceneWrite,
+    array_doc,
+    encode_time,
+    group_doc,
+    group_specs,
+    static_values,
+)
+from hyperkd.pipeline.cube.verify import verify_cube
+from hyperkd.pipeline.store.location import CubeLock, CubeStore
+
+ROOT_DOC = "zarr.json"
+PAUSE_ENV = "HYPERKD_TEST_PAUSE_AT"
+"""Fault injection for the kill tests: at the named stage the writer touches the file named by
+``HYPERKD_TEST_PAUSE_FILE`` and sleeps, so a test can SIGKILL it there. Unset in normal use."""
+
+
+class NotACubeError(ValueError):
+    """The URL holds something that is not a hyperkd cube."""
+
+
+class SceneOrderError(ValueError):
+    """A scene older than the newest committed one: the time axis only grows forward."""
+
+
+_pause_counts: dict[str, int] = {}
+
+
+def _pause_point(stage: str) -> None:
+    """``HYPERKD_TEST_PAUSE_AT=stage[:k]`` pauses at the (k+1)-th time ``stage`` is reached."""
+    want, _, skip = os.environ.get(PAUSE_ENV, "").partition(":")
+    if want != stage:
+        return
+    seen = _pause_counts.get(stage, 0)
+    _pause_counts[stage] = seen + 1
+    if seen == int(skip or 0):
+        marker = os.environ.get("HYPERKD_TEST_PAUSE_FILE")
+        if marker:
+            with open(marker, "w") as f:
+                f.write(stage)
+        time.sleep(3600)
+
+
+class _PausingTarget:
+    """A zarr array target for ``dask.array.store`` that offers a pause point mid-write."""
+
+    def __init__(self, array: Any, stage: str):
+        self.array, self.stage, self.writes = array, stage, 0
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.array[key] = value
+        self.writes += 1
+        if self.writes == 1:
+            _pause_point(self.stage)
+
+
+class CubeWriter:
+    """The one writer of a cube: ``with CubeWriter(url) as w: w.create(...); w.append(...)``.
+
+    Entering takes the lock and reconciles leftovers of a killed run; leaving releases it.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        lock_timeout_s: float = 60.0,
+    ):
+        self.store = CubeStore(url, storage_options)
+        self.lock = CubeLock(self.store, timeout_s=lock_timeout_s)
+        self.attrs: dict[str, Any] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self._zstore: Any = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> CubeWriter:
+        self.lock.acquire()
+        try:
+            self._load()
+            if self.exists:
+                self.reconcile()
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+        if not self.exists and self.store.is_local:
+            # Taking the lock created the folder; leave nothing behind when no cube was made.
+            with contextlib.suppress(OSError):
+                os.rmdir(self.store.root)
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.attrs)
+
+    @property
+    def zstore(self) -> Any:
+        if self._zstore is None:
+            self._zstore = self.store.zarr_store()
+        return self._zstore
+
+    def _load(self) -> None:
+        self.store.invalidate()
+        doc = self.store.read_json(ROOT_DOC)
+        self.attrs, self.nodes = {}, {}
+        if doc is None:
+            return
+        attrs = doc.get("attributes", {})
+        meta = (doc.get("consolidated_metadata") or {}).get("metadata")
+        if "hyperkd:cube_version" not in attrs or meta is None:
+            raise NotACubeError(f"{self.store.url} is a zarr store but not a hyperkd cube")
+        if attrs["hyperkd:cube_version"] != CUBE_VERSION:
+            raise NotACubeError(
+                f"{self.store.url} has cube version {attrs['hyperkd:cube_version']}, "
+                f"this code writes version {CUBE_VERSION}"
+            )
+        self.attrs, self.nodes = dict(attrs), {k: dict(v) for k, v in meta.items()}
+
+    def reconcile(self) -> None:
+        """Make storage match the committed view after a killed run.
+
+        Rewrites array ``zarr.json`` files that lag (or lead) the consolidated metadata,
+        deletes arrays no metadata points to, and deletes chunks at the uncommitted time index.
+        """
+        for path, doc in self.nodes.items():
+            if doc.get("node_type") == "array" and self.store.read_json(f"{path}/zarr.json") != doc:
+                self.store.write_json(f"{path}/zarr.json", doc)
+        for group in GROUPS:
+            for name in self.store.listdir(group):
+                if name != "zarr.json" and f"{group}/{name}" not in self.nodes:
+                    self.store.delete_tree(f"{group}/{name}")
+            self._drop_uncommitted(group)
+
+    def _time_arrays(self, group: str) -> list[str]:
+        return [
+            p
+            for p, d in self.nodes.items()
+            if p.startswith(f"{group}/")
+            and d.get("node_type") == "array"
+            and (d.get("dimension_names") or [None])[0] == "time"
+        ]
+
+    def _drop_uncommitted(self, group: str) -> None:
+        n = self.length(group)
+        for path in self._time_arrays(group):
+            self.store.delete_tree(f"{path}/c/{n}")
+
+    # -- queries -----------------------------------------------------------------------------
+    def length(self, group: str) -> int:
+        """Committed number of scenes in ``group``."""
+        return int(self.nodes[f"{group}/time"]["shape"][0])
+
+    @property
+    def scenes(self) -> list[dict[str, Any]]:
+        return list(self.attrs.get("hyperkd:scenes", []))
+
+    def scene_ids(self, group: str | None = None) -> set[str]:
+        return {s["id"] for s in self.scenes if group is None or s["group"] == group}
+
+    def last_time(self, group: str) -> int | None:
+        times = [encode_time(s["datetime"]) for s in self.scenes if s["group"] == group]
+        return max(times) if times else None
+
+    @property
+    def grid(self) -> Grid:
+        return Grid.from_geozarr(self.nodes["enmap"]["attributes"])
+
+    @property
+    def tile_size(self) -> int:
+        return int(self.attrs["hyperkd:tile_size"])
+
+    # -- writing -----------------------------------------------------------------------------
+    def _array(self, path: str, doc: Mapping[str, Any]) -> Any:
+        """A zarr array handle on ``path`` whose metadata is ``doc`` (nothing is written)."""
+        from zarr.core.array import Array, AsyncArray
+        from zarr.core.metadata.v3 import ArrayV3Metadata
+        from zarr.storage import StorePath
+
+        meta = ArrayV3Metadata.from_dict(copy.deepcopy(dict(doc)))
+        return Array(AsyncArray(meta, StorePath(self.zstore, path)))
+
+    def _commit(self, changed: list[str]) -> None:
+        """Replace the root document (the commit point), then the changed arrays' own docs."""
+        self.lock.check()
+        _pause_point("before-commit")
+        root = {
+            "attributes": self.attrs,
+            "zarr_format": 3,
+            "consolidated_metadata": {
+                "kind": "inline",
+                "must_understand": False,
+                "metadata": dict(sorted(self.nodes.items())),
+            },
+            "node_type": "group",
+        }
+        self.store.write_json(ROOT_DOC, root)
+        _pause_point("after-commit")
+        for path in changed:
+            self.store.write_json(f"{path}/zarr.json", self.nodes[path])
+
+    def create(self, layout: CubeLayout) -> None:
+        """Create an empty cube (both groups, ``time`` length 0) and commit it."""
+        if self.exists:
+            raise ValueError(f"{self.store.url} already holds a cube")
+        leftovers = set(self.store.listdir()) - {".hyperkd.lock", "enmap", "hls"}
+        if any(not n.startswith(".zarr.json.") for n in leftovers):
+            raise NotACubeError(f"{self.store.url} exists and is not a hyperkd cube: not writing")
+        for group in GROUPS:  # an earlier run killed before its first commit
+            self.store.delete_tree(group)
+        nodes: dict[str, dict[str, Any]] = {}
+        for group in GROUPS:
+            gattrs = layout.grid.geozarr_attrs() | {"hyperkd:group": group}
+            gdoc = group_doc(gattrs)
+            self.store.write_json(f"{group}/zarr.json", gdoc)
+            nodes[group] = gdoc | {
+                "consolidated_metadata": {
+                    "kind": "inline",
+                    "must_understand": False,
+                    "metadata": {},
+                }
+            }
+            values = static_values(group, layout.grid, layout.bands)
+            for spec in group_specs(group, layout.grid, layout.bands, layout.tile_size):
+                path = f"{group}/{spec.name}"
+                nodes[path] = array_doc(spec)
+                if spec.name in values:
+                    self._array(path, nodes[path])[...] = values[spec.name]
+                self.store.write_json(f"{path}/zarr.json", nodes[path])
+        self.nodes = nodes
+        self.attrs = {
+            "hyperkd:cube_version": CUBE_VERSION,
+            "hyperkd:region": layout.region,
+            "hyperkd:tile_size": int(layout.tile_size),
+            "hyperkd:scenes": [],
+            "Conventions": "CF-1.8",
+        }
+        self._commit([])
+
+    def append(self, scene: SceneWrite) -> None:
+        """Write one scene at the end of its group's time axis and commit it.
+
+        Raises :class:`SceneOrderError` for a scene not newer than the group's newest; on any
+        error the scene's chunks are removed again and nothing is committed.
+        """
+        import dask.array as da
+
+        group = scene.group
+        if scene.scene_id in self.scene_ids(group):
+            raise ValueError(f"scene {scene.scene_id} is already in the cube")
+        t = encode_time(scene.time)
+        last = self.last_time(group)
+        if last is not None and t <= last:
+            raise SceneOrderError(
+                f"scene {scene.scene_id} is not newer than the cube's newest {group} scene; "
+                "the time axis only grows forward (ingest older scenes into a new cube)"
+            )
+        n = self.length(group)
+        grown = {}
+        for path in self._time_arrays(group):
+            doc = copy.deepcopy(self.nodes[path])
+            doc["shape"] = [n + 1, *doc["shape"][1:]]
+            grown[path] = doc
+        self._drop_uncommitted(group)
+        try:
+            arr = {p.split("/", 1)[1]: self._array(p, d) for p, d in grown.items()}
+            arr["time"][n] = t
+            arr["scene_id"][n] = scene.scene_id
+            for name, label in scene.labels.items():
+                arr[name][n] = label
+            refl, valid = (
+                _as_dask(scene.reflectance, arr["reflectance"]),
+                _as_dask(scene.valid, arr["valid"]),
+            )
+            if refl.shape != arr["reflectance"].shape[1:] or valid.shape != arr["valid"].shape[1:]:
+                raise ValueError(
+                    f"scene {scene.scene_id}: arrays {refl.shape}/{valid.shape} do not match the "
+                    f"cube's {arr['reflectance'].shape[1:]}/{arr['valid'].shape[1:]}"
+                )
+            da.store(
+                [refl[None], valid[None]],
+                [_PausingTarget(arr["reflectance"], "scene-chunks"), arr["valid"]],
+                regions=[(slice(n, n + 1),), (slice(n, n + 1),)],
+                lock=False,
+            )
+            self.lock.check()
+        except BaseException:
+            self._drop_uncommitted(group)
+            raise
+        self.nodes.update(grown)
+        iso = str(np.datetime64(t, "us")) + "Z"
+        record = dict(scene.record) | {"id": scene.scene_id, "group": group, "datetime": iso}
+        self.attrs["hyperkd:scenes"] = [*self.scenes, record]
+        self._commit(list(grown))
+        self.lock.refresh()
+
+    def write_variables(self, group: str, ds: Any) -> list[str]:
+        """Add or overwrite derived variables of ``group`` (see :func:`write_variables`)."""
+        plans = plan_variables(self.nodes, self.tile_size, group, ds)
+        for plan in plans:
+            if plan.replace:
+                self.store.delete_tree(plan.path)
+            target = self._array(plan.path, plan.doc)
+            plan.store(target)
+            self.store.write_json(f"{plan.path}/zarr.json", plan.doc)
+        self.lock.check()
+        for plan in plans:
+            self.nodes[plan.path] = plan.doc
+        self._commit([])
+        return [p.path for p in plans]
+
+    def remove(self) -> None:
+        """Delete the whole cube (used when a run created it and then wrote no scene)."""
+        self.lock.check()
+        self.store.delete_tree()
+        self.lock.held = False
+        self.attrs, self.nodes = {}, {}
+
+
+def _as_dask(values: Any, target: Any) -> Any:
+    """``values`` as a dask array chunked like ``target``'s chunks (minus the time axis)."""
+    import dask.array as da
+
+    chunks = target.chunks[1:]
+    if isinstance(values, da.Array):
+        return values.rechunk(chunks) if values.chunksize != chunks else values
+    return da.from_array(np.asarray(values), chunks=chunks)
+
+
+def committed_scenes(
+    url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+) -> tuple[str, ...]:
+    """Ids of the committed scenes, in commit order; ``()`` when there is no cube yet."""
+    doc = CubeStore(url, storage_options).read_json(ROOT_DOC)
+    if doc is None:
+        return ()
+    return tuple(s["id"] for s in doc.get("attributes", {}).get("hyperkd:scenes", []))
+
+
+def open_cube(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Any:
+    """Open a cube lazily as an ``xarray.DataTree`` (groups ``enmap`` and ``hls``).
+
+    Only committed scenes are visible (consolidated metadata); CRS decoded
+    (``decode_coords="all"``).
+    """
+    import xarray as xr
+
+    store = CubeStore(url, storage_options)
+    doc = store.read_json(ROOT_DOC)
+    if doc is None or "hyperkd:cube_version" not in doc.get("attributes", {}):
+        raise FileNotFoundError(f"no hyperkd cube at {store.url}")
+    return xr.open_datatree(
+        store.zarr_store(read_only=True),
+        engine="zarr",
+        consolidated=True,
+        decode_coords="all",
+    )
+
+
+def write_variables(
+    url: str | os.PathLike[str],
+    group: str,
+    ds: Any,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    lock_timeout_s: float = 60.0,
+) -> list[str]:
+    """Add or overwrite derived variables in ``group``, aligned on its existing dims.
+
+    ``ds``: an ``xarray.Dataset`` whose dims shared with the group (``time``, ``band``, ``y``,
+    ``x``) have the group's sizes; new dims (``band6``, ``py``, ``px``) are free. Core
+    variables (reflectance, valid, coordinates) cannot be replaced. Variables with a ``time``
+    dim are chunked one scene per chunk and grow with later appends (fill value = not yet
+    computed). Written under the cube lock and committed by re-consolidating. Returns the
+    array paths written.
+    """
+    if group not in GROUPS:
+        raise ValueError(f"unknown cube group {group!r}: expected one of {GROUPS}")
+    if CubeStore(url, storage_options).read_json(ROOT_DOC) is None:
+        raise FileNotFoundError(f"no hyperkd cube at {url}")
+    with CubeWriter(url, storage_options, lock_timeout_s=lock_timeout_s) as writer:
+        if not writer.exists:
+            raise FileNotFoundError(f"no hyperkd cube at {writer.store.url}")
+        return writer.write_variables(group, ds)
+
+
+__all__ = [
+    "CORE_VARIABLES",
+    "CubeLayout",
+    "CubeWriter",
+    "Grid",
+    "NotACubeError",
+    "SceneOrderError",
+    "SceneWrite",
+    "open_cube",
+    "verify_cube",
+    "write_variables",
+]

@@ -1,0 +1,389 @@
+"""The training-ready tile store (Zarr v3): cut cube scenes into tiles, once, for streaming.
+
+``write_tile_store`` takes per-scene datasets (the cube's ``enmap`` group for one time step,
+raw int16) and writes the store described in ``docs/tiles.md``; ``build_tiles`` does the same
+from a cube URL, running preprocess first when the cube lacks teacher bands or significance.
+
+Writes are crash-safe: a local store is built in ``<out>.partial-<host>-<pid>-<hex>`` and
+renamed into place (the next build removes what a killed one left); an fsspec store is
+written in place with the root attributes (the completeness marker that ``verify_tiles`` and
+the loader require) written last. Re-running with the same inputs and parameters is a no-op
+(``params_hash`` in the root attributes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from hyperkd.pipeline.redaction import clean_href
+from hyperkd.pipeline.sensors import hls_sensor, prithvi_preset
+from hyperkd.pipeline.store.commit import commit, partial_path, sweep_killed_partials
+from hyperkd.pipeline.store.location import CubeStore
+from hyperkd.pipeline.tiles.index import (
+    SPLITS,
+    block_splits,
+    drop_leaks,
+    tile_fraction,
+    tile_origins,
+)
+from hyperkd.pipeline.tiles.labels import load_label
+from hyperkd.pipeline.tiles.verify import open_store, verify_tiles
+from hyperkd.pipeline.tiles.write import (
+    STUDENT_NODATA,
+    TEACHER_NODATA,
+    Progress,
+    band_coord,
+    band_selection,
+    check_scene,
+    create_arrays,
+    scene_grid,
+    scene_key,
+    write_index,
+    write_tiles,
+)
+
+__all__ = ["TileConfig", "TileSummary", "build_tiles", "verify_tiles", "write_tile_store"]
+
+_log = logging.getLogger(__name__)
+
+TILES_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """How scenes are cut into tiles."""
+
+    tile_size: int = 128
+    """Tile edge T, pixels."""
+    patch_size: int = 16
+    """ViT patch edge P, pixels; significance maps are ``(T/P, T/P)`` per tile."""
+    stride: int | None = None
+    """Step between tile origins, pixels; ``None`` = ``tile_size`` (no overlap)."""
+    min_valid: float = 0.5
+    """Tiles whose valid-pixel fraction is below this are dropped."""
+    split_block_px: int | None = None
+    """Edge of the spatial split blocks, pixels; ``None`` = 4 tiles."""
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    """Share of split blocks in train, val, test."""
+    seed: int = 0
+    """Seed of the block-to-split deal."""
+    shard: int | None = None
+    """Tiles per Zarr shard; ``None`` = unsharded, one tile per chunk (file/object)."""
+    teacher_preset: str = "prithvi-eo-1.0-100m"
+    """Prithvi preset whose mean/std normalise the teacher bands."""
+    batch_tiles: int = 16
+    """Tiles read and written per step (rounded to whole shards)."""
+
+    def __post_init__(self) -> None:
+        t, p, s = self.tile_size, self.patch_size, self.step
+        if t <= 0 or p <= 0 or t % p:
+            raise ValueError(f"tile size {t} must be a positive multiple of the patch size {p}")
+        if s <= 0 or s % p:
+            raise ValueError(f"stride {s} must be a positive multiple of the patch size {p}")
+        if not 0.0 <= self.min_valid <= 1.0:
+            raise ValueError(f"min valid fraction must be in [0, 1], got {self.min_valid}")
+        if self.shard is not None and self.shard <= 0:
+            raise ValueError(f"tiles per shard must be positive, got {self.shard}")
+        if self.block_px < t:
+            raise ValueError(f"split block {self.block_px} px is smaller than a tile ({t} px)")
+        prithvi_preset(self.teacher_preset)  # fails early on an unknown preset
+
+    @property
+    def step(self) -> int:
+        return self.stride if self.stride is not None else self.tile_size
+
+    @property
+    def block_px(self) -> int:
+        return self.split_block_px if self.split_block_px is not None else 4 * self.tile_size
+
+
+@dataclass(frozen=True)
+class TileSummary:
+    """What a tile-store build produced."""
+
+    out_url: str
+    n_tiles: int
+    splits: dict[str, int]
+    dropped: dict[str, int] = field(default_factory=dict)
+    """``invalid`` (below ``min_valid``) and ``leakage`` (touching another split)."""
+    skipped: bool = False
+    """True when an identical store already existed and nothing was written."""
+    params_hash: str = ""
+    seconds: float = 0.0
+
+
+# -- the index ----------------------------------------------------------------------------
+
+
+def _plan(
+    scenes: Sequence[xr.Dataset], cfg: TileConfig
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Tile index columns (before the write pass) and the drop counts."""
+    T = cfg.tile_size
+    scene_i, origins, fractions = [], [], []
+    for i, scene in enumerate(scenes):
+        valid = np.asarray(scene["valid"].values, dtype=bool)
+        o = tile_origins(valid.shape[0], valid.shape[1], T, cfg.step)
+        scene_i.append(np.full(len(o), i, dtype=np.int64))
+        origins.append(o)
+        fractions.append(tile_fraction(valid, o, T))
+    sc, org, vf = np.concatenate(scene_i), np.concatenate(origins), np.concatenate(fractions)
+    ok = vf >= cfg.min_valid
+    dropped = {"invalid": int((~ok).sum())}
+    sc, org, vf = sc[ok], org[ok], vf[ok]
+    splits = block_splits(org, cfg.block_px, cfg.split_fractions, cfg.seed)
+    keep = drop_leaks(org, splits, T)
+    dropped["leakage"] = int((~keep).sum())
+    order = np.lexsort((org[keep, 1], org[keep, 0], sc[keep]))
+    cols = {
+        "scene_i": sc[keep][order],
+        "y0": org[keep, 0][order].astype(np.int32),
+        "x0": org[keep, 1][order].astype(np.int32),
+        "valid_fraction": vf[keep][order],
+        "split": splits[keep][order],
+    }
+    return cols, dropped
+
+
+# -- writing ------------------------------------------------------------------------------
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def _local_path(url: str) -> Path:
+    return Path(url.removeprefix("file://"))
+
+
+def _params_hash(cfg: TileConfig, source: str, labels: Mapping[str, str]) -> str:
+    label_ids = {}
+    for name, path in sorted(labels.items()):
+        digest = (
+            hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else path
+        )
+        label_ids[name] = digest
+    blob = json.dumps([asdict(cfg), source, label_ids, TILES_VERSION], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _existing(
+    out_url: str, storage_options: Mapping[str, Any] | None, params: str
+) -> TileSummary | None:
+    """The summary of an identical, complete store at ``out_url``, else None."""
+    try:
+        root = open_store(out_url, storage_options)
+    except (FileNotFoundError, ValueError, zarr.errors.NodeTypeValidationError):
+        return None
+    attrs = dict(root.attrs)
+    if attrs.get("params_hash") != params or verify_tiles(out_url, storage_options):
+        return None
+    return TileSummary(
+        out_url,
+        int(root["student"].shape[0]),
+        dict(attrs["splits"]),
+        dict(attrs["dropped"]),
+        True,
+        params,
+    )
+
+
+def write_tile_store(
+    scenes: Iterable[xr.Dataset],
+    out_url: str,
+    cfg: TileConfig = TileConfig(),
+    *,
+    labels: Mapping[str, str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    source_token: str | None = None,
+    source_cubes: Sequence[str] = (),
+    progress: Progress | None = None,
+) -> TileSummary:
+    """Cut ``scenes`` into a tile store at ``out_url`` (local path or fsspec URL).
+
+    Each scene is one time step of a cube's ``enmap`` group, undecoded: ``reflectance (band,
+    y, x)`` int16, ``valid (y, x)``, ``teacher_bands (band6, y, x)`` int16,
+    ``significance_gabor``/``significance_wavelet (py, px)``, a ``spatial_ref`` grid mapping,
+    and ``scene_id``/``time`` coordinates. All scenes share one grid. ``labels`` maps a
+    label name to a raster path. ``source_token`` identifies the inputs for the no-op check
+    (default: a dask token of the scenes).
+    """
+    import dask.base
+
+    t_start = time.perf_counter()
+    scenes = list(scenes)
+    labels = dict(labels or {})
+    if not scenes:
+        raise ValueError("no scenes to tile")
+    keys = [scene_key(s, i) for i, s in enumerate(scenes)]
+    for s, (sid, _) in zip(scenes, keys, strict=True):
+        check_scene(s, cfg, sid)
+    grid = scene_grid(scenes[0])
+    if any(scene_grid(s) != grid for s in scenes[1:]):
+        raise ValueError("scenes do not share one grid (CRS, transform and shape must match)")
+    token = source_token if source_token is not None else dask.base.tokenize(*scenes)
+    params = _params_hash(cfg, token, labels)
+    done = _existing(out_url, storage_options, params)
+    if done is not None:
+        _log.info(
+            "tile store %s is up to date (%d tiles); nothing to do",
+            clean_href(out_url),
+            done.n_tiles,
+        )
+        return done
+
+    layers = [load_label(name, path, grid) for name, path in labels.items()]
+    cols, dropped = _plan(scenes, cfg)
+    n = len(cols["y0"])
+    if n == 0:
+        raise ValueError(
+            f"no tile has a valid fraction of at least {cfg.min_valid}; nothing to write"
+        )
+    if not (cols["split"] == "train").any():
+        raise ValueError(
+            "no train tiles: the student statistics need at least one (more scene or smaller blocks)"
+        )
+    bands = band_selection(scenes[0])
+
+    target = _local_path(out_url) if _is_local(out_url) else None
+    if target is not None:
+        sweep_killed_partials(target)
+    write_url = str(partial_path(target)) if target is not None else out_url
+    try:
+        location = CubeStore(write_url, storage_options)
+        if target is None:
+            # The root document goes first, so a half-deleted old store never verifies.
+            if location.exists("zarr.json"):
+                location.fs.rm(location.path("zarr.json"))  # s3fs 0.4 lacks rm_file
+            location.delete_tree()
+        root = zarr.open_group(location.zarr_store(), mode="w")
+        arrays = create_arrays(root, n, len(bands), cfg, layers)
+        moments, cloud, significance = write_tiles(
+            scenes, cols, arrays, layers, cfg, bands, progress
+        )
+        write_index(root, cols, keys, cloud, significance)
+        preset = prithvi_preset(cfg.teacher_preset)
+        splits = {s: int((cols["split"] == s).sum()) for s in SPLITS}
+        attrs = {
+            "hyperkd:tiles_version": TILES_VERSION,
+            "tile_size": cfg.tile_size,
+            "patch_size": cfg.patch_size,
+            "stride": cfg.step,
+            "min_valid": cfg.min_valid,
+            "split_block_px": cfg.block_px,
+            "split_fractions": list(cfg.split_fractions),
+            "band_wavelength": band_coord(scenes[0], "wavelength", bands),
+            "band_fwhm": band_coord(scenes[0], "fwhm", bands),
+            "student_mean": moments.mean.tolist(),
+            "student_std": moments.std().tolist(),
+            "student_nodata": STUDENT_NODATA,
+            "teacher_bands": list(hls_sensor().band_names),
+            "teacher_mean": list(preset.mean),
+            "teacher_std": list(preset.std),
+            "teacher_preset": preset.name,
+            "teacher_nodata": TEACHER_NODATA,
+            "labels": {layer.name: layer.attrs for layer in layers},
+            "crs": grid.crs,
+            "transform": list(grid.transform),
+            "grid_shape": list(grid.shape),
+            "source_cubes": [clean_href(u) for u in source_cubes],
+            "splits": splits,
+            "dropped": dropped,
+            "params_hash": params,
+        }
+        # Root attributes last: until they exist the store fails verify_tiles and read_info.
+        root.attrs.update(attrs)
+        if target is not None:
+            commit(Path(write_url), target)
+    except BaseException:
+        if target is not None:
+            shutil.rmtree(write_url, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - t_start
+    return TileSummary(out_url, n, splits, dropped, False, params, seconds)
+
+
+def _needs_preprocess(enmap: xr.Dataset, patch_size: int) -> bool:
+    """True when a scene lacks teacher bands or significance maps for ``patch_size``."""
+    from hyperkd.pipeline.features.preprocess import SCENES_ATTR
+
+    names = ("teacher_bands", "significance_gabor", "significance_wavelet")
+    if any(v not in enmap for v in names):
+        return True
+    scenes = {str(s) for s in np.atleast_1d(enmap["scene_id"].values)}
+    if any(not scenes <= set(enmap[v].attrs.get(SCENES_ATTR, [])) for v in names):
+        return True
+    return int(enmap["significance_gabor"].attrs.get("patch_size", patch_size)) != patch_size
+
+
+def build_tiles(
+    cube_url: str,
+    out_url: str,
+    cfg: TileConfig = TileConfig(),
+    *,
+    labels: Mapping[str, str] | None = None,
+    dask_address: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> TileSummary:
+    """Tile every EnMAP scene of the cube at ``cube_url`` into a store at ``out_url``.
+
+    When a scene lacks ``teacher_bands`` or significance maps (for ``cfg.patch_size``), the
+    default preprocess runs first, on the same dask scheduler. ``dask_address``: a running
+    scheduler (``tcp://...``), ``"local"`` for a LocalCluster, or ``None`` for dask's
+    threads. ``storage_options`` serve both the cube and the output URL.
+    """
+    from dataclasses import replace
+
+    from hyperkd.pipeline.features.preprocess import (
+        PreprocessConfig,
+        dask_scheduler,
+        open_enmap,
+        preprocess_cube,
+    )
+    from hyperkd.pipeline.features.significance import SignificanceConfig
+
+    sig = replace(SignificanceConfig(), patch_size=cfg.patch_size)
+    local = dask_address == "local"
+    pcfg = PreprocessConfig(
+        significance=sig,
+        scheduler="local" if local else "threads",
+        dask_address=None if local else dask_address,
+    )
+    enmap = open_enmap(cube_url, storage_options)
+    if enmap.sizes.get("time", 0) == 0:
+        raise ValueError(f"cube {clean_href(cube_url)} holds no EnMAP scene to tile")
+    if _needs_preprocess(enmap, cfg.patch_size):
+        _log.info("cube lacks teacher bands or significance maps; running preprocess first")
+        preprocess_cube(cube_url, pcfg, storage_options=storage_options)
+        enmap = open_enmap(cube_url, storage_options)
+    # The cube's root document (consolidated metadata, scene records, preprocess parameters)
+    # identifies the inputs: a new scene or a re-run preprocess changes it.
+    root_doc = CubeStore(cube_url, storage_options).read_bytes("zarr.json") or b""
+    token = hashlib.sha256(root_doc).hexdigest()
+    small = [c for c in ("scene_id", "valid_band", "wavelength", "fwhm") if c in enmap.coords]
+    enmap = enmap.assign_coords({c: enmap[c].load() for c in small})
+    scenes = [enmap.isel(time=t) for t in range(enmap.sizes["time"])]
+    with dask_scheduler(pcfg):
+        return write_tile_store(
+            scenes,
+            out_url,
+            cfg,
+            labels=labels,
+            storage_options=storage_options,
+            source_token=token,
+            source_cubes=[cube_url],
+            progress=progress,
+        )

@@ -1,0 +1,196 @@
+"""``verify_tiles``: every way a tile store can break the contract in docs/tiles.md."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import zarr
+
+from hyperkd.pipeline.store.location import CubeStore
+from hyperkd.pipeline.tiles.index import SPLITS, leaking_pairs
+
+REQUIRED_ATTRS = (
+    "hyperkd:tiles_version",
+    "tile_size",
+    "patch_size",
+    "stride",
+    "min_valid",
+    "split_block_px",
+    "band_wavelength",
+    "band_fwhm",
+    "student_mean",
+    "student_std",
+    "teacher_bands",
+    "teacher_mean",
+    "teacher_std",
+    "teacher_preset",
+    "labels",
+    "crs",
+    "transform",
+    "grid_shape",
+    "source_cubes",
+    "splits",
+    "params_hash",
+)
+INDEX_COLUMNS = {
+    "tile_id": "int64",
+    "scene": "str",
+    "time": "datetime64[ns]",
+    "y0": "int32",
+    "x0": "int32",
+    "valid_fraction": "float32",
+    "cloud_fraction": "float32",
+    "significance": "float32",
+    "split": "str",
+}
+_SPOT_CHECKS = 32
+
+
+def open_store(url: str, storage_options: Mapping[str, Any] | None = None) -> zarr.Group:
+    """The store's root group, read-only (local path or fsspec URL)."""
+    return zarr.open_group(CubeStore(url, storage_options).zarr_store(read_only=True), mode="r")
+
+
+def as_str(values: np.ndarray) -> np.ndarray:
+    """A zarr string column (numpy ``StringDType``) as a plain ``<U`` array."""
+    return np.array(values.tolist(), dtype=str)
+
+
+def _dtype_name(arr: zarr.Array) -> str:
+    kind = np.dtype(arr.dtype).kind if not str(arr.dtype).startswith("StringDType") else "T"
+    return "str" if kind in "TUO" else str(np.dtype(arr.dtype))
+
+
+def _check_array(
+    root: zarr.Group, name: str, shape: tuple[int, ...], dtype: str, problems: list[str]
+) -> zarr.Array | None:
+    if name not in root:
+        problems.append(f"array {name} is missing")
+        return None
+    arr = root[name]
+    if not isinstance(arr, zarr.Array):
+        problems.append(f"{name} is not an array")
+        return None
+    if tuple(arr.shape) != shape:
+        problems.append(f"{name} has shape {tuple(arr.shape)}, expected {shape}")
+    if _dtype_name(arr) != dtype:
+        problems.append(f"{name} has dtype {_dtype_name(arr)}, expected {dtype}")
+    if len(shape) > 1 and tuple(arr.chunks) != (1, *shape[1:]):
+        problems.append(
+            f"{name} has chunks {tuple(arr.chunks)}, expected one tile per chunk {(1, *shape[1:])}"
+        )
+    if len(shape) > 1 and arr.shards is not None and tuple(arr.shards[1:]) != shape[1:]:
+        problems.append(f"{name} has shards {tuple(arr.shards)}, expected whole tiles per shard")
+    return arr
+
+
+def _finite_list(
+    attrs: Mapping[str, Any], key: str, length: int, problems: list[str], positive: bool = False
+) -> None:
+    values = np.asarray(attrs.get(key, []), dtype=np.float64)
+    if values.shape != (length,):
+        problems.append(f"attribute {key} has {values.size} values, expected {length}")
+    elif not np.all(np.isfinite(values)):
+        problems.append(f"attribute {key} is not finite everywhere")
+    elif positive and not np.all(values > 0):
+        problems.append(f"attribute {key} has values <= 0")
+
+
+def verify_tiles(url: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Every problem of the tile store at ``url``; an empty list when it meets the contract.
+
+    Checks attributes, array shapes, dtypes and chunking, the index (ids, offsets on the
+    stride grid, valid fractions, split names and counts), that no tiles of different splits
+    touch, that statistics are finite, and spot-checks index columns against the arrays.
+    """
+    try:
+        root = open_store(url, storage_options)
+    except Exception as exc:  # any failure to open is a finding, not a crash
+        return [f"cannot open tile store {url}: {type(exc).__name__}: {exc}"]
+    attrs = dict(root.attrs)
+    problems = [f"root attribute {k} is missing" for k in REQUIRED_ATTRS if k not in attrs]
+    if problems:
+        return [*problems, "store is incomplete (root attributes are written last)"]
+    if attrs["hyperkd:tiles_version"] != 1:
+        problems.append(f"unknown tiles version {attrs['hyperkd:tiles_version']}")
+    T, P, stride = int(attrs["tile_size"]), int(attrs["patch_size"]), int(attrs["stride"])
+    if T % P:
+        problems.append(f"tile size {T} is not a multiple of patch size {P}")
+        return problems
+    if "student" not in root:
+        return [*problems, "array student is missing"]
+    n, C, G = int(root["student"].shape[0]), len(attrs["band_wavelength"]), T // P
+    arrays = {
+        "student": ((n, C, T, T), "int16"),
+        "teacher": ((n, 6, T, T), "int16"),
+        "significance_gabor": ((n, G, G), "float32"),
+        "significance_wavelet": ((n, G, G), "float32"),
+        "valid": ((n, T, T), "bool"),
+    }
+    for name, record in attrs["labels"].items():
+        arrays[f"label_{name}"] = ((n, T, T), str(record.get("dtype")))
+    checked = {
+        k: _check_array(root, k, shape, dtype, problems) for k, (shape, dtype) in arrays.items()
+    }
+    extra = sorted(k for k in root.array_keys() if k.startswith("label_") and k not in arrays)
+    problems += [f"array {k} is not listed in the labels attribute" for k in extra]
+
+    _finite_list(attrs, "band_fwhm", C, problems) if attrs["band_fwhm"] else None
+    _finite_list(attrs, "student_mean", C, problems)
+    _finite_list(attrs, "student_std", C, problems, positive=True)
+    _finite_list(attrs, "teacher_mean", 6, problems)
+    _finite_list(attrs, "teacher_std", 6, problems, positive=True)
+    if len(attrs["teacher_bands"]) != 6:
+        problems.append(f"teacher_bands lists {len(attrs['teacher_bands'])} names, expected 6")
+
+    index = {
+        k: _check_array(root, f"index/{k}", (n,), d, problems) for k, d in INDEX_COLUMNS.items()
+    }
+    if any(a is None for a in index.values()):
+        return problems
+    col = {k: np.asarray(a[:]) for k, a in index.items()}  # type: ignore[index]
+    if not np.array_equal(col["tile_id"], np.arange(n)):
+        problems.append("index/tile_id is not 0..n-1")
+    h, w = (int(v) for v in attrs["grid_shape"])
+    y0, x0 = col["y0"].astype(np.int64), col["x0"].astype(np.int64)
+    if np.any(y0 % stride) or np.any(x0 % stride):
+        problems.append(f"tile offsets are not on the stride-{stride} grid")
+    if np.any(y0 < 0) or np.any(x0 < 0) or np.any(y0 + T > h) or np.any(x0 + T > w):
+        problems.append("tile offsets reach outside the cube grid")
+    vf = col["valid_fraction"]
+    if np.any(vf < float(attrs["min_valid"])) or np.any(vf > 1):
+        problems.append(f"valid_fraction outside [{attrs['min_valid']}, 1]")
+    split = as_str(col["split"])
+    unknown = sorted(set(split.tolist()) - set(SPLITS))
+    if unknown:
+        problems.append(f"unknown split names {unknown}")
+    counts = {s: int((split == s).sum()) for s in SPLITS}
+    if counts != {s: int(attrs["splits"].get(s, 0)) for s in SPLITS}:
+        problems.append(f"split counts {counts} differ from the splits attribute {attrs['splits']}")
+    places, first = np.unique(np.stack([y0, x0], axis=1), axis=0, return_index=True)
+    for i in range(len(places)):
+        same = (y0 == places[i, 0]) & (x0 == places[i, 1])
+        if len(set(split[same].tolist())) > 1:
+            problems.append(f"tiles at y0={places[i, 0]} x0={places[i, 1]} are in several splits")
+    leaks = leaking_pairs(places, split[first], T)
+    if leaks:
+        i, j = leaks[0]
+        problems.append(
+            f"{len(leaks)} pairs of tiles in different splits touch, e.g. {split[first][i]} at "
+            f"{tuple(places[i])} and {split[first][j]} at {tuple(places[j])}"
+        )
+    if checked["valid"] is not None and checked["significance_gabor"] is not None and n:
+        for t in np.unique(np.linspace(0, n - 1, min(n, _SPOT_CHECKS)).astype(int)):
+            frac = float(np.mean(checked["valid"][int(t)]))
+            if not np.isclose(frac, vf[t], atol=1e-6):
+                problems.append(
+                    f"tile {t}: index valid_fraction {vf[t]} != stored valid mask {frac}"
+                )
+            sig = float(np.nanmean(checked["significance_gabor"][int(t)]))
+            if not np.isclose(sig, col["significance"][t], rtol=1e-4, atol=1e-6):
+                problems.append(
+                    f"tile {t}: index significance {col['significance'][t]} != mean Gabor map {sig}"
+                )
+    return problems
