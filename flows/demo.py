@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from hyperkd.flows.flows import _ONE_AT_A_TIME, run_pipeline
+from hyperkd.flows.flows import _ONE_AT_A_TIME, _unless_gone, run_pipeline
 from hyperkd.flows.params import PipelineParams
 
 
@@ -39,11 +39,18 @@ def demo_region(out: str, size: str, seed: int) -> dict[str, Any]:
     }
 
 
+def demo_inputs(out: str, size: str, seed: int) -> dict[str, Any]:
+    """The demo region under ``<out>/region``, from the cache only while its catalog is there
+    (a deleted ``demo-out/`` is written again, not served from Prefect's result cache)."""
+    region = f"{out}/region"
+    return _unless_gone(demo_region, f"{region}/catalog.json")(region, size, seed)
+
+
 @flow(name="hyperkd-demo", task_runner=_ONE_AT_A_TIME)
 def demo(out: str, size: str = "medium", seed: int = 0, steps: int = 150) -> dict[str, Any]:
     """The whole job on the embedded demo region; returns the pipeline outputs and the report path."""
     out = str(Path(out).resolve())
-    region = demo_region(f"{out}/region", size, seed)
+    region = demo_inputs(out, size, seed)
     params = PipelineParams(
         region=region["region"],
         sources=(region["catalog"],),

@@ -36,15 +36,24 @@ def region_root(out: str, region: str) -> str:
     return f"{out.rstrip('/')}/{slug or 'region'}"
 
 
-def _unless_gone(task: Any, output: str) -> Any:
-    """``task`` as is while ``output`` exists, else one that ignores its cached result.
+def _unless_gone(task: Any, *outputs: str) -> Any:
+    """``task`` as is while every one of ``outputs`` exists, else one that ignores its cache.
 
-    "Cached" must mean "still there": a user who deletes a cube, a tile store or a run folder
-    gets it rebuilt, not a cached record pointing at nothing.
+    "Cached" must mean "still there": a user who deletes a cube, a tile store, a run folder or
+    the demo region gets it rebuilt (or a clear error naming what is missing), not a cached
+    record pointing at nothing.
     """
     from hyperkd.pipeline.store.location import CubeStore
 
-    return task if CubeStore(output).exists() else task.with_options(refresh_cache=True)
+    gone = any(not CubeStore(output).exists() for output in outputs)
+    return task.with_options(refresh_cache=True) if gone else task
+
+
+def local_catalogs(sources: tuple[str, ...]) -> tuple[str, ...]:
+    """The sources that are local catalog files (not shipped source names, not URLs)."""
+    from hyperkd.pipeline.stac.sources import source_names
+
+    return tuple(s for s in sources if s not in source_names() and "://" not in s)
 
 
 # -- stages (run inside a flow) ---------------------------------------------------------------
@@ -55,7 +64,9 @@ def ingest_stage(
 ) -> IngestRecord:
     logger = get_run_logger()
     start, end = resolve_date(params.start), resolve_date(params.end)
-    refs = tasks.search_scenes(
+    # A cached search names the catalog's scene files: it holds while the catalog is there.
+    search = _unless_gone(tasks.search_scenes, *local_catalogs(params.sources))
+    refs = search(
         params.sources, params.region, start, end, params.max_cloud, params.pair_window_days
     )
     if not refs:
@@ -215,6 +226,15 @@ def _summary_artifact(params: RegionParams, out: dict[str, Any]) -> None:
     )
 
 
+def _no_scenes(record: IngestRecord) -> str:
+    """Why there is nothing to tile, naming the first cause (a failed scene) when there is one."""
+    if record.failed:
+        sid, why = record.failed[0]
+        return (f"cube {record.cube} holds no scenes: all {len(record.failed)} scenes failed, "
+                f"the first ({sid}) with: {why}")  # fmt: skip
+    return f"cube {record.cube} holds no scenes: nothing to tile"
+
+
 def run_pipeline(params: PipelineParams) -> dict[str, Any]:
     """Every requested stage for one region, inside the current flow run."""
     root = region_root(params.out, params.name or params.region)
@@ -229,7 +249,7 @@ def run_pipeline(params: PipelineParams) -> dict[str, Any]:
     needs_tiles = stages & {"tiles", "teacher", "student", "evaluate", "report"}
     if needs_tiles:
         if not out["ingest"].scenes:
-            raise ValueError(f"cube {cube} holds no scenes: nothing to tile")
+            raise ValueError(_no_scenes(out["ingest"]))
         out["tiles"] = tiles_stage(params, out["ingest"], root)
     if stages & {"teacher", "student", "evaluate", "report"}:
         out["teacher"] = teacher_stage(params, out["tiles"], root)

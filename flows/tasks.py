@@ -20,10 +20,19 @@ from prefect.tasks import exponential_backoff
 from hyperkd.flows.records import IngestRecord, RunRecord, SceneRef, TileRecord, fingerprint
 
 CACHE = INPUTS + TASK_SOURCE
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry network trouble, not bad input: a ``ValueError`` (a catalog that is not there, an
+    unknown source) fails the same way every time, so it fails at once and names itself."""
+    return not isinstance(state.result(raise_on_failure=False), ValueError)
+
+
 NETWORK_RETRIES = {
     "retries": 3,
     "retry_delay_seconds": exponential_backoff(backoff_factor=2),
     "retry_jitter_factor": 0.5,
+    "retry_condition_fn": _transient,
 }
 
 
