@@ -30,6 +30,8 @@ TOKEN = "EDL-TOKEN-SECRET-1f2e3d"
 PASSWORD = "NETRC-PW-SECRET-4c5b6a"
 SAS_SIG = "SAS-SIG-SECRET-7a8b9c"
 FAST = RetryPolicy(tries=3, backoff_s=0.01, backoff_max_s=0.02, jitter_s=0.0, timeout_s=1.0)
+LPDAAC = "https://data.lpdaac.earthdatacloud.nasa.gov/lp-prod-protected/HLSL30.020/x/x.B04.tif"
+DLR = "https://download.geoservice.dlr.de/ENMAP/files/L2A/x/x-SPECTRAL_IMAGE.TIF"
 BLOB = "https://hlsstorage.blob.core.windows.net/hls2/L30/2024/HLS.L30.T13SDA.2024120T173913.v2.0.B04.tif"
 
 
@@ -111,7 +113,8 @@ def test_earthdata_token_becomes_a_bearer_header(
     netrc_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EARTHDATA_TOKEN", TOKEN)
-    env = gdal_env(load_source("hls-lpdaac"))
+    env = gdal_env(load_source("hls-lpdaac"), [LPDAAC])
+    assert env["GDAL_HTTP_NETRC"] == "NO"  # the bearer token, and no netrc besides
     assert env["GDAL_HTTP_AUTH"] == "BEARER" and env["GDAL_HTTP_BEARER"] == TOKEN
     assert env["GDAL_HTTP_COOKIEFILE"] == env["GDAL_HTTP_COOKIEJAR"]
     cookies = Path(env["GDAL_HTTP_COOKIEJAR"])
@@ -121,11 +124,20 @@ def test_earthdata_token_becomes_a_bearer_header(
 
 
 def test_earthdata_and_dlr_fall_back_to_netrc(netrc_home: Path) -> None:
-    for name in ("hls-lpdaac", "enmap-dlr"):
-        env = gdal_env(load_source(name))
+    for name, href, host in (
+        ("hls-lpdaac", LPDAAC, "urs.earthdata.nasa.gov"),
+        ("enmap-dlr", DLR, "download.geoservice.dlr.de"),
+    ):
+        env = gdal_env(load_source(name), [href])
         assert env["GDAL_HTTP_NETRC"] == "YES"
-        assert env["GDAL_HTTP_NETRC_FILE"] == str(netrc_home)
         assert "GDAL_HTTP_BEARER" not in env
+        # GDAL sees a private copy holding only the source's own hosts, not 127.0.0.1 & co.
+        scoped = Path(env["GDAL_HTTP_NETRC_FILE"])
+        assert scoped != netrc_home and scoped.stat().st_mode & 0o077 == 0
+        assert (
+            scoped.read_text()
+            == f"machine {host} login {'bob' if 'urs' in host else 'carol'} password {PASSWORD}\n"
+        )
 
 
 def test_missing_credentials_say_what_to_set(
@@ -137,11 +149,12 @@ def test_missing_credentials_say_what_to_set(
     with pytest.raises(
         ValueError, match=r"set EARTHDATA_TOKEN or add 'machine urs\.earthdata\.nasa\.gov"
     ):
-        gdal_env(load_source("hls-lpdaac"))
+        gdal_env(load_source("hls-lpdaac"), [LPDAAC])
     with pytest.raises(ValueError, match=r"add 'machine download\.geoservice\.dlr\.de login"):
-        gdal_env(load_source("enmap-dlr"))
-    assert dict(gdal_env(load_source("hls-planetary-computer"))) == {
-        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"
+        gdal_env(load_source("enmap-dlr"), [DLR])
+    assert dict(gdal_env(load_source("hls-planetary-computer"), [BLOB])) == {
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "GDAL_HTTP_NETRC": "NO",
     }
 
 
@@ -231,8 +244,9 @@ def test_secrets_never_reach_logs_errors_or_results(
         with pytest.raises(StacApiError) as info:
             reading_href(f"{BLOB}?sig={SAS_SIG}", _pc_source(token_server))
         errors.append(str(info.value))
-    # The secrets were really in play: the loopback API got netrc basic auth, the href was signed.
-    assert server.requests[0].headers["Authorization"].startswith("Basic ")
+    # The secrets were in play (a netrc entry for 127.0.0.1, a signed href), yet the loopback
+    # API got no netrc basic auth: STAC requests never read netrc.
+    assert all("Authorization" not in r.headers for r in server.requests)
     assert "sig=SAS-TOKEN-" in signed and len(result.enmap) == 9
     assert any("retry" in r.getMessage() for r in caplog.records)
     assert "unreachable after 3 tries" in errors[0] and "token endpoint" in errors[1]
@@ -242,7 +256,7 @@ def test_secrets_never_reach_logs_errors_or_results(
         "errors": "\n".join(errors),
         "result repr": repr(result),
         "result items": json.dumps([i.to_dict() for i in result.items]),
-        "gdal_env repr": repr(gdal_env(load_source("hls-lpdaac"))),
+        "gdal_env repr": repr(gdal_env(load_source("hls-lpdaac"), [LPDAAC])),
     }
     for where, text in texts.items():
         for secret in (TOKEN, PASSWORD, SAS_SIG, basic, "SAS-TOKEN-"):

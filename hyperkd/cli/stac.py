@@ -62,6 +62,20 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DAYS",
         help="pair HLS scenes within +-DAYS of each EnMAP scene (default 10)",
     )
+    add_allow_href_argument(parser)
+
+
+def add_allow_href_argument(parser: argparse.ArgumentParser) -> None:
+    """``--allow-href``, shared by search, ingest and pipeline."""
+    parser.add_argument(
+        "--allow-href",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also read catalog assets whose href matches this glob, e.g. 'http://127.0.0.1:*' "
+        "(default: only under the catalog's own folder or on hosts a source declares; "
+        "/vsi*, loopback and private addresses need this); repeat for several",
+    )
 
 
 def search_query_from_args(args: argparse.Namespace) -> SearchQuery:
@@ -80,6 +94,7 @@ def search_query_from_args(args: argparse.Namespace) -> SearchQuery:
         end=_date(args.end, "--end"),
         max_cloud=args.max_cloud,
         pair_window_days=args.pair_window,
+        allow_hrefs=tuple(getattr(args, "allow_href", None) or ()),
     )
 
 

@@ -8,7 +8,8 @@
 * HLS is resampled onto that grid (bilinear by default); CMR-STAC HLS items carry no
   projection, so the grid is read from the first band file before odc-stac sees the item.
 * Reads use :func:`~hyperkd.pipeline.stac.credentials.reading_href` (signed just before reading) and
-  :func:`~hyperkd.pipeline.stac.credentials.gdal_env`; provenance keeps ``clean_href`` only.
+  :func:`~hyperkd.pipeline.stac.credentials.gdal_env` for the hrefs read (credentials only for
+  https hosts the source declares); provenance keeps ``clean_href`` only.
 """
 
 from __future__ import annotations
@@ -76,7 +77,10 @@ def read_header(href: str, source: Source) -> RasterHeader:
     from hyperkd.pipeline.stac.credentials import gdal_env, reading_href
 
     try:
-        with rasterio.Env(**gdal_env(source)), rasterio.open(reading_href(href, source)) as ds:
+        with (
+            rasterio.Env(**gdal_env(source, [href])),
+            rasterio.open(reading_href(href, source)) as ds,
+        ):
             if ds.crs is None:
                 raise ValueError(f"{clean_href(href)} has no CRS")
             t = ds.transform
@@ -118,7 +122,10 @@ def _odc_load(
 
     from hyperkd.pipeline.stac.credentials import gdal_env, reading_href
 
-    odc.stac.configure_rio(**gdal_env(source))
+    # One item per load, so one scope decision per load: its assets' hosts get credentials only
+    # when they are https hosts the source declares (gdal_env refuses a mix).
+    hrefs = [item.assets[b].get_absolute_href() or "" for b in bands]
+    odc.stac.configure_rio(**gdal_env(source, hrefs))
     with warnings.catch_warnings():
         # odc-geo and affine still call deprecated shapely/affine APIs; those warnings are
         # about the libraries, not about this data, and would otherwise fail our tests.

@@ -36,6 +36,7 @@ from hyperkd.pipeline.stac.items import (
 )
 from hyperkd.pipeline.stac.search import SearchQuery, SearchResult, search
 from hyperkd.pipeline.stac.sources import Source, profile_of, resolve_source
+from hyperkd.pipeline.store.guard import check_output
 
 log = redacted_logger(__name__)
 
@@ -126,6 +127,7 @@ def _record(item: pystac.Item, keys: Sequence[str], params: IngestParams) -> dic
         "hrefs": {k: clean_href(item.assets[k].get_absolute_href() or "") for k in keys},
         "processing_version": processor_version(item),
         "cloud_cover": cloud_cover(item),
+        "footprint": item.geometry,  # lon/lat GeoJSON; the scene's STAC item clips it to the cube
         "ingested_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "code_version": hyperkd.__version__,
         "parameters": params.as_record(),
@@ -203,6 +205,7 @@ def ingest_scene(
 
     An existing cube keeps its own grid; ``grid`` is only used to create one.
     """
+    check_output(cube_url, "cube", _source_roots([source]), storage_options)
     with CubeWriter(cube_url, storage_options, lock_timeout_s=lock_timeout_s) as writer:
         created = not writer.exists
         if created:
@@ -228,15 +231,9 @@ def region_grid(item: pystac.Item, source: Source, bbox_lonlat: Sequence[float] 
     return grid.crop((x0, y0, x1, y1))
 
 
-def _sources_by_collection(sources: Sequence[Source]) -> Callable[[pystac.Item], Source]:
-
-    def pick(item: pystac.Item) -> Source:
-        for s in sources:
-            if s.profile(item.collection_id) is not None:
-                return s
-        return sources[0]
-
-    return pick
+def _source_roots(sources: Sequence[Source]) -> list[str]:
+    """The folders (or URL prefixes) holding the static catalogs among ``sources``."""
+    return [s.url.rsplit("/", 1)[0] for s in sources if s.kind == "static" and "/" in s.url]
 
 
 @dataclass(frozen=True)
@@ -263,7 +260,10 @@ def plan_scenes(result: SearchResult, sources: Sequence[Source]) -> list[Planned
     for pairing in result.pairs:
         for h in pairing.hls_ids:
             pairs.setdefault(h, pairing.enmap_id)
-    source_of = _sources_by_collection(sources)
+
+    def source_of(item: pystac.Item) -> Source:
+        return result.source_of(item, sources)  # where it came from, never its collection id
+
     enmap = [PlannedScene(item, source_of(item)) for item in result.enmap]
     hls = [PlannedScene(h, source_of(h), pairs[h.id]) for h in result.hls if h.id in pairs]
     return [*enmap, *hls]
@@ -285,6 +285,8 @@ def ingest_region(
     """
     query = config.query
     resolved = tuple(sources) if sources is not None else tuple(map(resolve_source, query.sources))
+    # Never write a cube over, inside or around what is not a cube (a static catalog's folder).
+    check_output(config.out, "cube", _source_roots(resolved), config.storage_options)
     result = result if result is not None else search(query, sources=resolved)
     planned = plan_scenes(result, resolved)
     if not planned:

@@ -7,16 +7,21 @@
   (:func:`reading_href`); tokens are cached per storage account/container until shortly before
   they expire. Signed hrefs are never stored: provenance keeps :func:`clean_href`.
 
-Hosts, env names and the token endpoint come from the source's YAML. Every secret read here is
+Scope: a credential goes only to the hosts its source declares (``auth.hosts``) and only over
+https (:func:`credential_owner`); GDAL's own netrc lookup is off everywhere else, and the netrc
+it may use holds only the declared hosts' entries. Hosts, env names and the token endpoint
+come from the source's YAML. Every secret read here is
 registered with :func:`redact`, which scrubs it from any text.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import netrc
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -30,9 +35,16 @@ from hyperkd.pipeline.redaction import (
     strip_credentials,
 )
 from hyperkd.pipeline.stac.http import StacApiError, final_error, retrying_session
-from hyperkd.pipeline.stac.sources import Source
+from hyperkd.pipeline.stac.sources import Source, shipped_sources
 
-__all__ = ["clean_href", "gdal_env", "reading_href", "redact", "strip_credentials"]
+__all__ = [
+    "clean_href",
+    "credential_owner",
+    "gdal_env",
+    "reading_href",
+    "redact",
+    "strip_credentials",
+]
 
 log = redacted_logger(__name__)
 
@@ -73,51 +85,87 @@ def netrc_login(host: str) -> tuple[str, str] | None:
     return (login or "", password or "")
 
 
-def gdal_env(source: Source) -> dict[str, str]:
-    """GDAL/rasterio config options to read ``source``'s assets (``rasterio.Env(**env)``).
+def credential_owner(source: Source, href: str) -> Source | None:
+    """The source whose credentials may go with a read of ``href``, ``None`` for none.
+
+    Only https hrefs on a host the source declares (``auth.hosts`` in its YAML) qualify. A
+    static catalog has no credentials of its own: an https href on a host a shipped source
+    declares gets that source's credentials, because they belong to the host, not to whoever
+    named it. Plain http, loopback replays and undeclared hosts never get any.
+    """
+    parts = urlsplit(href)
+    if parts.scheme != "https":
+        return None
+    if source.auth is not None:
+        return source if source.serves(parts.hostname) else None
+    if source.kind == "static":
+        for shipped in shipped_sources():
+            if shipped.auth is not None and shipped.serves(parts.hostname):
+                return shipped
+    return None
+
+
+def gdal_env(source: Source, hrefs: Sequence[str] = ()) -> dict[str, str]:
+    """GDAL/rasterio config options to read ``hrefs`` of ``source`` (``rasterio.Env(**env)``).
+
+    GDAL's own netrc lookup is always off (``GDAL_HTTP_NETRC=NO``): it would send any host's
+    netrc password to that host. Credentials are added only when every href is https on a
+    host the source declares (:func:`credential_owner`); the netrc GDAL then sees holds only
+    those hosts' entries. Hrefs that mix credentialed and other hosts are refused.
 
     The result may contain a bearer token: pass it to GDAL, never log or store it (its
     ``repr`` hides the values). Raises ``ValueError`` naming what to set when the source needs
     credentials that are missing.
     """
-    env = SecretEnv(source.gdal)
-    if source.auth == "earthdata":
-        token = os.environ.get(source.token_env or "EARTHDATA_TOKEN", "").strip()
+    found = [credential_owner(source, h) for h in hrefs]
+    owners = {o.name if o else None: o for o in found}
+    if len(owners) > 1:
+        raise ValueError(
+            "one read mixes hosts that get credentials with hosts that do not: "
+            + ", ".join(sorted({urlsplit(h).hostname or h for h in map(clean_href, hrefs)}))
+        )
+    owner = next(iter(owners.values()), None)
+    env = SecretEnv({**(owner.gdal if owner else {}), **source.gdal, "GDAL_HTTP_NETRC": "NO"})
+    if owner is None:
+        return env
+    if owner.auth == "earthdata":
+        token = os.environ.get(owner.token_env or "EARTHDATA_TOKEN", "").strip()
         if token:
             register_secret(token)
             env.update(GDAL_HTTP_AUTH="BEARER", GDAL_HTTP_BEARER=token)
         else:
-            path = _require_netrc(source)
-            env.update(GDAL_HTTP_NETRC="YES", GDAL_HTTP_NETRC_FILE=str(path))
-        if source.cookies:
+            env.update(GDAL_HTTP_NETRC="YES", GDAL_HTTP_NETRC_FILE=str(_scoped_netrc(owner)))
+        if owner.cookies:
             cookies = _cookie_jar()
             env.update(GDAL_HTTP_COOKIEFILE=str(cookies), GDAL_HTTP_COOKIEJAR=str(cookies))
-    elif source.auth == "dlr":
-        path = _require_netrc(source)
-        env.update(GDAL_HTTP_NETRC="YES", GDAL_HTTP_NETRC_FILE=str(path))
+    elif owner.auth == "dlr":
+        env.update(GDAL_HTTP_NETRC="YES", GDAL_HTTP_NETRC_FILE=str(_scoped_netrc(owner)))
     return env
 
 
 def reading_href(href: str, source: Source) -> str:
     """The href to read right now: SAS-signed for Planetary Computer blobs, else unchanged.
 
-    Any query string already on a blob href is dropped first: an old signature would not be
-    refreshed (planetary-computer-sdk-for-python #65). Call this just before each read and
-    never keep the result.
+    Only https hrefs on a declared blob host are signed (:func:`credential_owner`). Any query
+    string already on a blob href is dropped first: an old signature would not be refreshed
+    (planetary-computer-sdk-for-python #65). Call this just before each read and never keep
+    the result.
     """
-    signing = source.signing
+    owner = credential_owner(source, href)
+    signing = owner.signing if owner is not None else None
     if not signing or signing.get("kind") != "planetary-computer":
         return href
+    assert owner is not None
     parts = urlsplit(href)
     suffix = str(signing.get("blob_host_suffix", ".blob.core.windows.net"))
     host = parts.hostname or ""
-    if parts.scheme != "https" or not host.endswith(suffix):
-        return href  # local files and other hosts need no SAS token
+    if not host.endswith(suffix):
+        return href
     account = host.removesuffix(suffix)
     container = parts.path.lstrip("/").split("/", 1)[0]
     if not account or not container:
         raise ValueError(f"cannot sign {clean_href(href)}: no storage account/container in it")
-    token = _sas_token(source, account, container)
+    token = _sas_token(owner, account, container)
     return f"{clean_href(href)}?{token}"
 
 
@@ -168,6 +216,38 @@ def _parse_expiry(text: str) -> dt.datetime:
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
+def _scoped_netrc(source: Source) -> Path:
+    """A private netrc holding only the user's entries for ``source``'s credential hosts.
+
+    GDAL (libcurl) uses a netrc entry for whichever host it connects to, redirects included;
+    a copy limited to the declared hosts keeps every other password out of reach. The file
+    is 0600 in a 0700 folder of the user's cache, named by a hash of its content.
+    """
+    path = _require_netrc(source)
+    try:
+        hosts = netrc.netrc(str(path)).hosts
+    except (netrc.NetrcParseError, OSError) as exc:
+        raise ValueError(f"cannot read netrc file {path}: {redact(exc)}") from None
+    lines = []
+    for host, (login, _, password) in sorted(hosts.items()):
+        if source.serves(host):
+            register_secret(password)
+            lines.append(f"machine {host} login {login} password {password}\n")
+    text = "".join(lines)
+    folder = _cache_dir() / "netrc"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    scoped = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.netrc"
+    if not scoped.exists():
+        fd = os.open(
+            scoped.with_suffix(f".{os.getpid()}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+        )
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(scoped.with_suffix(f".{os.getpid()}"), scoped)
+    return scoped
+
+
 def _require_netrc(source: Source) -> Path:
     for host in source.netrc_hosts:
         if netrc_login(host) is not None:
@@ -182,11 +262,15 @@ def _require_netrc(source: Source) -> Path:
     )
 
 
-def _cookie_jar() -> Path:
-    """A private cookie file for GDAL's Earthdata redirect dance (created 0600)."""
+def _cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hyperkd"
     base.mkdir(parents=True, exist_ok=True)
-    path = base / "earthdata_cookies.txt"
+    return base
+
+
+def _cookie_jar() -> Path:
+    """A private cookie file for GDAL's Earthdata redirect dance (created 0600)."""
+    path = _cache_dir() / "earthdata_cookies.txt"
     if not path.exists():
         path.touch(mode=0o600)
     return path

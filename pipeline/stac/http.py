@@ -18,6 +18,7 @@ from http import HTTPStatus
 from typing import Any
 
 import requests
+import requests.auth
 from pystac.stac_io import DefaultStacIO
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
@@ -172,10 +173,37 @@ def make_retry(policy: RetryPolicy, report: RetryReport) -> LoggedRetry:
     )
 
 
+class _NoAuth(requests.auth.AuthBase):
+    """An explicit "no credentials": keeps ``requests`` from reading ``~/.netrc`` for a host."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+def without_netrc(session: requests.Session) -> requests.Session:
+    """``session`` that never sends netrc passwords, neither first nor after a redirect.
+
+    ``requests`` looks up ``~/.netrc`` for every host it is sent to (trust_env), so a catalog
+    naming a host in the user's netrc would receive that password. STAC search needs no
+    credentials; proxies from the environment still apply.
+    """
+    session.auth = _NoAuth()
+
+    def rebuild_auth(prepared: requests.PreparedRequest, response: requests.Response) -> None:
+        # requests' own version re-reads netrc for the redirect target; only strip here.
+        if "Authorization" in prepared.headers and session.should_strip_auth(
+            response.request.url, prepared.url
+        ):
+            del prepared.headers["Authorization"]
+
+    session.rebuild_auth = rebuild_auth  # type: ignore[method-assign]
+    return session
+
+
 def retrying_session(policy: RetryPolicy, label: str) -> tuple[requests.Session, RetryReport]:
-    """A ``requests`` session with the retry policy mounted for http and https."""
+    """A ``requests`` session (no netrc) with the retry policy mounted for http and https."""
     report = RetryReport(label=label)
-    session = requests.Session()
+    session = without_netrc(requests.Session())
     adapter = HTTPAdapter(max_retries=make_retry(policy, report))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -200,6 +228,7 @@ class RetryingStacApiIO(StacApiIO):
         self.policy = policy
         self.report = RetryReport(label=label)
         super().__init__(timeout=policy.timeout_s, max_retries=make_retry(policy, self.report))
+        without_netrc(self.session)
 
     def request(
         self,

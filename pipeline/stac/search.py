@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pystac
 from pystac_client import Client
@@ -23,10 +23,11 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
 from hyperkd.pipeline.redaction import clean_href, redact, redacted_logger, strip_credentials
+from hyperkd.pipeline.stac.hrefs import HrefPolicy
 from hyperkd.pipeline.stac.http import RetryingStacApiIO, RetryingStaticIO, StacApiError
 from hyperkd.pipeline.stac.items import cloud_cover, scene_datetime
 from hyperkd.pipeline.stac.regions import Region
-from hyperkd.pipeline.stac.sources import Source, resolve_source
+from hyperkd.pipeline.stac.sources import SensorProfile, Source, resolve_source, scene_collections
 
 log = redacted_logger(__name__)
 
@@ -43,6 +44,9 @@ class SearchQuery:
     max_cloud: float | None = None
     """Maximum cloud cover in percent; scenes that do not state it are kept."""
     pair_window_days: int = 10
+    allow_hrefs: tuple[str, ...] = ()
+    """``--allow-href`` globs: asset hrefs the user trusts beyond the default href policy
+    (:mod:`hyperkd.pipeline.stac.hrefs`)."""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -81,6 +85,19 @@ class SearchResult:
     enmap: tuple[pystac.Item, ...]
     hls: tuple[pystac.Item, ...]
     pairs: tuple[Pairing, ...]
+    origin: Mapping[str, str] = field(default_factory=dict)
+    """Item id -> name of the source it came from (``Source.name``). Reads are routed by
+    this, never by collection id: credentials follow the catalog that named the item."""
+
+    def source_of(self, item: pystac.Item, sources: Sequence[Source]) -> Source:
+        """The source ``item`` came from, among ``sources``; ``ValueError`` when unknown."""
+        name = self.origin.get(item.id)
+        if name is None and len(sources) == 1:
+            return sources[0]
+        for source in sources:
+            if source.name == name:
+                return source
+        raise ValueError(f"item {item.id}: no record of the source it came from")
 
     @property
     def items(self) -> tuple[pystac.Item, ...]:
@@ -100,16 +117,20 @@ def search(query: SearchQuery, *, sources: Sequence[Source] | None = None) -> Se
         tuple(sources) if sources is not None else tuple(resolve_source(s) for s in query.sources)
     )
     seen: dict[str, tuple[pystac.Item, str]] = {}
+    origin: dict[str, str] = {}
     for source in resolved:
         raw = _search_api(source, query) if source.kind == "api" else _walk_static(source, query)
         kept = _filter(raw, source, query)
         log.info("%s: %d scenes match", redact(source.name), len(kept))
         for item, sensor in kept:
-            seen.setdefault(item.id, (item, sensor))
+            if item.id not in seen:  # the first source to name an item keeps it
+                seen[item.id] = (item, sensor)
+                origin[item.id] = source.name
     ordered = sorted(seen.values(), key=lambda p: (scene_datetime(p[0]), p[0].id))
     enmap = tuple(item for item, sensor in ordered if sensor == "enmap")
     hls = tuple(item for item, sensor in ordered if sensor != "enmap")
-    return SearchResult(enmap=enmap, hls=hls, pairs=pair_scenes(enmap, hls, query.pair_window_days))
+    pairs = pair_scenes(enmap, hls, query.pair_window_days)
+    return SearchResult(enmap=enmap, hls=hls, pairs=pairs, origin=origin)
 
 
 def pair_scenes(
@@ -186,6 +207,9 @@ def _walk_static(source: Source, query: SearchQuery) -> list[pystac.Item]:
         raise ValueError(f"static catalog {redact(source.url)} is not JSON: {exc}") from None
     if doc.get("type") == "FeatureCollection":
         collection = pystac.ItemCollection.from_dict(doc, preserve_dict=False)
+        for item in collection.items:  # relative hrefs are relative to the file, not to cwd
+            for asset in item.assets.values():
+                asset.href = pystac.utils.make_absolute_href(asset.href, source.url)
         return list(collection.items)
     try:
         root = pystac.read_dict(doc, href=source.url, stac_io=io)
@@ -209,10 +233,13 @@ def _filter(
     """Items that are scenes we read and match the region, dates and cloud limit."""
     region = query.region.shape
     t0, t1 = query.time_range
+    policy = HrefPolicy.for_catalog(
+        source.url if source.kind == "static" else None, query.allow_hrefs
+    )
     kept: list[tuple[pystac.Item, str]] = []
     dropped: dict[str, int] = {}
     for item in items:
-        profile = source.profile(item.collection_id)
+        profile = next(filter(None, map(source.profile, scene_collections(item))), None)
         if profile is None:
             reason = "not an EnMAP L2A/HLS collection"
         elif not t0 <= scene_datetime(item) <= t1:
@@ -222,6 +249,7 @@ def _filter(
         elif query.max_cloud is not None and (cloud_cover(item, profile) or 0.0) > query.max_cloud:
             reason = "too cloudy"
         else:
+            policy.check(item.id, _read_hrefs(item, profile))  # refuses the run, one line
             _strip_asset_credentials(item)
             kept.append((item, profile.sensor))
             continue
@@ -229,6 +257,14 @@ def _filter(
     if dropped:
         log.debug("%s: dropped %s", redact(source.name), dropped)
     return kept
+
+
+def _read_hrefs(item: pystac.Item, profile: SensorProfile) -> list[str]:
+    """Absolute hrefs of the assets an ingest reads (bands and quality layers)."""
+    keys = [*profile.band_assets.values(), *profile.quality_assets]
+    return [
+        item.assets[k].get_absolute_href() or item.assets[k].href for k in keys if k in item.assets
+    ]
 
 
 def _footprint(item: pystac.Item) -> BaseGeometry:

@@ -22,6 +22,7 @@ import yaml
 
 from hyperkd.catalogs import resource
 from hyperkd.pipeline.sensors import enmap_table, hls_sensor
+from hyperkd.pipeline.stac.publish import SOURCE_COLLECTION
 
 SENSORS = ("enmap", "hls-l30", "hls-s30")
 AUTH_KINDS = ("earthdata", "dlr", "planetary-computer")
@@ -102,6 +103,11 @@ class Source:
     auth: str | None = None
     """``"earthdata"``, ``"dlr"``, ``"planetary-computer"`` or ``None``."""
     netrc_hosts: tuple[str, ...] = ()
+    credential_hosts: tuple[str, ...] = ()
+    """Hosts this source's credentials (bearer token, netrc, SAS) may be sent to, over https
+    only. ``.example.org`` matches every subdomain of example.org."""
+    asset_hosts: tuple[str, ...] = ()
+    """Hosts whose assets are read without ``--allow-href`` (same matching)."""
     token_env: str | None = None
     cookies: bool = False
     signing: Mapping[str, Any] | None = None
@@ -117,12 +123,28 @@ class Source:
     def sends_cloud_query(self) -> bool:
         return self.cloud_filter == "query"
 
+    def serves(self, host: str | None) -> bool:
+        """True when ``host`` is one of :attr:`credential_hosts`."""
+        return host_matches(host, self.credential_hosts)
+
     def profile(self, collection: str | None) -> SensorProfile | None:
         """The profile for a collection id (or alias), ``None`` for anything else."""
         for p in self.profiles:
             if collection in p.ids:
                 return p
         return None
+
+
+def host_matches(host: str | None, patterns: tuple[str, ...]) -> bool:
+    """``host`` equals a pattern, or ends with one that starts with ``.`` (case-insensitive)."""
+    if not host:
+        return False
+    host = host.lower().rstrip(".")
+    for pattern in patterns:
+        p = pattern.lower()
+        if host == p or (p.startswith(".") and host.endswith(p)):
+            return True
+    return False
 
 
 def source_names() -> tuple[str, ...]:
@@ -191,11 +213,28 @@ def known_profiles() -> tuple[SensorProfile, ...]:
     return tuple(p for n in source_names() for p in load_source(n).profiles)
 
 
+def shipped_sources() -> tuple[Source, ...]:
+    """Every shipped API source (``catalogs/sources/*.yaml``)."""
+    return tuple(load_source(n) for n in source_names())
+
+
+def declared_asset_hosts() -> tuple[str, ...]:
+    """The asset hosts every shipped source declares (href policy: read without ``--allow-href``)."""
+    return tuple(h for s in shipped_sources() for h in s.asset_hosts)
+
+
+def scene_collections(item: pystac.Item) -> tuple[str | None, ...]:
+    """The collection ids an item is a scene of: its own, then for a scene of a hyperkd cube
+    (``<cube>/items/*.json``) the collection it was ingested from."""
+    return (item.collection_id, item.properties.get(SOURCE_COLLECTION))
+
+
 def profile_of(item: pystac.Item) -> SensorProfile | None:
     """The sensor profile for an item's collection id, ``None`` when it is not a scene we read."""
-    for p in known_profiles():
-        if item.collection_id in p.ids:
-            return p
+    for collection in scene_collections(item):
+        for p in known_profiles():
+            if collection in p.ids:
+                return p
     return None
 
 
@@ -228,6 +267,12 @@ def _source_from_dict(raw: Mapping[str, Any]) -> Source:
     auth_kind = auth.get("kind")
     if auth_kind is not None and auth_kind not in AUTH_KINDS:
         raise ValueError(f"source {raw['name']}: auth kind {auth_kind!r} not in {AUTH_KINDS}")
+    credential_hosts = tuple(str(h) for h in auth.get("hosts") or ())
+    netrc_hosts = tuple(str(h) for h in auth.get("netrc_hosts") or ())
+    if auth_kind is not None and not credential_hosts:
+        raise ValueError(f"source {raw['name']}: auth needs 'hosts', where its credentials go")
+    if not set(netrc_hosts) <= set(credential_hosts):
+        raise ValueError(f"source {raw['name']}: every auth netrc_hosts entry must be in hosts")
     retry = raw.get("retry") or {}
     profiles = tuple(_profile_from_dict(c) for c in raw["collections"])
     return Source(
@@ -241,7 +286,9 @@ def _source_from_dict(raw: Mapping[str, Any]) -> Source:
         page_size=int(raw.get("page_size", 100)),
         cloud_filter=cloud_filter,
         auth=auth_kind,
-        netrc_hosts=tuple(auth.get("netrc_hosts", ())),
+        netrc_hosts=netrc_hosts,
+        credential_hosts=credential_hosts,
+        asset_hosts=tuple(str(h) for h in raw.get("asset_hosts") or ()),
         token_env=auth.get("token_env"),
         cookies=bool(auth.get("cookies", False)),
         signing=dict(raw["signing"]) if raw.get("signing") else None,
