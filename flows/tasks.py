@@ -127,6 +127,26 @@ def build_tiles(
     return TileRecord(out, summary.n_tiles, dict(summary.splits), key)
 
 
+@task(cache_policy=CACHE, persist_result=True)
+def preprocess_cube(
+    cube: str, cube_fingerprint: str, patch_size: int, dask_address: str | None
+) -> dict[str, Any]:
+    """Store teacher bands and the significance maps for ``patch_size`` in ``cube`` (the one
+    step that writes them; ``build_tiles`` only reads). Returns the run's summary."""
+    from dataclasses import replace
+
+    from hyperkd.pipeline.features.preprocess import PreprocessConfig, summary_dict
+    from hyperkd.pipeline.features.preprocess import preprocess_cube as preprocess
+
+    cfg = PreprocessConfig()
+    cfg = replace(cfg, significance=replace(cfg.significance, patch_size=patch_size))
+    if dask_address == "local":
+        cfg = replace(cfg, scheduler="local")
+    elif dask_address is not None:
+        cfg = replace(cfg, dask_address=dask_address)
+    return summary_dict(preprocess(cube, cfg)) | {"fingerprint": cube_fingerprint}
+
+
 def _progress(key: str, total: int):
     artifact = create_progress_artifact(progress=0.0, key=key, description=f"{key}: {total} steps")
 

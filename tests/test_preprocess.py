@@ -23,6 +23,7 @@ from hyperkd.pipeline.features.preprocess import (
     PreprocessConfig,
     open_enmap,
     preprocess_cube,
+    product_names,
 )
 from hyperkd.pipeline.features.significance import (
     SignificanceConfig,
@@ -85,10 +86,11 @@ def cube(tmp_path: Path) -> str:
 
 
 FAST = PreprocessConfig(significance=SignificanceConfig(chunk_px=48))
+MAPS = ("significance_gabor_p16", "significance_wavelet_p16")
 
 
 def _stored(url: str) -> xr.Dataset:
-    return open_enmap(url)[["teacher_bands", "significance_gabor", "significance_wavelet"]].load()
+    return open_enmap(url)[["teacher_bands", *MAPS]].load()
 
 
 def test_preprocess_stores_what_the_functions_compute(cube: str) -> None:
@@ -110,9 +112,10 @@ def test_preprocess_stores_what_the_functions_compute(cube: str) -> None:
         "swir2",
     ]
     maps = significance_maps(raw["teacher_bands"], raw["valid"], FAST.significance).compute()
-    for var in ("significance_gabor", "significance_wavelet"):
+    for var in MAPS:
         assert stored[var].shape == (2, SIZE // 16, SIZE // 16)
-        np.testing.assert_allclose(stored[var].values, maps[var].values, rtol=1e-6)
+        computed = maps[var.removesuffix("_p16")].values
+        np.testing.assert_allclose(stored[var].values, computed, rtol=1e-6)
         assert np.isfinite(stored[var].values).all() and (stored[var].values >= 0).all()
     # The public opener (CF-decoded) sees reflectance units and teacher nodata as NaN.
     enmap = open_cube(cube)["enmap"].ds
@@ -137,15 +140,19 @@ def test_rerun_skips_and_new_scenes_only_are_computed(cube: str) -> None:
     np.testing.assert_array_equal(
         stored["teacher_bands"].values[2], teacher_bands(raw["reflectance"]).values[2]
     )
-    assert np.isfinite(stored["significance_gabor"].values[2]).all()
-    assert stored["significance_gabor"].values[2].max() > 0
+    assert np.isfinite(stored[MAPS[0]].values[2]).all()
+    assert stored[MAPS[0]].values[2].max() > 0
     # Other significance parameters: teacher bands are kept, both maps are recomputed.
     other = PreprocessConfig(
         significance=SignificanceConfig(chunk_px=48, wavelet=WaveletConfig(levels=1))
     )
     changed = preprocess_cube(cube, other)
     assert changed.teacher_computed == () and changed.significance_computed == grown.scenes
-    assert '"levels": 1' in open_enmap(cube)["significance_wavelet"].attrs[PARAMS_ATTR]
+    # ... stored beside the default filter bank's maps, under names keyed by the parameters.
+    wavelet = product_names(other).wavelet
+    assert wavelet.startswith("significance_wavelet_p16_") and wavelet != MAPS[1]
+    assert '"levels": 1' in open_enmap(cube)[wavelet].attrs[PARAMS_ATTR]
+    np.testing.assert_array_equal(_stored(cube)[MAPS[1]].values, stored[MAPS[1]].values)
     # A different chunking is not a different parameter: results do not depend on it.
     assert preprocess_cube(
         cube,
@@ -180,7 +187,7 @@ def test_threaded_and_local_cluster_store_the_same_result(cube: str, tmp_path: P
     a, b, c = _stored(cube), _stored(twin), _stored(third)
     np.testing.assert_array_equal(a["teacher_bands"].values, b["teacher_bands"].values)
     np.testing.assert_array_equal(a["teacher_bands"].values, c["teacher_bands"].values)
-    for var in ("significance_gabor", "significance_wavelet"):
+    for var in MAPS:
         np.testing.assert_allclose(a[var].values, b[var].values, rtol=1e-5)
         np.testing.assert_allclose(a[var].values, c[var].values, rtol=1e-5)
 
@@ -192,9 +199,11 @@ def test_srf_aggregation_with_a_tabulated_response(cube: str, sample_data: Path)
     )
     preprocess_cube(cube, cfg)
     enmap = open_enmap(cube)
-    assert '"sha256"' in enmap["teacher_bands"].attrs[PARAMS_ATTR]
+    name = product_names(cfg).teacher
+    assert name.startswith("teacher_bands_") and "teacher_bands" not in enmap
+    assert '"sha256"' in enmap[name].attrs[PARAMS_ATTR]
     mean = teacher_bands(enmap["reflectance"]).values.astype(float)
-    got = enmap["teacher_bands"].values.astype(float)
+    got = enmap[name].values.astype(float)
     ok = (got != -9999) & (mean != -9999)
     # Different weights, same surface: close but not identical.
     assert not np.array_equal(got, mean)
@@ -213,3 +222,40 @@ def test_bad_input_is_refused(tmp_path: Path, cube: str) -> None:
             cube, PreprocessConfig(dask_address="tcp://127.0.0.1:9", connect_timeout_s=2)
         )
     assert "teacher_bands" not in open_enmap(cube)  # nothing half-written
+
+
+def test_patch_sizes_live_side_by_side_on_their_own_georeferenced_grids(cube: str) -> None:
+    """`hyperkd preprocess` at patch 8 and 16: both sets stored, each on a patch grid that
+    rioxarray reads as cells of 8 or 16 pixels covering the cube's bounds."""
+    import rioxarray  # noqa: F401
+
+    from hyperkd.cli import main
+
+    assert main(["preprocess", "--cube", cube, "--patch-size", "8"]) == 0
+    first = open_enmap(cube)["significance_gabor_p8"].values
+    assert main(["preprocess", "--cube", cube, "--patch-size", "16"]) == 0
+    enmap = open_cube(cube)["enmap"].ds
+    np.testing.assert_array_equal(enmap["significance_gabor_p8"].values, first)  # kept
+    assert enmap["teacher_bands"].attrs["units"] == "1"  # decoded: reflectance
+    bounds = enmap["reflectance"].rio.bounds()
+    for patch in (8, 16):
+        for kind in ("gabor", "wavelet"):
+            var = enmap[f"significance_{kind}_p{patch}"]
+            assert var.dims == ("time", f"y_p{patch}", f"x_p{patch}")
+            assert var.shape == (2, SIZE // patch, SIZE // patch)
+            assert var.rio.resolution() == (30.0 * patch, -30.0 * patch)
+            assert var.rio.bounds() == pytest.approx(bounds)
+    x = enmap["x_p16"].values
+    np.testing.assert_allclose(x[0], enmap["x"].values[:16].mean())  # patch centres
+    assert verify_cube(cube) == []
+
+
+def test_preprocess_cli_bad_input_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from hyperkd.cli import main
+
+    assert main(["preprocess", "--cube", str(tmp_path / "none.zarr")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no hyperkd cube" in err
+    assert not (tmp_path / "none.zarr").exists()

@@ -272,10 +272,12 @@ def test_bad_input_fails_with_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_demo_cube_to_tile_store_via_the_cli(tmp_path: Path) -> None:
-    """Scene factory -> cube -> ``hyperkd tiles`` (preprocess runs on the way) -> verify_tiles."""
+    """Scene factory -> cube -> ``hyperkd tiles`` (teacher bands and maps computed on the way,
+    the cube left byte-identical) -> verify_tiles."""
     from tile_helpers import factory_cube
 
     from hyperkd.cli import main
+    from hyperkd.pipeline.features.aggregate import teacher_bands
     from hyperkd.pipeline.features.preprocess import open_enmap
     from hyperkd.pipeline.synthetic import RegionSpec, write_region
 
@@ -292,10 +294,13 @@ def test_demo_cube_to_tile_store_via_the_cli(tmp_path: Path) -> None:
         "--labels",
         f"soc={truth['soc']}",
     ]
+    before = {f: f.read_bytes() for f in sorted(Path(cube).rglob("*")) if f.is_file()}
     assert main(argv) == 0
     assert verify_tiles(out) == []
+    assert {f: f.read_bytes() for f in sorted(Path(cube).rglob("*")) if f.is_file()} == before
     enmap = open_enmap(cube)
-    assert "teacher_bands" in enmap and "significance_gabor" in enmap  # preprocess ran first
+    assert "teacher_bands" not in enmap  # readers never write
+    teacher = teacher_bands(enmap["reflectance"])
     root = zarr.open_group(out, mode="r")
     assert root["student"].shape[1:] == (218, 32, 32)
     with rasterio.open(truth["landcover"]) as src:
@@ -306,7 +311,7 @@ def test_demo_cube_to_tile_store_via_the_cli(tmp_path: Path) -> None:
     scene = str(root["index/scene"][t])
     time_index = [str(s) for s in enmap.scene_id.values].index(scene)
     np.testing.assert_array_equal(
-        root["teacher"][t], enmap.teacher_bands[time_index, :, y : y + 32, x : x + 32].values
+        root["teacher"][t], teacher[time_index, :, y : y + 32, x : x + 32].values
     )
     stamp = (Path(out) / "zarr.json").stat().st_mtime_ns
     assert main(argv) == 0  # second run: a no-op

@@ -18,6 +18,7 @@ from hyperkd import __version__
 COMMAND_MODULES = (
     "hyperkd.cli.data",
     "hyperkd.cli.stac",
+    "hyperkd.cli.preprocess",
     "hyperkd.cli.tiles",
     "hyperkd.cli.ingest",
     "hyperkd.cli.train",

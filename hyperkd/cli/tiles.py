@@ -1,7 +1,9 @@
 """``hyperkd tiles``: cut a cube into the training-ready tile store (docs/tiles.md).
 
-Runs preprocess first when the cube lacks teacher bands or significance maps. Credentials for
-object stores come from the environment (``AWS_*``), never from the command line.
+Only reads the cube: when it lacks teacher bands or significance maps for the patch size, they
+are computed on the fly into the tile store (``hyperkd preprocess`` stores them in the cube).
+Credentials for object stores come from the environment (``AWS_*``), never from the command
+line.
 """
 
 from __future__ import annotations

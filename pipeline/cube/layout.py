@@ -91,6 +91,16 @@ class Grid:
             (row1 - row0, col1 - col0),
         )
 
+    def patch_grid(self, patch: int) -> Grid:
+        """The grid of ``patch x patch`` pixel cells with the same origin (edge cells partial).
+
+        Cell ``(i, j)`` covers pixels ``[patch i, patch i + patch) x [patch j, patch j +
+        patch)``; its shape is ``ceil(shape / patch)``.
+        """
+        a, _, c, _, e, f = self.transform
+        shape = (-(-self.shape[0] // patch), -(-self.shape[1] // patch))
+        return Grid(self.crs, (a * patch, 0.0, c, 0.0, e * patch, f), shape)
+
     def geobox(self) -> Any:
         """This grid as an ``odc.geo`` GeoBox (for ``odc.stac.load(geobox=...)``)."""
         from affine import Affine

@@ -1,18 +1,26 @@
 """Preprocess a cube: teacher bands and significance maps, computed with dask and stored.
 
-``preprocess_cube(url, cfg)`` adds to the cube's ``enmap`` group (docs/cube.md):
+Preprocess is the only step that writes them: ``preprocess_cube(url, cfg)`` adds to the cube's
+``enmap`` group (docs/cube.md "Preprocess products"), keyed by the parameters, so products of
+several parameter sets live side by side:
 
-- ``teacher_bands (time, teacher_band, y, x)`` int16 reflectance x 10000, nodata -9999
-  (:func:`hyperkd.pipeline.features.aggregate.teacher_bands`);
-- ``significance_gabor``/``significance_wavelet (time, py, px)`` float32
-  (:func:`hyperkd.pipeline.features.significance.significance_maps`), computed from the *stored* teacher
-  bands, so the expensive 224-band read happens once.
+- ``teacher_bands (time, teacher_band, y, x)`` int16 reflectance x 10000 (CF-decoded: units
+  ``1``), nodata -9999 (:func:`hyperkd.pipeline.features.aggregate.teacher_bands`); another
+  aggregation is stored as ``teacher_bands_<hash>``;
+- ``significance_gabor_p<P>``/``significance_wavelet_p<P> (time, y_p<P>, x_p<P>)`` float32 on
+  the patch grid of patch size ``P`` (:func:`hyperkd.pipeline.features.significance.significance_maps`),
+  with patch-centre coordinates ``y_p<P>``/``x_p<P>`` and their own grid mapping
+  ``spatial_ref_p<P>`` (cells of ``P`` pixels); another filter bank adds ``_<hash>`` to the
+  names. They are computed from the *stored* teacher bands, so the 224-band read happens once.
+
+Readers never write: :func:`products` computes the same variables in memory (``hyperkd
+tiles`` uses it on a cube that lacks them), and :func:`stored_products` finds them in a cube.
 
 Idempotent: each variable records its parameters (``hyperkd:preprocess``, JSON) and the scenes
 it holds (``hyperkd:preprocessed_scenes``). A rerun with the same parameters skips the done
-scenes (their stored values are carried over) and computes only new ones; other parameters
-recompute everything. Writes go through :func:`hyperkd.pipeline.cube.io.write_variables` (under the
-cube lock, committed by re-consolidating), so readers never see a half-written variable.
+scenes (their stored values are carried over) and computes only new ones. Writes go through
+:func:`hyperkd.pipeline.cube.io.write_variables` (under the cube lock, committed by
+re-consolidating), so readers never see a half-written variable.
 
 Schedulers: dask's threaded scheduler (default), the synchronous one, a ``LocalCluster``
 (``scheduler="local"``) or a running cluster (``dask_address="tcp://..."``); same result.
@@ -29,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import xarray as xr
 
 from hyperkd.pipeline.features.aggregate import srf_from_npz, teacher_bands
@@ -127,6 +136,139 @@ def open_enmap(url: str, storage_options: Mapping[str, Any] | None = None) -> xr
     )
 
 
+def _short(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class Products:
+    """Names of one parameter set's variables (and patch-grid dims) in the ``enmap`` group."""
+
+    teacher: str
+    gabor: str
+    wavelet: str
+    patch_size: int
+
+    @property
+    def y(self) -> str:
+        return f"y_p{self.patch_size}"
+
+    @property
+    def x(self) -> str:
+        return f"x_p{self.patch_size}"
+
+    @property
+    def grid_mapping(self) -> str:
+        return f"spatial_ref_p{self.patch_size}"
+
+    @property
+    def significance(self) -> tuple[str, str]:
+        return (self.gabor, self.wavelet)
+
+
+def _filter_bank(cfg: PreprocessConfig) -> str:
+    """The significance parameters except the patch size (which keys the grid)."""
+    params = json.loads(cfg.significance_params())
+    params["significance"].pop("patch_size")
+    return json.dumps(params, sort_keys=True)
+
+
+def product_names(cfg: PreprocessConfig) -> Products:
+    """Where ``cfg``'s products live: the default parameters get the plain names
+    (``teacher_bands``, ``significance_gabor_p16``), others a short hash of what differs."""
+    default = PreprocessConfig()
+    agg = cfg.aggregation_params()
+    teacher = TEACHER_VAR if agg == default.aggregation_params() else f"{TEACHER_VAR}_{_short(agg)}"
+    patch = cfg.significance.patch_size
+    bank = _filter_bank(cfg)
+    suffix = f"p{patch}" if bank == _filter_bank(default) else f"p{patch}_{_short(bank)}"
+    gabor, wavelet = (f"{name}_{suffix}" for name in SIGNIFICANCE_VARS)
+    return Products(teacher, gabor, wavelet, patch)
+
+
+def _patch_coords(enmap: xr.Dataset, names: Products) -> dict[str, xr.DataArray]:
+    """Patch-centre ``y_p<P>``/``x_p<P>`` (metres) and the patch grid's own grid mapping."""
+    from hyperkd.pipeline.cube.layout import Grid
+
+    grid = Grid.from_geozarr(enmap.attrs).patch_grid(names.patch_size)
+    axis = {"units": "metre", "long_name": f"centre of a {names.patch_size} px patch"}
+    return {
+        names.y: xr.DataArray(
+            grid.y,
+            dims=names.y,
+            attrs=axis | {"standard_name": "projection_y_coordinate", "axis": "Y"},
+        ),
+        names.x: xr.DataArray(
+            grid.x,
+            dims=names.x,
+            attrs=axis | {"standard_name": "projection_x_coordinate", "axis": "X"},
+        ),
+        names.grid_mapping: xr.DataArray(np.int64(0), attrs=grid.spatial_ref_attrs()),
+    }
+
+
+def products(
+    enmap: xr.Dataset,
+    cfg: PreprocessConfig = PreprocessConfig(),
+    *,
+    teacher: xr.DataArray | None = None,
+) -> xr.Dataset:
+    """The teacher bands and both significance maps of every scene, lazily, on the patch grid.
+
+    ``enmap``: the cube's ``enmap`` group as :func:`open_enmap` gives it (raw int16).
+    ``teacher``: already computed teacher bands to start from (else aggregated here). Names
+    are :func:`product_names`; nothing is written anywhere.
+    """
+    names = product_names(cfg)
+    srf = srf_from_npz(cfg.srf_file) if cfg.srf_file is not None else None
+    if teacher is None:
+        teacher = teacher_bands(enmap["reflectance"], method=cfg.aggregation, srf=srf)
+    teacher = teacher.assign_attrs(units="1")  # CF-decoded with scale_factor 1e-4: reflectance
+    maps = significance_maps(
+        teacher,
+        enmap["valid"],
+        cfg.significance,
+        reflectance=enmap["reflectance"] if cfg.significance.input != "teacher" else None,
+    ).rename({"py": names.y, "px": names.x})
+    coords = _patch_coords(enmap, names)
+    out = xr.Dataset({names.teacher: teacher})
+    for old, new in zip(SIGNIFICANCE_VARS, names.significance, strict=True):
+        var = (
+            maps[old]
+            .drop_vars([names.y, names.x])
+            .assign_coords({k: coords[k] for k in (names.y, names.x)})
+        )
+        var.attrs |= {"grid_mapping": names.grid_mapping, "coordinates": names.grid_mapping}
+        out[new] = var
+    return out.assign_coords({names.grid_mapping: coords[names.grid_mapping]})
+
+
+def stored_products(
+    enmap: xr.Dataset, cfg: PreprocessConfig = PreprocessConfig()
+) -> xr.Dataset | None:
+    """``cfg``'s stored products when they hold every scene of ``enmap`` with ``cfg``'s
+    parameters, else None. Cubes of layout 1 keep their one unkeyed set (``significance_gabor``
+    on ``py``/``px``): it is used when its parameters are ``cfg``'s."""
+    names = product_names(cfg)
+    scenes = {str(s) for s in np.atleast_1d(enmap["scene_id"].values)}
+    agg, sig = cfg.aggregation_params(), cfg.significance_params()
+    wanted = {names.teacher: agg, names.gabor: sig, names.wavelet: sig}
+    legacy = dict(zip(SIGNIFICANCE_VARS, names.significance, strict=True))
+    for old, new in legacy.items():
+        if (
+            new not in enmap
+            and enmap.get(old) is not None
+            and enmap[old].attrs.get(PARAMS_ATTR) == sig
+        ):
+            enmap = enmap.rename({old: new}).rename_dims({"py": names.y, "px": names.x})
+    for name, params in wanted.items():
+        if name not in enmap or enmap[name].attrs.get(PARAMS_ATTR) != params:
+            return None
+        if not scenes <= set(enmap[name].attrs.get(SCENES_ATTR, [])):
+            return None
+    return enmap[list(wanted)]
+
+
 def _done(
     ds: xr.Dataset, names: tuple[str, ...], params: str, like: Mapping[str, xr.DataArray]
 ) -> set[str]:
@@ -170,7 +312,8 @@ def _write(
 
     out = xr.Dataset()
     for name, arr in arrays.items():
-        arr = arr.drop_vars([c for c in arr.coords if c not in arr.dims])
+        keep = set(arr.dims) | {arr.attrs.get("grid_mapping")}
+        arr = arr.drop_vars([c for c in arr.coords if c not in keep])
         arr.attrs = {**arr.attrs, PARAMS_ATTR: params, SCENES_ATTR: list(scenes)}
         out[name] = arr
     return write_variables(url, "enmap", out, so)
@@ -225,38 +368,36 @@ def preprocess_cube(
     *,
     storage_options: Mapping[str, Any] | None = None,
 ) -> PreprocessSummary:
-    """Compute and store teacher bands and significance maps for every EnMAP scene of a cube."""
+    """Compute and store teacher bands and significance maps for every EnMAP scene of a cube
+    (the names are :func:`product_names` of ``cfg``; other parameter sets are left alone)."""
     start = time.perf_counter()
     agg_params, sig_params = cfg.aggregation_params(), cfg.significance_params()
-    srf = srf_from_npz(cfg.srf_file) if cfg.srf_file is not None else None
+    names = product_names(cfg)
     enmap = open_enmap(cube_url, storage_options)
     scene_ids = [str(s) for s in enmap["scene_id"].values]
     written: list[str] = []
     with dask_scheduler(cfg) as scheduler:
         if not scene_ids:
             return PreprocessSummary((), (), (), (), time.perf_counter() - start, scheduler)
-        fresh = teacher_bands(enmap["reflectance"], method=cfg.aggregation, srf=srf)
-        done = _done(enmap, (TEACHER_VAR,), agg_params, {TEACHER_VAR: fresh})
+        fresh = products(enmap, cfg)[names.teacher]
+        done = _done(enmap, (names.teacher,), agg_params, {names.teacher: fresh})
         teacher_todo = tuple(s for s in scene_ids if s not in done)
         if teacher_todo:
-            merged = _merge(enmap, fresh, TEACHER_VAR, scene_ids, done)
+            merged = _merge(enmap, fresh, names.teacher, scene_ids, done)
             written += _write(
-                cube_url, storage_options, {TEACHER_VAR: merged}, agg_params, scene_ids
+                cube_url, storage_options, {names.teacher: merged}, agg_params, scene_ids
             )
             enmap = open_enmap(cube_url, storage_options)
         # Significance from the stored teacher bands: a 6-band read instead of 224 bands.
-        maps = significance_maps(
-            enmap[TEACHER_VAR],
-            enmap["valid"],
-            cfg.significance,
-            reflectance=enmap["reflectance"] if cfg.significance.input != "teacher" else None,
-        )
-        like = {n: maps[n] for n in SIGNIFICANCE_VARS}
+        maps = products(enmap, cfg, teacher=enmap[names.teacher])
+        like = {n: maps[n] for n in names.significance}
         # Scenes whose teacher bands were just recomputed need new maps too.
-        done = _done(enmap, SIGNIFICANCE_VARS, sig_params, like) - set(teacher_todo)
+        done = _done(enmap, names.significance, sig_params, like) - set(teacher_todo)
         sig_todo = tuple(s for s in scene_ids if s not in done)
         if sig_todo:
-            merged_maps = {n: _merge(enmap, maps[n], n, scene_ids, done) for n in SIGNIFICANCE_VARS}
+            merged_maps = {
+                n: _merge(enmap, maps[n], n, scene_ids, done) for n in names.significance
+            }
             # Both maps come from one fused filter pass; computing them together (they are
             # small: one value per patch) runs that pass once instead of once per variable.
             merged_maps = dict(xr.Dataset(merged_maps).compute().data_vars)
@@ -279,8 +420,12 @@ def summary_dict(summary: PreprocessSummary) -> dict[str, Any]:
 __all__ = [
     "PreprocessConfig",
     "PreprocessSummary",
+    "Products",
     "dask_scheduler",
     "open_enmap",
     "preprocess_cube",
+    "product_names",
+    "products",
+    "stored_products",
     "summary_dict",
 ]

@@ -315,17 +315,35 @@ def write_tile_store(
     return TileSummary(out_url, n, splits, dropped, False, params, seconds)
 
 
-def _needs_preprocess(enmap: xr.Dataset, patch_size: int) -> bool:
-    """True when a scene lacks teacher bands or significance maps for ``patch_size``."""
-    from hyperkd.pipeline.features.preprocess import SCENES_ATTR
+def _scenes_with_products(enmap: xr.Dataset, pcfg: Any) -> list[xr.Dataset]:
+    """The cube's scenes with teacher bands and significance maps under the names the tile
+    writer reads: the cube's stored ones when it has them for ``pcfg``, else computed here, in
+    memory (the cube is only read)."""
+    from hyperkd.pipeline.features.preprocess import product_names, products, stored_products
 
-    names = ("teacher_bands", "significance_gabor", "significance_wavelet")
-    if any(v not in enmap for v in names):
-        return True
-    scenes = {str(s) for s in np.atleast_1d(enmap["scene_id"].values)}
-    if any(not scenes <= set(enmap[v].attrs.get(SCENES_ATTR, [])) for v in names):
-        return True
-    return int(enmap["significance_gabor"].attrs.get("patch_size", patch_size)) != patch_size
+    names = product_names(pcfg)
+    found = stored_products(enmap, pcfg)
+    if found is None:
+        _log.info(
+            "cube lacks teacher bands or significance maps for patch size %d; computing them "
+            "for the tile store (run `hyperkd preprocess` to store them in the cube)",
+            names.patch_size,
+        )
+        stored = enmap.get(names.teacher)
+        scenes = {str(s) for s in np.atleast_1d(enmap["scene_id"].values)}
+        reuse = stored is not None and scenes <= set(
+            stored.attrs.get("hyperkd:preprocessed_scenes", [])
+        )
+        found = products(enmap, pcfg, teacher=stored if reuse else None)
+        sig = list(names.significance)
+        found = found.assign({k: v for k, v in found[sig].compute().data_vars.items()})
+    rename = {names.teacher: "teacher_bands", names.gabor: "significance_gabor"}
+    rename[names.wavelet] = "significance_wavelet"
+    keep = ["reflectance", "valid", *(c for c in ("cloud",) if c in enmap)]
+    # The patch grid keeps its own dims; the writer cuts maps by their last two dims.
+    merged = enmap[keep].assign({new: found[old] for old, new in rename.items()})
+    merged = merged.drop_vars(names.grid_mapping, errors="ignore")  # one grid mapping: the cube's
+    return [merged.isel(time=t) for t in range(enmap.sizes["time"])]
 
 
 def build_tiles(
@@ -340,19 +358,15 @@ def build_tiles(
 ) -> TileSummary:
     """Tile every EnMAP scene of the cube at ``cube_url`` into a store at ``out_url``.
 
-    When a scene lacks ``teacher_bands`` or significance maps (for ``cfg.patch_size``), the
-    default preprocess runs first, on the same dask scheduler. ``dask_address``: a running
-    scheduler (``tcp://...``), ``"local"`` for a LocalCluster, or ``None`` for dask's
+    Reads the cube only: when it lacks teacher bands or significance maps for
+    ``cfg.patch_size`` (default preprocess parameters), they are computed in memory on the same
+    dask scheduler and go into the tile store; the cube is never written. ``dask_address``: a
+    running scheduler (``tcp://...``), ``"local"`` for a LocalCluster, or ``None`` for dask's
     threads. ``storage_options`` serve both the cube and the output URL.
     """
     from dataclasses import replace
 
-    from hyperkd.pipeline.features.preprocess import (
-        PreprocessConfig,
-        dask_scheduler,
-        open_enmap,
-        preprocess_cube,
-    )
+    from hyperkd.pipeline.features.preprocess import PreprocessConfig, dask_scheduler, open_enmap
     from hyperkd.pipeline.features.significance import SignificanceConfig
 
     sig = replace(SignificanceConfig(), patch_size=cfg.patch_size)
@@ -365,18 +379,14 @@ def build_tiles(
     enmap = open_enmap(cube_url, storage_options)
     if enmap.sizes.get("time", 0) == 0:
         raise ValueError(f"cube {clean_href(cube_url)} holds no EnMAP scene to tile")
-    if _needs_preprocess(enmap, cfg.patch_size):
-        _log.info("cube lacks teacher bands or significance maps; running preprocess first")
-        preprocess_cube(cube_url, pcfg, storage_options=storage_options)
-        enmap = open_enmap(cube_url, storage_options)
     # The cube's root document (consolidated metadata, scene records, preprocess parameters)
     # identifies the inputs: a new scene or a re-run preprocess changes it.
     root_doc = CubeStore(cube_url, storage_options).read_bytes("zarr.json") or b""
     token = hashlib.sha256(root_doc).hexdigest()
     small = [c for c in ("scene_id", "valid_band", "wavelength", "fwhm") if c in enmap.coords]
     enmap = enmap.assign_coords({c: enmap[c].load() for c in small})
-    scenes = [enmap.isel(time=t) for t in range(enmap.sizes["time"])]
     with dask_scheduler(pcfg):
+        scenes = _scenes_with_products(enmap, pcfg)
         return write_tile_store(
             scenes,
             out_url,

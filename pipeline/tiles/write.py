@@ -24,10 +24,12 @@ Progress = Callable[[int, int], None]
 def scene_grid(scene: xr.Dataset) -> Grid:
     import rioxarray  # noqa: F401  (registers the .rio accessor)
 
-    crs = scene.rio.crs
+    # The reflectance's grid mapping: the patch-grid maps carry their own.
+    refl = scene["reflectance"] if "reflectance" in scene else scene
+    crs = refl.rio.crs
     if crs is None:
         raise ValueError("scene has no CRS (expected a spatial_ref grid mapping)")
-    t = tuple(float(v) for v in tuple(scene.rio.transform(recalc=False))[:6])
+    t = tuple(float(v) for v in tuple(refl.rio.transform(recalc=False))[:6])
     return Grid(crs.to_wkt(), t, (int(scene.sizes["y"]), int(scene.sizes["x"])))  # type: ignore[arg-type]
 
 
