@@ -16,7 +16,8 @@ import socket
 import uuid
 from pathlib import Path
 
-from hyperkd.pipeline.store.location import pid_alive
+from hyperkd.pipeline.store.guard import OutputError, store_kind
+from hyperkd.pipeline.store.location import CubeStore, pid_alive
 
 __all__ = ["commit", "partial_path", "sweep_killed_partials"]
 
@@ -50,10 +51,21 @@ def sweep_killed_partials(target: Path) -> list[Path]:
     return removed
 
 
-def commit(partial: Path, target: Path) -> None:
-    """Rename the finished ``partial`` over ``target`` (the old store, if any, goes last)."""
+def commit(partial: Path, target: Path, kind: str) -> None:
+    """Rename the finished ``partial`` over ``target`` (the old store, if any, goes last).
+
+    ``target`` is replaced only when it holds a store of the same ``kind`` (or an empty
+    folder); anything else raises :class:`~hyperkd.pipeline.store.guard.OutputError` and
+    stays in place. Checked here again, at the last moment, as well as before the build.
+    """
     old = None
-    if target.exists():
+    if os.path.lexists(target):
+        found = store_kind(CubeStore(str(target))) if target.is_dir() else None
+        if found not in (kind, "empty"):
+            raise OutputError(
+                f"output {target} holds something other than a {kind} store; it was not "
+                "replaced (choose a new or empty path)"
+            )
         old = target.with_name(f"{target.name}.old-{uuid.uuid4().hex[:8]}")
         target.rename(old)
     partial.rename(target)
