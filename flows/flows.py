@@ -17,6 +17,7 @@ Output layout under ``<out>/<region>/`` (content-addressed where a parameter cha
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
@@ -36,8 +37,28 @@ def region_root(out: str, region: str) -> str:
     return f"{out.rstrip('/')}/{slug or 'region'}"
 
 
-def _unless_gone(task: Any, *outputs: str) -> Any:
-    """``task`` as is while every one of ``outputs`` exists, else one that ignores its cache.
+_STORAGE: ContextVar[tuple[Any, dict[str, Any]]] = ContextVar("hyperkd_storage")
+"""The running pipeline's result storage (Prefect block) and the outputs' storage options."""
+
+
+def result_storage(url: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """A Prefect result storage on any fsspec URL; a local path stays a ``LocalFileSystem``.
+
+    Task results (and the cache records keyed on them) live there, so every machine pointed at
+    the same URL shares one cache. Credentials come from the environment, never from here.
+    """
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    from hyperkd.pipeline.store.location import storage_options_for
+
+    if "://" not in url or url.startswith("file://"):
+        return LocalFileSystem(basepath=url.removeprefix("file://"))
+    return RemoteFileSystem(basepath=url, settings=storage_options_for(url, storage_options))
+
+
+def _unless_gone(task: Any, *outputs: str, fresh: bool = False) -> Any:
+    """``task`` as is while every one of ``outputs`` exists, else one that ignores its cache;
+    either way writing its result to the running pipeline's result storage.
 
     "Cached" must mean "still there": a user who deletes a cube, a tile store, a run folder or
     the demo region gets it rebuilt (or a clear error naming what is missing), not a cached
@@ -45,7 +66,10 @@ def _unless_gone(task: Any, *outputs: str) -> Any:
     """
     from hyperkd.pipeline.store.location import CubeStore
 
-    gone = any(not CubeStore(output).exists() for output in outputs)
+    storage, options = _STORAGE.get((None, {}))
+    if storage is not None:
+        task = task.with_options(result_storage=storage)
+    gone = fresh or any(not CubeStore(output, options).exists() for output in outputs)
     return task.with_options(refresh_cache=True) if gone else task
 
 
@@ -77,27 +101,25 @@ def ingest_stage(
         raise ValueError(
             f"no EnMAP scene in {params.region} between {start} and {end} to define the grid"
         )
-    grid = tasks.region_grid(enmap[0], params.region)
+    grid = _unless_gone(tasks.region_grid)(enmap[0], params.region)
     from hyperkd.pipeline.cube.io import committed_scenes
 
     # Scenes run one at a time, in time order: each group's time axis only grows forward.
     # Scenes missing from the cube (say it was deleted) ignore their cached results.
-    present = set(committed_scenes(cube))
+    present = set(committed_scenes(cube, params.storage_options))
     futures = {}
     for in_cube in (True, False):
         part = [r for r in refs if (r.id in present) == in_cube]
-        task = (
-            tasks.ingest_scene if in_cube else tasks.ingest_scene.with_options(refresh_cache=True)
-        )
+        task = _unless_gone(tasks.ingest_scene, fresh=not in_cube)
         mapped = task.map(
             unmapped(cube), part, unmapped(grid), unmapped(params.region),
-            unmapped(resampling), unmapped(tile_size),
+            unmapped(resampling), unmapped(tile_size), unmapped(params.storage_options),
         )  # fmt: skip
         futures.update(zip((r.id for r in part), mapped, strict=True))
     for future in futures.values():
         future.wait()
     states = [futures[r.id].state for r in refs]
-    record = tasks.record_of(refs, states, cube, committed_scenes(cube))
+    record = tasks.record_of(refs, states, cube, committed_scenes(cube, params.storage_options))
     _ingest_artifacts(refs, record)
     return record
 
@@ -114,22 +136,22 @@ def tiles_stage(params: PipelineParams, ingest: IngestRecord, root: str) -> Tile
     url = f"{root}/tiles-{fingerprint(tile_cfg, params.labels)}.zarr"
     build = _unless_gone(tasks.build_tiles, f"{url}/zarr.json")
     return build(
-        ingest.cube, ingest.fingerprint, url, tile_cfg, dict(params.labels), params.dask_address
-    )
+        ingest.cube, ingest.fingerprint, url, tile_cfg, dict(params.labels), params.dask_address,
+        params.storage_options,
+    )  # fmt: skip
 
 
 def teacher_stage(params: PipelineParams, tiles: TileRecord, root: str) -> RunRecord | str:
     if params.teacher:
         return params.teacher
     p = params
-    key = fingerprint(
-        tiles.fingerprint, p.teacher_preset, p.teacher_steps, p.batch_size, p.seed, p.lr
-    )
+    preset = p.teacher_architecture
+    key = fingerprint(tiles.fingerprint, preset, p.teacher_steps, p.batch_size, p.seed, p.lr)
     out = f"{root}/teachers/{key}"
     return _unless_gone(tasks.train_teacher, f"{out}/model.safetensors")(
         tiles,
         out,
-        p.teacher_preset,
+        preset,
         p.teacher_steps,
         p.batch_size,
         p.seed,
@@ -142,6 +164,8 @@ def run_dir_of(
 ) -> str:
     """``<root>/runs/<fingerprint>``: one folder per student configuration (docs/run.md)."""
     teacher_key = teacher.fingerprint if isinstance(teacher, RunRecord) else teacher
+    if params.official_teacher:  # the same .pt read as another architecture is another run
+        teacher_key = f"{teacher_key}#{params.teacher_architecture}"
     key = fingerprint(
         tiles.fingerprint, teacher_key, params.student_preset, params.masking, params.loss,
         params.student_steps, params.batch_size, params.seed, params.lr,
@@ -156,6 +180,7 @@ def student_stage(
     return distill(
         tiles, teacher, f"{run_dir}/student", params.student_preset, params.masking, params.loss,
         params.student_steps, params.batch_size, params.seed, params.lr,
+        params.teacher_architecture,
     )  # fmt: skip
 
 
@@ -237,6 +262,16 @@ def _no_scenes(record: IngestRecord) -> str:
 
 def run_pipeline(params: PipelineParams) -> dict[str, Any]:
     """Every requested stage for one region, inside the current flow run."""
+    token = _STORAGE.set(
+        (result_storage(params.results_url, params.storage_options), params.storage_options)
+    )
+    try:
+        return _run_stages(params)
+    finally:
+        _STORAGE.reset(token)
+
+
+def _run_stages(params: PipelineParams) -> dict[str, Any]:
     root = region_root(params.out, params.name or params.region)
     stages, out = set(params.stages), {}
     cube = f"{root}/cube.zarr"
@@ -245,7 +280,7 @@ def run_pipeline(params: PipelineParams) -> dict[str, Any]:
     else:
         from hyperkd.pipeline.cube.io import committed_scenes
 
-        out["ingest"] = IngestRecord(cube, committed_scenes(cube))
+        out["ingest"] = IngestRecord(cube, committed_scenes(cube, params.storage_options))
     needs_tiles = stages & {"tiles", "teacher", "student", "evaluate", "report"}
     if needs_tiles:
         if not out["ingest"].scenes:

@@ -1,10 +1,15 @@
-"""Serve scheduled deployments of the pipeline flow from a YAML schedules file.
+"""Scheduled deployments of the pipeline flow from a YAML schedules file: served by one
+process, or registered on work pools for workers to run.
 
 The file (see ``examples/schedules.yaml``) has ``defaults`` (flow parameters shared by every
-deployment) and ``deployments``: ``name``, ``cron`` and ``parameters``. Each becomes a
-``hyperkd_pipeline.to_deployment(...)``; all are served by one ``prefect.serve`` process, which
-polls the Prefect API given by ``PREFECT_API_URL`` (or the temporary local server Prefect
-starts when none is set).
+deployment) and ``deployments``: ``name``, ``cron``, optional ``timezone`` (IANA name, default
+UTC) and ``work_pool``, and ``parameters``. Everything is checked when the file is loaded (the
+region, the sources, the presets, a local teacher), and each error names its entry.
+
+* :func:`serve_schedules`: one ``prefect.serve`` process runs every deployment (one machine).
+* :func:`deploy_schedules`: each deployment goes to a work pool, by default the CPU pool for
+  ingest and tiles and the GPU pool for anything that trains or evaluates; a worker started
+  on each pool (``prefect worker start --pool NAME``) runs the flow runs.
 """
 
 from __future__ import annotations
@@ -12,23 +17,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from prefect import serve
 from prefect.client.schemas.schedules import CronSchedule
-from prefect.deployments.runner import RunnerDeployment
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.schedules import Cron
 
+from hyperkd import defaults
 from hyperkd.flows.flows import hyperkd_pipeline
-from hyperkd.flows.params import PipelineParams
+from hyperkd.flows.params import PipelineParams, one_line
+
+TRAINING_STAGES = frozenset({"teacher", "student", "evaluate", "report"})
+ENTRY_KEYS = frozenset({"name", "cron", "timezone", "work_pool", "parameters"})
 
 
 @dataclass(frozen=True)
 class ScheduledRun:
-    """One deployment: a name, a cron expression and the flow's parameters."""
+    """One deployment: a name, a cron expression in a time zone, a pool and the parameters."""
 
     name: str
     cron: str
     parameters: PipelineParams
+    timezone: str = "UTC"
+    work_pool: str | None = None
+    """None: the CPU pool for ingest/tiles, the GPU pool when a stage trains or evaluates."""
+
+    def pool(self, cpu_pool: str = defaults.CPU_POOL, gpu_pool: str = defaults.GPU_POOL) -> str:
+        if self.work_pool:
+            return self.work_pool
+        return gpu_pool if TRAINING_STAGES & set(self.parameters.stages) else cpu_pool
 
 
 def load_schedules(path: str | Path) -> list[ScheduledRun]:
@@ -48,47 +67,107 @@ def load_schedules(path: str | Path) -> list[ScheduledRun]:
         raise ValueError(f"schedules file {path} lists no deployments")
     runs, seen = [], set()
     for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: deployment #{i + 1} is not a mapping")
         name, cron = entry.get("name"), entry.get("cron")
         if not name or not cron:
             raise ValueError(f"{path}: deployment #{i + 1} needs both 'name' and 'cron'")
         if name in seen:
             raise ValueError(f"{path}: deployment name {name!r} is used twice")
         seen.add(name)
-        _check_cron(path, name, cron)
+        if unknown := sorted(set(entry) - ENTRY_KEYS):
+            raise ValueError(f"{path}: deployment {name!r} has unknown keys {unknown}")
+        timezone = str(entry.get("timezone") or "UTC")
+        _check_cron(path, name, cron, timezone)
         merged = {**defaults, **(entry.get("parameters") or {})}
         try:
             params = PipelineParams(**merged)
+            params.check_inputs()
         except ValueError as exc:
-            first = str(exc).splitlines()
-            detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
             raise ValueError(
-                f"{path}: deployment {name!r} has invalid parameters: {detail}"
+                f"{path}: deployment {name!r} has invalid parameters: {one_line(exc)}"
             ) from None
-        runs.append(ScheduledRun(name=name, cron=cron, parameters=params))
+        runs.append(ScheduledRun(name, cron, params, timezone, entry.get("work_pool")))
     return runs
 
 
-def _check_cron(path: Path, name: str, cron: str) -> None:
+def _check_cron(path: Path, name: str, cron: str, timezone: str) -> None:
     try:
-        CronSchedule(cron=cron)
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{path}: deployment {name!r} has an unknown timezone {timezone!r} "
+            "(use an IANA name such as Europe/Berlin)"
+        ) from None
+    try:
+        CronSchedule(cron=cron, timezone=timezone)
     except ValueError:
         raise ValueError(
             f"{path}: deployment {name!r} has an invalid cron expression {cron!r}"
         ) from None
 
 
-def deployments(runs: list[ScheduledRun]) -> list[RunnerDeployment]:
-    """Runner deployments of ``hyperkd_pipeline``, one per scheduled run."""
-    return [
-        hyperkd_pipeline.to_deployment(
-            name=run.name,
-            cron=run.cron,
-            parameters={"params": run.parameters.model_dump(mode="json")},
-            tags=["hyperkd"],
-            description=f"hyperkd pipeline for {run.parameters.region} ({', '.join(run.parameters.stages)})",
+def deployments(
+    runs: list[ScheduledRun], pools: tuple[str, str] | None = None
+) -> list[RunnerDeployment]:
+    """Runner deployments of ``hyperkd_pipeline``, one per scheduled run.
+
+    With ``pools`` (the CPU and the GPU pool) each names its work pool and an
+    importable entrypoint (``hyperkd.flows.flows:hyperkd_pipeline``), so a worker on any
+    machine with hyperkd installed can run it; without, they are for :func:`serve`.
+    """
+    out = []
+    for run in runs:
+        p = run.parameters
+        extra: dict[str, Any] = {}
+        if pools is not None:
+            extra = {"work_pool_name": run.pool(*pools),
+                     "entrypoint_type": EntrypointType.MODULE_PATH}  # fmt: skip
+        out.append(
+            hyperkd_pipeline.to_deployment(
+                name=run.name,
+                schedules=[Cron(run.cron, timezone=run.timezone)],
+                parameters={"params": p.model_dump(mode="json")},
+                tags=["hyperkd"],
+                description=f"hyperkd pipeline for {p.region} ({', '.join(p.stages)})",
+                **extra,
+            )
         )
-        for run in runs
-    ]
+    return out
+
+
+def deploy_schedules(
+    path: str | Path, *, cpu_pool: str = defaults.CPU_POOL, gpu_pool: str = defaults.GPU_POOL
+) -> dict[str, str]:
+    """Register every scheduled run as a deployment on its work pool; returns name -> pool.
+
+    The pools must exist (``prefect work-pool create NAME --type process``); the deployments
+    keep their schedules while no process serves them, and a worker per pool runs them.
+    """
+    from prefect import deploy
+
+    runs = load_schedules(path)
+    found = deployments(runs, (cpu_pool, gpu_pool))
+    _check_pools({run.pool(cpu_pool, gpu_pool) for run in runs})
+    deploy(*found, build=False, push=False, print_next_steps_message=False)
+    return {run.name: run.pool(cpu_pool, gpu_pool) for run in runs}
+
+
+def _check_pools(names: set[str]) -> None:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def missing() -> list[str]:
+        async with get_client() as client:
+            pools = {p.name for p in await client.read_work_pools()}
+        return sorted(names - pools)
+
+    if gone := asyncio.run(missing()):
+        raise ValueError(
+            f"work pool(s) {', '.join(gone)} do not exist: create them with "
+            f"`prefect work-pool create NAME --type process` (on the Prefect API you deploy to)"
+        )
 
 
 def serve_schedules(path: str | Path, *, limit: int | None = None) -> None:

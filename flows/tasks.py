@@ -17,6 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.tasks import exponential_backoff
 
+from hyperkd import defaults
 from hyperkd.flows.records import IngestRecord, RunRecord, SceneRef, TileRecord, fingerprint
 
 CACHE = INPUTS + TASK_SOURCE
@@ -86,7 +87,13 @@ def region_grid(scene: SceneRef, region: str) -> Any:
 
 @task(cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
 def ingest_scene(
-    cube: str, scene: SceneRef, grid: Any, region: str, resampling: str, tile_size: int
+    cube: str,
+    scene: SceneRef,
+    grid: Any,
+    region: str,
+    resampling: str,
+    tile_size: int,
+    storage_options: dict[str, Any] | None = None,
 ) -> str:
     """Write one scene into the cube; a failure fails this task run alone."""
     import pystac
@@ -98,8 +105,9 @@ def ingest_scene(
     item, source = pystac.Item.from_dict(scene.item), resolve_source(scene.source)
     params = IngestParams(resampling=resampling, tile_size=tile_size)
     outcome = ingest(
-        cube, item, source, grid, params, paired_enmap=scene.paired_enmap, region=region
-    )
+        cube, item, source, grid, params, paired_enmap=scene.paired_enmap, region=region,
+        storage_options=storage_options,
+    )  # fmt: skip
     if outcome.status == "failed":
         raise SceneFailedError(f"scene {scene.id}: {outcome.reason}")
     return outcome.status
@@ -113,6 +121,7 @@ def build_tiles(
     tile_cfg: dict[str, Any],
     labels: dict[str, str],
     dask_address: str | None,
+    storage_options: dict[str, Any] | None = None,
 ) -> TileRecord:
     """Aggregation, significance maps and the tile store for ``cube``.
 
@@ -122,7 +131,10 @@ def build_tiles(
     from hyperkd.pipeline.tiles.build import TileConfig
     from hyperkd.pipeline.tiles.build import build_tiles as build
 
-    summary = build(cube, out, TileConfig(**tile_cfg), labels=labels, dask_address=dask_address)
+    summary = build(
+        cube, out, TileConfig(**tile_cfg), labels=labels, dask_address=dask_address,
+        storage_options=storage_options,
+    )  # fmt: skip
     key = fingerprint(cube_fingerprint, tile_cfg, labels)
     return TileRecord(out, summary.n_tiles, dict(summary.splits), key)
 
@@ -196,8 +208,10 @@ def distill_student(
     batch_size: int,
     seed: int,
     lr: float | None,
+    teacher_preset: str = defaults.OFFICIAL_TEACHER_PRESET,
 ) -> RunRecord:
-    """Distils the student from the teacher on the tile store."""
+    """Distils the student from the teacher on the tile store; ``teacher_preset`` is the
+    architecture of an official ``.pt`` teacher (a run folder carries its own)."""
     from hyperkd.model.nets.masking import Masking
     from hyperkd.model.train.config import DistillConfig, OptimConfig, TrainConfig
     from hyperkd.model.train.losses import LossConfig
@@ -212,6 +226,7 @@ def distill_student(
         tiles.url,
         train,
         teacher_path,
+        teacher_preset=teacher_preset,
         preset=preset,
         masking=Masking(masking),
         loss=LossConfig(loss),

@@ -28,7 +28,7 @@ def demo_tiles(root: Path, *, labels: tuple[str, ...] = TRUTH, name: str = "tile
     """The demo region ingested and cut into 32-px tiles (8-px patches) holding ``labels``."""
     region, cube = root / "region", root / "cube.zarr"
     if not (region / "catalog.json").is_file():
-        _run(["demo-data", "--out", str(region), "--scenes", "1"])
+        _run(["demo-data", "--out", str(region), "--size", "small", "--scenes", "1"])
     if not cube.exists():
         _run(["ingest", "--source", str(region / "catalog.json"), "--region", "demo", "--start", "2024-06-01",
               "--end", "2024-06-30", "--out", str(cube), "--tile-size", "32"])  # fmt: skip

@@ -1,7 +1,7 @@
 """``hyperkd demo-data``: write the synthetic demo region (EnMAP L2A + HLS + STAC + truth).
 
-Sizes: ``small`` 256, ``medium`` 512, ``large`` 1024 EnMAP pixels per side (30 m), plus
-``tiny`` (64 px, for tests). The output is written beside ``--out`` and renamed into place.
+Sizes: ``small`` 256, ``medium`` 512 (the default, as in ``hyperkd demo``), ``large`` 1024 EnMAP
+pixels per side (30 m), plus ``tiny`` (64 px, for tests). The output is written beside ``--out`` and renamed into place.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+
+from hyperkd import defaults
 
 SIZE_CHOICES = ("small", "medium", "large")
 HIDDEN_SIZES = ("tiny",)
@@ -19,8 +21,8 @@ class DemoDataConfig:
     """What ``demo-data`` writes."""
 
     out: Path
-    size: str = "small"
-    seed: int = 0
+    size: str = defaults.DEMO_SIZE
+    seed: int = defaults.SEED
     n_scenes: int = 2
 
 
@@ -41,12 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--size",
-        default="small",
+        default=defaults.DEMO_SIZE,
         choices=SIZE_CHOICES + HIDDEN_SIZES,
         metavar="{small,medium,large}",
-        help="square region of 256 / 512 / 1024 EnMAP pixels at 30 m (default small)",
+        help=f"square region of 256 / 512 / 1024 EnMAP pixels at 30 m (default "
+        f"{defaults.DEMO_SIZE}, the demo's)",
     )
-    parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=defaults.SEED, metavar="N", help="random seed (default 0)"
+    )
     parser.add_argument(
         "--scenes", type=int, default=2, metavar="N", help="EnMAP acquisitions (default 2)"
     )

@@ -1,4 +1,8 @@
-"""``hyperkd demo``, ``hyperkd pipeline`` and ``hyperkd serve``: the Prefect side of the CLI."""
+"""``hyperkd demo``, ``pipeline``, ``serve`` and ``deploy``: the Prefect side of the CLI.
+
+Defaults come from :mod:`hyperkd.defaults` (the flows' parameter models read the same values).
+Every input is checked before Prefect starts: a bad parameter is one line, exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from hyperkd import defaults
+from hyperkd.cli.common import add_parser, add_storage_options, storage_options, validated
+
+STAGES = "ingest,tiles,teacher,student,evaluate,report"
 
 
 def _quiet_prefect() -> None:
@@ -20,13 +29,15 @@ def _quiet_prefect() -> None:
 @dataclass(frozen=True)
 class DemoConfig:
     out: Path
-    size: str
-    seed: int
-    steps: int
+    size: str = defaults.DEMO_SIZE
+    seed: int = defaults.SEED
+    steps: int = defaults.DEMO_STEPS
 
 
 def _demo(args: argparse.Namespace) -> int:
     cfg = DemoConfig(Path(args.out), args.size, args.seed, args.steps)
+    if cfg.steps <= 0:
+        raise ValueError(f"--steps {cfg.steps}: must be at least 1")
     _quiet_prefect()
     from hyperkd.flows.demo import demo
 
@@ -58,19 +69,40 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class DeployConfig:
+    schedules: Path
+    cpu_pool: str = defaults.CPU_POOL
+    gpu_pool: str = defaults.GPU_POOL
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    cfg = DeployConfig(Path(args.schedules), args.cpu_pool, args.gpu_pool)
     _quiet_prefect()
-    from hyperkd.flows.flows import hyperkd_pipeline
+    from hyperkd.flows.serve import deploy_schedules, load_schedules
+
+    load_schedules(cfg.schedules)  # fail on a bad file before talking to the API
+    for name, pool in deploy_schedules(
+        cfg.schedules, cpu_pool=cfg.cpu_pool, gpu_pool=cfg.gpu_pool
+    ).items():
+        print(f"deployed hyperkd-pipeline/{name} to work pool {pool}")
+    print("start a worker per pool: prefect worker start --pool NAME")
+    return 0
+
+
+def pipeline_params(args: argparse.Namespace):  # -> PipelineParams
+    """The flow's parameters from the command line, checked: one ``ValueError`` line if bad."""
     from hyperkd.flows.params import PipelineParams
 
-    params = PipelineParams(
+    params = validated(
+        PipelineParams,
         region=args.region,
         sources=tuple(args.source),
         start=args.start,
         end=args.end,
         max_cloud=args.max_cloud,
         out=args.out,
-        stages=tuple(args.stages.split(",")),
+        stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()),
         tile_size=args.tile_size,
         patch_size=args.patch_size,
         teacher=args.teacher,
@@ -78,8 +110,20 @@ def _pipeline(args: argparse.Namespace) -> int:
         teacher_preset=args.teacher_preset,
         teacher_steps=args.steps,
         student_steps=args.steps,
+        seed=args.seed,
         dask_address=args.dask_address,
+        storage_options=storage_options(args.storage_options),
+        results=args.results,
     )
+    params.check_inputs()
+    return params
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    params = pipeline_params(args)
+    _quiet_prefect()
+    from hyperkd.flows.flows import hyperkd_pipeline
+
     result = hyperkd_pipeline(params)
     ingest = result.get("ingest")
     if ingest is not None and ingest.failed:
@@ -90,35 +134,89 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo", help="run the whole job on the embedded demo region (one Prefect flow run)"
-    )
-    p.add_argument("--out", default="demo-out", help="output folder (default: demo-out)")
-    p.add_argument("--size", default="medium", choices=["tiny", "small", "medium", "large"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=150, help="training steps for teacher and student")
+    p = add_parser(
+        sub, "demo",
+        help="run the whole job on the embedded demo region (one Prefect flow run)",
+        description="Generate the demo region, ingest it, tile it, pretrain a teacher, distil the "
+        "student, evaluate and write the report, in one Prefect flow run on local files. "
+        "Re-running skips finished steps; a deleted output folder is made again.",
+    )  # fmt: skip
+    p.add_argument("--out", default=defaults.DEMO_OUT, metavar="DIR", help="output folder")
+    p.add_argument("--size", default=defaults.DEMO_SIZE, choices=["tiny", "small", "medium", "large"],
+                   help="demo region: 64 / 256 / 512 / 1024 EnMAP pixels at 30 m")  # fmt: skip
+    p.add_argument("--seed", type=int, default=defaults.SEED, metavar="N", help="random seed")
+    p.add_argument("--steps", type=int, default=defaults.DEMO_STEPS, metavar="N",
+                   help="training steps for teacher and student")  # fmt: skip
     p.set_defaults(handler=_demo)
 
-    p = sub.add_parser("pipeline", help="run the hyperkd-pipeline flow for one region")
+    p = add_parser(
+        sub, "pipeline",
+        help="run the hyperkd-pipeline flow for one region",
+        description="Search, ingest, tile, train the teacher (unless --teacher is given), distil "
+        "the student, evaluate and report for one region and date range, as one Prefect flow "
+        "run. Outputs go under OUT/<region>/; task results (the cache) under "
+        f"OUT/{defaults.RESULTS_DIR} unless --results says otherwise.",
+    )  # fmt: skip
+    p.add_argument("--source", action="append", required=True, metavar="NAME|CATALOG",
+                   help="source name or catalog.json (repeatable)")  # fmt: skip
+    p.add_argument("--region", required=True, metavar="REGION",
+                   help="minlon,minlat,maxlon,maxlat, a GeoJSON file or a named region")  # fmt: skip
+    p.add_argument("--start", required=True, metavar="DATE", help="YYYY-MM-DD, today or -Nd")
+    p.add_argument("--end", required=True, metavar="DATE", help="YYYY-MM-DD, today or -Nd")
+    p.add_argument("--max-cloud", type=float, default=None, metavar="PCT",
+                   help="largest scene cloud cover in percent (default: any)")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="URL", help="root URL for cube, tiles and runs")
+    add_storage_options(p)
+    p.add_argument("--results", default=None, metavar="URL",
+                   help=f"fsspec URL of Prefect's task results, shared by every machine "
+                   f"pointed at it (default: OUT/{defaults.RESULTS_DIR})")  # fmt: skip
+    p.add_argument("--stages", default=STAGES, metavar="LIST", help="comma-separated stages")
     p.add_argument(
-        "--source", action="append", required=True, help="source name or catalog.json (repeatable)"
+        "--tile-size", type=int, default=defaults.TILE_SIZE, metavar="PX", help="tile edge"
     )
-    p.add_argument("--region", required=True)
-    p.add_argument("--start", required=True)
-    p.add_argument("--end", required=True)
-    p.add_argument("--max-cloud", type=float, default=None)
-    p.add_argument("--out", required=True, help="root URL for cube, tiles and runs")
-    p.add_argument("--stages", default="ingest,tiles,teacher,student,evaluate,report")
-    p.add_argument("--tile-size", type=int, default=128)
-    p.add_argument("--patch-size", type=int, default=16)
-    p.add_argument("--teacher", default=None, help="teacher checkpoint (run dir or Prithvi .pt)")
-    p.add_argument("--preset", default="tiny", help="student preset")
-    p.add_argument("--teacher-preset", default="tiny")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--dask-address", default=None, help="dask scheduler (tcp://...) or 'local'")
+    p.add_argument("--patch-size", type=int, default=defaults.PATCH_SIZE, metavar="PX",
+                   help="ViT patch edge")  # fmt: skip
+    p.add_argument("--teacher", default=None, metavar="CKPT",
+                   help="teacher checkpoint: a train-teacher run or an official Prithvi .pt "
+                   "(default: pretrain one on the region)")  # fmt: skip
+    p.add_argument("--preset", default=defaults.STUDENT_PRESET, choices=defaults.STUDENT_PRESETS,
+                   help="student size")  # fmt: skip
+    p.add_argument("--teacher-preset", default=None, choices=defaults.TEACHER_PRESETS,
+                   help=f"teacher architecture (default: {defaults.PRETRAIN_TEACHER_PRESET} to "
+                   f"pretrain, {defaults.OFFICIAL_TEACHER_PRESET} for a .pt)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=defaults.STEPS, metavar="N",
+                   help="training steps for teacher and student")  # fmt: skip
+    p.add_argument("--seed", type=int, default=defaults.SEED, metavar="N", help="random seed")
+    p.add_argument("--dask-address", default=None, metavar="ADDR",
+                   help="dask scheduler tcp://host:port, or 'local' for a LocalCluster "
+                   "(default: threads of this process)")  # fmt: skip
     p.set_defaults(handler=_pipeline)
 
-    p = sub.add_parser("serve", help="serve scheduled Prefect deployments from a schedules file")
-    p.add_argument("--schedules", required=True, help="YAML file, see examples/schedules.yaml")
-    p.add_argument("--limit", type=int, default=None, help="max concurrent flow runs")
+    p = add_parser(
+        sub, "serve",
+        help="serve scheduled Prefect deployments from a schedules file (one machine)",
+        description="Register one deployment per entry of the schedules file and run them from "
+        "this process until interrupted (which pauses their schedules). For separate CPU and "
+        "GPU machines use `hyperkd deploy` and Prefect workers instead.",
+    )  # fmt: skip
+    p.add_argument("--schedules", required=True, metavar="FILE",
+                   help="YAML file, see examples/schedules.yaml")  # fmt: skip
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="max concurrent flow runs (default: no limit)")  # fmt: skip
     p.set_defaults(handler=_serve)
+
+    p = add_parser(
+        sub, "deploy",
+        help="register scheduled deployments on Prefect work pools (CPU and GPU workers)",
+        description="Register one deployment per entry of the schedules file on a work pool: "
+        "ingest and tiles on the CPU pool, training and evaluation on the GPU pool (an entry's "
+        "work_pool overrides). Start workers with `prefect worker start --pool NAME` on "
+        "machines with hyperkd installed.",
+    )  # fmt: skip
+    p.add_argument("--schedules", required=True, metavar="FILE",
+                   help="YAML file, see examples/schedules.yaml")  # fmt: skip
+    p.add_argument("--cpu-pool", default=defaults.CPU_POOL, metavar="POOL",
+                   help="work pool for ingest and tiles")  # fmt: skip
+    p.add_argument("--gpu-pool", default=defaults.GPU_POOL, metavar="POOL",
+                   help="work pool for training, evaluation and reports")  # fmt: skip
+    p.set_defaults(handler=_deploy)

@@ -1,0 +1,79 @@
+"""Helpers every ``hyperkd`` sub-command shares: the help formatter, ``--storage-options``,
+one-line parameter errors and a progress bar that checks nothing itself.
+
+Defaults shown in ``--help`` come from :mod:`hyperkd.defaults`, the values the flows use too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default (unless it is None or a flag) after its help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "%(default)" in text:
+            return text
+        if action.default == argparse.SUPPRESS or "default" in text:  # said in words already
+            return text
+        return super()._get_help_string(action) or text
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str, **kw: Any) -> argparse.ArgumentParser:
+    """A sub-command parser with :class:`HelpFormatter` and its help as the description."""
+    kw.setdefault("description", kw.get("help"))
+    return sub.add_parser(name, formatter_class=HelpFormatter, **kw)
+
+
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-options",
+        default=None,
+        metavar="JSON",
+        help="fsspec storage options of the command's URLs as JSON (e.g. "
+        '\'{"endpoint_url": "https://s3.example"}\'); credentials come from the environment',
+    )
+
+
+def storage_options(text: str | None) -> dict[str, Any]:
+    """``--storage-options`` as a dict; ``ValueError`` (one line) for anything else, and for
+    credentials, which belong in the environment, not on a command line."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--storage-options is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ValueError("--storage-options must be a JSON object")
+    from hyperkd.flows.params import no_credentials  # the one credential rule
+
+    try:
+        no_credentials(options)
+    except ValueError as exc:
+        raise ValueError(f"--storage-options: {exc}") from None
+    return options
+
+
+def validated(model: Any, **values: Any) -> Any:
+    """``model(**values)``; a pydantic error becomes one ``ValueError`` line (``field: msg``)."""
+    from pydantic import ValidationError
+
+    from hyperkd.flows.params import one_line
+
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise ValueError(one_line(exc)) from None
+
+
+def progress(total: int | None, desc: str, unit: str) -> Any:
+    """A tqdm bar on stderr, shown only on a terminal (logs and pipes stay clean)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not sys.stderr.isatty())

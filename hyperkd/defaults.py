@@ -1,0 +1,45 @@
+"""Defaults shared by the CLI and the flows, declared once.
+
+The ``hyperkd`` sub-commands show these values in their ``--help`` and the flows' parameter
+models (:mod:`hyperkd.flows.params`) take them as field defaults, so ``hyperkd pipeline``, a
+scheduled deployment and a hand-run ``train`` agree. The demo's recipe (region size, training
+steps, seed) lives here too, so ``demo`` and ``demo-data`` make the same region.
+
+Plain values only: importing this module must stay free (``hyperkd --help`` reads it).
+"""
+
+from __future__ import annotations
+
+STUDENT_PRESETS = ("tiny", "small", "base")
+TEACHER_PRESETS = ("tiny", "prithvi-eo-1.0-100m", "prithvi-eo-2.0-300m")
+OFFICIAL_TEACHER_PRESETS = TEACHER_PRESETS[1:]
+"""Architectures of the official Prithvi ``.pt`` checkpoints."""
+
+STUDENT_PRESET = "tiny"
+PRETRAIN_TEACHER_PRESET = "tiny"
+"""Architecture of a teacher pretrained on the region's own tiles (no official weights)."""
+OFFICIAL_TEACHER_PRESET = "prithvi-eo-1.0-100m"
+"""Architecture assumed for an official ``.pt`` teacher unless one is named."""
+
+TILE_SIZE = 128
+"""Tile edge and cube chunk edge, pixels."""
+PATCH_SIZE = 16
+"""ViT patch edge, pixels."""
+STEPS = 200
+"""Optimizer steps of the teacher and of the student in a pipeline run."""
+BATCH_SIZE = 8
+"""Tiles per step."""
+SEED = 0
+
+DEMO_SIZE = "medium"
+"""Side of the demo region (``demo`` and ``demo-data``): 512 EnMAP pixels at 30 m."""
+DEMO_STEPS = 150
+"""Teacher and student steps of ``hyperkd demo``."""
+DEMO_OUT = "demo-out"
+
+CPU_POOL = "hyperkd-cpu"
+"""Work pool of deployments that only ingest and tile."""
+GPU_POOL = "hyperkd-gpu"
+"""Work pool of deployments that train or evaluate."""
+RESULTS_DIR = ".prefect-results"
+"""Prefect's task results (the shared cache), under a run's ``out`` unless set elsewhere."""
