@@ -55,7 +55,13 @@ def build_inputs(work: Path, size: int, scenes: int) -> tuple[str, str]:
     if not Path(cube).exists():  # a kept --workdir is reused
         factory_cube(cube, spec, n_scenes=scenes, tile_size=128)
     # Every tile in train and none dropped: the benchmark wants all tiles of the cube.
-    cfg = TileConfig(tile_size=128, patch_size=16, min_valid=0.0, split_fractions=(1.0, 0.0, 0.0))
+    cfg = TileConfig(
+        tile_size=128,
+        patch_size=16,
+        min_valid=0.0,
+        split_fractions=(1.0, 0.0, 0.0),
+        allow_empty_splits=True,
+    )
     summary = build_tiles(cube, tiles, cfg)
     print(
         f"inputs: cube {size}x{size}x224 x {scenes} scenes, {summary.n_tiles} tiles, built in {time.perf_counter() - t:.1f} s"

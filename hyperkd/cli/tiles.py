@@ -24,6 +24,7 @@ class TilesCommand:
     labels: tuple[tuple[str, str], ...] = ()
     min_valid: float = 0.5
     split_block_px: int | None = None
+    allow_empty_splits: bool = False
     shard: int | None = None
     seed: int = 0
     dask_address: str | None = None
@@ -70,6 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="spatial split block edge (default 4 tiles)",
     )
     parser.add_argument(
+        "--allow-empty-splits",
+        action="store_true",
+        help="write the store even when the val or test split comes out empty",
+    )
+    parser.add_argument(
         "--shard",
         type=int,
         default=None,
@@ -104,6 +110,7 @@ def run_tiles(args: argparse.Namespace) -> int:
         labels=tuple(parse_label_arg(text) for text in args.labels),
         min_valid=args.min_valid,
         split_block_px=args.split_block,
+        allow_empty_splits=args.allow_empty_splits,
         shard=args.shard,
         seed=args.seed,
         dask_address=args.dask_address,
@@ -123,6 +130,7 @@ def run_tiles(args: argparse.Namespace) -> int:
         stride=command.stride,
         min_valid=command.min_valid,
         split_block_px=command.split_block_px,
+        allow_empty_splits=command.allow_empty_splits,
         seed=command.seed,
         shard=command.shard,
     )

@@ -14,6 +14,7 @@ import numpy as np
 
 from hyperkd.pipeline.cube.layout import CUBE_VERSION, GROUPS, Grid
 from hyperkd.pipeline.sensors import hls_sensor
+from hyperkd.pipeline.store.integrity import deep_check
 from hyperkd.pipeline.store.location import CubeStore
 
 SCENE_FIELDS = (
@@ -45,9 +46,16 @@ EXPECTED_HLS = {"sensor": (("time",), "string"), "paired_enmap": (("time",), "st
 
 
 def verify_cube(
-    url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
+    url: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    deep: bool = False,
 ) -> list[str]:
-    """All problems found in the cube at ``url`` (``[]`` when it is sound)."""
+    """All problems found in the cube at ``url`` (``[]`` when it is sound).
+
+    ``deep``: also read every chunk of every array and report, by key, the absent ones and
+    those that do not decode (:func:`hyperkd.pipeline.store.integrity.deep_check`).
+    """
     store = CubeStore(url, storage_options)
     doc = store.read_json("zarr.json")
     if doc is None:
@@ -81,12 +89,31 @@ def verify_cube(
         _check_values(problems, store, group, nodes, scenes, grid)
     if len(grids) == 2 and grids["enmap"] != grids["hls"]:
         problems.append("enmap and hls groups are on different grids")
+    problems += _check_pairs(store, nodes)
     for i, rec in enumerate(scenes):
         missing = [k for k in SCENE_FIELDS if k not in rec]
         if missing:
             problems.append(f"scene record {i} ({rec.get('id')}) lacks {missing}")
     problems += _check_xarray(store)
+    if deep:
+        arrays = {p: d for p, d in nodes.items() if d.get("node_type") == "array"}
+        problems += deep_check(store, arrays)
     return problems
+
+
+def _check_pairs(store: CubeStore, nodes: Mapping[str, Any]) -> list[str]:
+    """Every HLS scene's ``paired_enmap`` names an EnMAP scene of the cube."""
+    try:
+        enmap = {str(v) for v in _read(store, "enmap/scene_id", nodes["enmap/scene_id"])}
+        pairs = [str(v) for v in _read(store, "hls/paired_enmap", nodes["hls/paired_enmap"])]
+        hls = [str(v) for v in _read(store, "hls/scene_id", nodes["hls/scene_id"])]
+    except (KeyError, OSError, ValueError):
+        return []  # missing or unreadable arrays are reported by the checks above
+    return [
+        f"hls scene {h} is paired with EnMAP scene {p!r}, which is not in the cube"
+        for h, p in zip(hls, pairs, strict=False)
+        if p not in enmap
+    ]
 
 
 def _check_arrays(

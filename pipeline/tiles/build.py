@@ -30,6 +30,7 @@ import zarr
 from hyperkd.pipeline.redaction import clean_href
 from hyperkd.pipeline.sensors import hls_sensor, prithvi_preset
 from hyperkd.pipeline.store.commit import commit, partial_path, sweep_killed_partials
+from hyperkd.pipeline.store.guard import check_output
 from hyperkd.pipeline.store.location import CubeStore
 from hyperkd.pipeline.tiles.index import (
     SPLITS,
@@ -39,6 +40,7 @@ from hyperkd.pipeline.tiles.index import (
     tile_origins,
 )
 from hyperkd.pipeline.tiles.labels import load_label
+from hyperkd.pipeline.tiles.stac import publish_tiles
 from hyperkd.pipeline.tiles.verify import open_store, verify_tiles
 from hyperkd.pipeline.tiles.write import (
     STUDENT_NODATA,
@@ -85,6 +87,9 @@ class TileConfig:
     """Prithvi preset whose mean/std normalise the teacher bands."""
     batch_tiles: int = 16
     """Tiles read and written per step (rounded to whole shards)."""
+    allow_empty_splits: bool = False
+    """Write a store whose val or test split is empty (refused by default: evaluation needs
+    them); not part of the parameters hash, since it does not change what is written."""
 
     def __post_init__(self) -> None:
         t, p, s = self.tile_size, self.patch_size, self.step
@@ -175,7 +180,9 @@ def _params_hash(cfg: TileConfig, source: str, labels: Mapping[str, str]) -> str
             hashlib.sha256(Path(path).read_bytes()).hexdigest() if Path(path).is_file() else path
         )
         label_ids[name] = digest
-    blob = json.dumps([asdict(cfg), source, label_ids, TILES_VERSION], sort_keys=True, default=str)
+    params = asdict(cfg)
+    params.pop("allow_empty_splits")
+    blob = json.dumps([params, source, label_ids, TILES_VERSION], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -233,6 +240,8 @@ def write_tile_store(
     grid = scene_grid(scenes[0])
     if any(scene_grid(s) != grid for s in scenes[1:]):
         raise ValueError("scenes do not share one grid (CRS, transform and shape must match)")
+    # Before anything else touches the output: never replace what is not a tile store.
+    check_output(out_url, "tiles", [*source_cubes, *labels.values()], storage_options)
     token = source_token if source_token is not None else dask.base.tokenize(*scenes)
     params = _params_hash(cfg, token, labels)
     done = _existing(out_url, storage_options, params)
@@ -255,6 +264,7 @@ def write_tile_store(
         raise ValueError(
             "no train tiles: the student statistics need at least one (more scene or smaller blocks)"
         )
+    _check_splits(cols["split"], cfg)
     bands = band_selection(scenes[0])
 
     target = _local_path(out_url) if _is_local(out_url) else None
@@ -268,7 +278,11 @@ def write_tile_store(
             if location.exists("zarr.json"):
                 location.fs.rm(location.path("zarr.json"))  # s3fs 0.4 lacks rm_file
             location.delete_tree()
-        root = zarr.open_group(location.zarr_store(), mode="w")
+        # The kind marker goes first, so an interrupted in-place (fsspec) build is still
+        # recognised as a tile store, and replaced, by the next build.
+        root = zarr.open_group(
+            location.zarr_store(), mode="w", attributes={"hyperkd:kind": "tiles"}
+        )
         arrays = create_arrays(root, n, len(bands), cfg, layers)
         moments, cloud, significance = write_tiles(
             scenes, cols, arrays, layers, cfg, bands, progress
@@ -305,14 +319,37 @@ def write_tile_store(
         }
         # Root attributes last: until they exist the store fails verify_tiles and read_info.
         root.attrs.update(attrs)
+        problems = verify_tiles(write_url, storage_options)
+        if problems:
+            if target is None:  # in place: take the completeness marker away again
+                root.attrs.update({"hyperkd:tiles_version": None})
+            raise ValueError(f"the new tile store fails verify_tiles: {'; '.join(problems[:3])}")
+        publish_tiles(write_url, storage_options)  # local: inside the partial, renamed with it
         if target is not None:
-            commit(Path(write_url), target)
+            commit(Path(write_url), target, "tiles")
     except BaseException:
         if target is not None:
             shutil.rmtree(write_url, ignore_errors=True)
         raise
     seconds = time.perf_counter() - t_start
     return TileSummary(out_url, n, splits, dropped, False, params, seconds)
+
+
+def _check_splits(split: np.ndarray, cfg: TileConfig) -> None:
+    """Refuse empty val/test splits (unless allowed), naming them and the fix."""
+    empty = [s for s in SPLITS[1:] if not (split == s).any()]
+    if not empty or cfg.allow_empty_splits:
+        return
+    fix = (
+        f"pass a smaller --split-block (now {cfg.block_px} px, at least the tile size "
+        f"{cfg.tile_size} px)"
+        if cfg.block_px > cfg.tile_size
+        else "tile a larger region, or try another --seed"
+    )
+    raise ValueError(
+        f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} came out empty "
+        f"({len(split)} tiles): {fix}, or pass --allow-empty-splits"
+    )
 
 
 def _scenes_with_products(enmap: xr.Dataset, pcfg: Any) -> list[xr.Dataset]:
@@ -369,6 +406,7 @@ def build_tiles(
     from hyperkd.pipeline.features.preprocess import PreprocessConfig, dask_scheduler, open_enmap
     from hyperkd.pipeline.features.significance import SignificanceConfig
 
+    check_output(out_url, "tiles", [cube_url, *(labels or {}).values()], storage_options)
     sig = replace(SignificanceConfig(), patch_size=cfg.patch_size)
     local = dask_address == "local"
     pcfg = PreprocessConfig(

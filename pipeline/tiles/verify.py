@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from hyperkd.pipeline.store.integrity import deep_check
 from hyperkd.pipeline.store.location import CubeStore
 from hyperkd.pipeline.tiles.index import SPLITS, leaking_pairs
 
@@ -98,13 +99,36 @@ def _finite_list(
         problems.append(f"attribute {key} has values <= 0")
 
 
-def verify_tiles(url: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+def verify_tiles(
+    url: str, storage_options: Mapping[str, Any] | None = None, *, deep: bool = False
+) -> list[str]:
     """Every problem of the tile store at ``url``; an empty list when it meets the contract.
 
     Checks attributes, array shapes, dtypes and chunking, the index (ids, offsets on the
     stride grid, valid fractions, split names and counts), that no tiles of different splits
     touch, that statistics are finite, and spot-checks index columns against the arrays.
+    ``deep``: also read every chunk of every array and report, by key, the absent ones and
+    those that do not decode.
     """
+    problems = _verify(url, storage_options)
+    if deep and not any("cannot open" in p for p in problems):
+        problems += _deep(url, storage_options)
+    return problems
+
+
+def _deep(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
+    """Chunk problems of every array of the store (root and ``index/``)."""
+    store = CubeStore(url, storage_options)
+    root = open_store(url, storage_options)
+    paths = [name for name, _ in root.arrays()]
+    if "index" in root:
+        paths += [f"index/{name}" for name, _ in root["index"].arrays()]  # type: ignore[union-attr]
+    docs = {p: store.read_json(f"{p}/zarr.json") for p in paths}
+    missing = [f"array {p} has no readable zarr.json" for p, d in docs.items() if d is None]
+    return missing + deep_check(store, {p: d for p, d in docs.items() if d is not None})
+
+
+def _verify(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
     try:
         root = open_store(url, storage_options)
     except Exception as exc:  # any failure to open is a finding, not a crash

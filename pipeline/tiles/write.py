@@ -10,6 +10,7 @@ import xarray as xr
 import zarr
 
 from hyperkd.pipeline.cube.layout import Grid
+from hyperkd.pipeline.store.integrity import WRITE_EVERY_CHUNK
 from hyperkd.pipeline.tiles.labels import LabelLayer
 from hyperkd.pipeline.tiles.stats import BandMoments
 
@@ -104,6 +105,7 @@ def create_arrays(
             dtype=dtype,
             fill_value=fill,
             compressors=codec,
+            config=WRITE_EVERY_CHUNK,  # an absent chunk is then always damage
         )
     return arrays
 
