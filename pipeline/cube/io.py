@@ -39,7 +39,9 @@ from hyperkd.pipeline.cube.layout import (
     group_specs,
     static_values,
 )
+from hyperkd.pipeline.cube.stac import publish_cube
 from hyperkd.pipeline.cube.verify import verify_cube
+from hyperkd.pipeline.store.integrity import WRITE_EVERY_CHUNK
 from hyperkd.pipeline.store.location import CubeLock, CubeStore
 
 ROOT_DOC = "zarr.json"
@@ -50,6 +52,10 @@ PAUSE_ENV = "HYPERKD_TEST_PAUSE_AT"
 
 class NotACubeError(ValueError):
     """The URL holds something that is not a hyperkd cube."""
+
+
+class EmptySceneError(ValueError):
+    """A scene that would add fewer valid pixels than required: reported, not committed."""
 
 
 class SceneOrderError(ValueError):
@@ -100,9 +106,12 @@ class CubeWriter:
         storage_options: Mapping[str, Any] | None = None,
         *,
         lock_timeout_s: float = 60.0,
+        min_valid_pixels: int = 0,
     ):
         self.store = CubeStore(url, storage_options)
         self.lock = CubeLock(self.store, timeout_s=lock_timeout_s)
+        self.min_valid_pixels = min_valid_pixels
+        """A scene with fewer valid pixels is not committed (:class:`EmptySceneError`)."""
         self.attrs: dict[str, Any] = {}
         self.nodes: dict[str, dict[str, Any]] = {}
         self._zstore: Any = None
@@ -167,6 +176,7 @@ class CubeWriter:
                 if name != "zarr.json" and f"{group}/{name}" not in self.nodes:
                     self.store.delete_tree(f"{group}/{name}")
             self._drop_uncommitted(group)
+        publish_cube(self.store, self.attrs, self.nodes)  # records a killed run left behind
 
     def _time_arrays(self, group: str) -> list[str]:
         return [
@@ -214,7 +224,8 @@ class CubeWriter:
         from zarr.storage import StorePath
 
         meta = ArrayV3Metadata.from_dict(copy.deepcopy(dict(doc)))
-        return Array(AsyncArray(meta, StorePath(self.zstore, path)))
+        # Every chunk is written, fill values too, so an absent chunk is always damage.
+        return Array(AsyncArray(meta, StorePath(self.zstore, path), config=WRITE_EVERY_CHUNK))
 
     def _commit(self, changed: list[str]) -> None:
         """Replace the root document (the commit point), then the changed arrays' own docs."""
@@ -234,6 +245,9 @@ class CubeWriter:
         _pause_point("after-commit")
         for path in changed:
             self.store.write_json(f"{path}/zarr.json", self.nodes[path])
+        # The STAC records follow the commit (a kill here leaves them one commit behind;
+        # the next writer's reconcile brings them up to date).
+        publish_cube(self.store, self.attrs, self.nodes)
 
     def create(self, layout: CubeLayout) -> None:
         """Create an empty cube (both groups, ``time`` length 0) and commit it."""
@@ -319,6 +333,7 @@ class CubeWriter:
                 regions=[(slice(n, n + 1),), (slice(n, n + 1),)],
                 lock=False,
             )
+            self._check_valid(arr["valid"], n, scene.scene_id)
             self.lock.check()
         except BaseException:
             self._drop_uncommitted(group)
@@ -329,6 +344,17 @@ class CubeWriter:
         self.attrs["hyperkd:scenes"] = [*self.scenes, record]
         self._commit(list(grown))
         self.lock.refresh()
+
+    def _check_valid(self, valid: Any, n: int, scene_id: str) -> None:
+        """Raise :class:`EmptySceneError` when the written scene ``n`` has too few valid pixels
+        (read back from the store: one small bool array, no second read of the inputs)."""
+        if self.min_valid_pixels <= 0:
+            return
+        count = int(np.count_nonzero(valid[n]))
+        if count < self.min_valid_pixels:
+            raise EmptySceneError(
+                f"{count} valid pixels in the cube's region (fewer than {self.min_valid_pixels})"
+            )
 
     def write_variables(self, group: str, ds: Any) -> list[str]:
         """Add or overwrite derived variables of ``group`` (see :func:`write_variables`)."""
@@ -424,6 +450,7 @@ __all__ = [
     "CORE_VARIABLES",
     "CubeLayout",
     "CubeWriter",
+    "EmptySceneError",
     "Grid",
     "NotACubeError",
     "SceneOrderError",
