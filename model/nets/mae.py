@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from timm.layers import PatchEmbed
+from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
@@ -143,6 +143,29 @@ class StudentMAE(nn.Module):
             if i == return_block:
                 hidden = x[:, 1:, :]
         return self.norm(x), hidden
+
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Encode an unmasked batch: normalised (B, C, H, W) -> patch tokens (B, h*w, D).
+
+        Tokens are in grid order (row-major over ``h = H / P``, ``w = W / P``), after the final
+        LayerNorm, CLS dropped. Any ``H``, ``W`` divisible by the patch size work: the fixed
+        position table is resampled bicubically like timm's ``dynamic_img_size`` does, so a
+        timm ``VisionTransformer`` holding these weights gives the same tokens.
+        """
+        b, _, height, width = imgs.shape
+        p = self.config.patch_size
+        if height % p or width % p:
+            raise ValueError(f"input {height} x {width} px is not a multiple of patch size {p}")
+        grid = (height // p, width // p)
+        x = self.patch_embed.proj(imgs).flatten(2).transpose(1, 2)  # (B, h*w, D)
+        pos = resample_abs_pos_embed(
+            self.pos_embed, new_size=grid, old_size=self.grid, num_prefix_tokens=1
+        )  # (1, 1 + h*w, D)
+        cls = self.cls_token.expand(b, -1, -1)  # (B, 1, D)
+        x = torch.cat([cls, x], dim=1) + pos  # (B, 1 + h*w, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)[:, 1:, :]  # (B, h*w, D)
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """(B, 1 + K, D) -> per-patch predictions (B, L, P*P*C) in grid order."""

@@ -27,6 +27,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 LATEST = "latest.json"
+FILE_MODE, DIR_MODE = 0o644, 0o755
+"""Run outputs are readable by the group and others (``mkstemp``/``mkdtemp`` give 0600/0700):
+a model a scheduled flow trained is read by other users of the shared storage."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -46,6 +49,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -63,6 +67,7 @@ def atomic_save_tensors(
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata
         )
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -137,8 +142,10 @@ def save_checkpoint(
             json.dumps(dict(state, step=step, optimizer=opt_meta), indent=1)
         )
         for f in tmp.iterdir():
+            os.chmod(f, FILE_MODE)
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
+        os.chmod(tmp, DIR_MODE)
         if final.exists():
             # Left over from a run killed between the rename and latest.json: never referenced.
             shutil.rmtree(final)
@@ -189,9 +196,31 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
 
 
 def save_run(run_dir: Path, weights: Mapping[str, torch.Tensor], config: dict[str, Any]) -> None:
-    """Final ``model.safetensors`` then ``config.json`` (its presence marks a finished run)."""
+    """Final ``model.safetensors``, the model card ``README.md`` and STAC ``item.json``, then
+    ``config.json`` (its presence marks a finished run)."""
     atomic_save_tensors(run_dir / "model.safetensors", weights, metadata={"format": "pt"})
+    write_card(run_dir, weights, config)
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=1, sort_keys=True))
+
+
+def write_card(
+    run_dir: Path,
+    weights: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    evaluation: Mapping[str, Any] | None = None,
+) -> None:
+    """``README.md`` (model card) and ``item.json`` (STAC MLM item) of a run directory, with
+    the last logged training metrics and, when given, an evaluation's ``metrics.json``."""
+    from hyperkd.model.train.card import last_logged, mlm_item, model_card
+
+    log = run_dir / "metrics.jsonl"
+    training = last_logged(log.read_text().splitlines()) if log.is_file() else None
+    if training is not None:
+        training.pop("step", None)
+    scores = {k: v for k, v in (evaluation or {}).items() if isinstance(v, (int, float))}
+    atomic_write_text(run_dir / "README.md", model_card(config, weights, training, evaluation))
+    item = mlm_item(config, weights, scores or training)
+    atomic_write_text(run_dir / "item.json", json.dumps(item, indent=1))
 
 
 def read_run(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
