@@ -7,7 +7,8 @@ store's train statistics), and ignore pixels the tile store marks invalid.
   patch's valid pixels).
 - **SSIM**: the composite reconstruction (predicted masked patches, original visible patches)
   against the tile, Gaussian window 11 / sigma 1.5 (Wang et al. 2004), per band, averaged over
-  the masked valid pixels and then over bands. The dynamic range ``L`` of each band is the
+  the masked valid pixels and then over bands (:mod:`hyperkd.model.train.ssim`, a fused
+  kernel with a hand-written backward). The dynamic range ``L`` of each band is the
   target's range on that tile (z-scores have no fixed range). [ASSUMPTION]
 - **KLD**: ``tau^2 * KL(softmax(t / tau) || softmax(s / tau))`` over the feature dimension,
   averaged over the student's visible tokens, where ``s`` is the student's block-8 token
@@ -26,6 +27,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from hyperkd.model.train.ssim import ssim_map, weighted_ssim
+
+__all__ = [
+    "LOSS_TERMS",
+    "LossConfig",
+    "feature_kld",
+    "hyperkd_loss",
+    "masked_patch_mse",
+    "ssim_map",
+    "tile_range",
+    "weighted_ssim",
+]
 
 LOSS_TERMS = ("mse", "mse+ssim", "mse+ssim+kld")
 
@@ -76,71 +90,6 @@ def masked_patch_mse(
     err = err.reshape(b, length, pix, -1).mean(dim=-1)  # (B, L, P*P) band-averaged per pixel
     weight = valid.float() * mask[..., None]  # (B, L, P*P)
     return (err * weight).sum() / weight.sum().clamp_min(1)
-
-
-def _gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()  # (size,)
-
-
-def _blur_matrix(n: int, g: torch.Tensor) -> torch.Tensor:
-    """(n, n) matrix ``M``: ``M @ v`` blurs ``v`` (length n) with kernel ``g``, reflect-padded."""
-    k, pad = g.numel(), g.numel() // 2
-    rows = torch.arange(n, device=g.device).view(n, 1).expand(n, k)
-    src = (rows + torch.arange(k, device=g.device).view(1, k) - pad).abs()  # (n, k)
-    src = torch.where(src > n - 1, 2 * (n - 1) - src, src)  # reflect, edge not repeated
-    m = torch.zeros(n, n, device=g.device)
-    return m.index_put_((rows, src), g.expand(n, k), accumulate=True)
-
-
-def ssim_map(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    data_range: torch.Tensor | float,
-    *,
-    window: int = 11,
-    sigma: float = 1.5,
-) -> torch.Tensor:
-    """Per-pixel SSIM of images (B, C, H, W), per band; returns (B, C, H, W).
-
-    ``data_range`` is a float or a tensor broadcastable to (B, C, 1, 1). Borders are
-    reflect-padded so the map stays aligned with the image (and its masks); images smaller
-    than the window get the largest window reflect padding allows.
-
-    The separable Gaussian blur is two small matrix products (``Mh @ t @ Mw^T``) rather than a
-    depthwise convolution: with 200+ bands, grouped convolutions are the slowest op of a CPU
-    training step, and the banded matrices give the same result (to float32 rounding).
-    """
-    x, y = x.float(), y.float()
-    h, w = x.shape[-2:]
-    window = min(window, 2 * min(h, w) - 1)
-    g = _gaussian_window(window, sigma, x.device)
-    m_h, m_w_t = _blur_matrix(h, g), _blur_matrix(w, g).T  # (H, H), (W, W)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return m_h @ t @ m_w_t  # (B, C, H, W)
-
-    mu_x, mu_y = blur(x), blur(y)
-    var_x = blur(x * x) - mu_x**2
-    var_y = blur(y * y) - mu_y**2
-    cov = blur(x * y) - mu_x * mu_y
-    c1 = (0.01 * data_range) ** 2
-    c2 = (0.03 * data_range) ** 2
-    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    )
-
-
-def weighted_ssim(
-    x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, data_range: torch.Tensor | float
-) -> torch.Tensor:
-    """SSIM per sample (B,): the SSIM map averaged over pixels with ``weight`` (B, 1, H, W),
-    per band, then over bands."""
-    smap = ssim_map(x, y, data_range)  # (B, C, H, W)
-    w = weight.float()
-    per_band = (smap * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3)).clamp_min(1e-8)  # (B, C)
-    return per_band.mean(dim=1)
 
 
 def tile_range(target: torch.Tensor) -> torch.Tensor:
