@@ -167,7 +167,8 @@ def mlm_item(
             media_type="application/octet-stream; application=safetensors",
             roles=["mlm:model", "mlm:weights"],
             title="weights (safetensors)",
-            extra_fields={"mlm:artifact_type": "safetensors"},
+            # Also on the asset: STAC 1.1's item schema only admits item-level bands then.
+            extra_fields={"mlm:artifact_type": "safetensors", "bands": item.properties["bands"]},
         ),
     )
     item.add_asset(

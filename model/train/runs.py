@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,6 +63,23 @@ def tile_store_summary(info: Any) -> dict[str, Any]:
             list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
         )
     return json.loads(json.dumps(out, default=float))
+
+
+def relative_paths(spec: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """A run spec with its local paths (``tiles``, ``teacher``, ``train.out``) made relative
+    to the run directory, so ``config.json`` holds no absolute path; URLs stay as they are."""
+
+    def rel(value: Any) -> Any:
+        if not isinstance(value, str) or "://" in value:
+            return value
+        return os.path.relpath(os.path.abspath(value), os.path.abspath(run_dir))
+
+    out = dict(spec, tiles=rel(spec.get("tiles")))
+    if spec.get("teacher") is not None:
+        out["teacher"] = rel(spec["teacher"])
+    if isinstance(spec.get("train"), dict):
+        out["train"] = dict(spec["train"], out=rel(spec["train"].get("out")))
+    return out
 
 
 def open_tiles(url: str, split: str, storage_options: dict[str, Any] | None) -> Any:
@@ -249,7 +267,7 @@ def run_distill(
     run_config = {
         "kind": "student",
         "model": student.config.to_dict(),
-        "run": config.to_dict(),
+        "run": relative_paths(config.to_dict(), config.train.out),
         "tile_store": tile_store_summary(info),
         "teacher": None if teacher is None else teacher.config.to_dict(),
     }
@@ -283,7 +301,7 @@ def run_teacher_pretrain(
     run_config = {
         "kind": "teacher",
         "model": model.config.to_dict(),
-        "run": config.to_dict(),
+        "run": relative_paths(config.to_dict(), config.train.out),
         "tile_store": tile_store_summary(info),
     }
     return fit(
