@@ -77,7 +77,9 @@ def test_layout_is_the_contract(tmp_path):
     tree = xr.open_datatree(url, engine="zarr")  # plain xarray, as other teams open it
     enmap, hls = tree["enmap"].to_dataset(), tree["hls"].to_dataset()
     assert enmap.reflectance.dims == ("time", "band", "y", "x")
-    assert enmap.reflectance.encoding["chunks"] == (1, 224, TILE, TILE)
+    # Band groups of 16 inside one shard per scene and tile: a one-band map reads 1/14.
+    assert enmap.reflectance.encoding["chunks"] == (1, 16, TILE, TILE)
+    assert enmap.reflectance.encoding["shards"] == (1, 224, TILE, TILE)
     assert enmap.valid.dims == ("time", "y", "x")
     assert list(enmap.scene_id.values) == ["E0", "E1"]
     assert np.all(np.diff(enmap.wavelength.values) > 0)
@@ -92,6 +94,9 @@ def test_layout_is_the_contract(tmp_path):
     np.testing.assert_array_equal(raw.reflectance[1].values, scenes[1].reflectance)
     np.testing.assert_array_equal(raw.valid[0].values, scenes[0].valid)
     np.testing.assert_allclose(enmap.reflectance[0, 5, 0, 0], scenes[0].reflectance[5, 0, 0] * 1e-4)
+    decoded = open_cube(url)["enmap"].ds.reflectance  # the typed opener decodes to float32
+    assert decoded.dtype == np.float32 and hls.reflectance.dims == ("time", "band", "y", "x")
+    np.testing.assert_allclose(decoded[0, 5].values, enmap.reflectance[0, 5].values, rtol=1e-6)
 
 
 def test_crs_stored_twice(tmp_path):

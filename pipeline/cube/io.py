@@ -28,8 +28,6 @@ import numpy as np
 from hyperkd.pipeline.cube.derived import plan_variables
 from hyperkd.pipeline.cube.layout import (
     CORE_VARIABLES,
-    CUBE_VERSION,
-    GROUPS,
     CubeLayout,
     Grid,
     SceneWrite,
@@ -39,6 +37,7 @@ from hyperkd.pipeline.cube.layout import (
     group_specs,
     static_values,
 )
+from hyperkd.pipeline.cube.schema import CUBE_VERSION, GROUPS, READABLE_VERSIONS
 from hyperkd.pipeline.cube.stac import publish_cube
 from hyperkd.pipeline.cube.verify import verify_cube
 from hyperkd.pipeline.store.integrity import WRITE_EVERY_CHUNK
@@ -155,7 +154,7 @@ class CubeWriter:
         meta = (doc.get("consolidated_metadata") or {}).get("metadata")
         if "hyperkd:cube_version" not in attrs or meta is None:
             raise NotACubeError(f"{self.store.url} is a zarr store but not a hyperkd cube")
-        if attrs["hyperkd:cube_version"] != CUBE_VERSION:
+        if attrs["hyperkd:cube_version"] not in READABLE_VERSIONS:
             raise NotACubeError(
                 f"{self.store.url} has cube version {attrs['hyperkd:cube_version']}, "
                 f"this code writes version {CUBE_VERSION}"
@@ -380,10 +379,12 @@ class CubeWriter:
 
 
 def _as_dask(values: Any, target: Any) -> Any:
-    """``values`` as a dask array chunked like ``target``'s chunks (minus the time axis)."""
+    """``values`` as a dask array chunked like ``target``'s shards, or its chunks when it is
+    not sharded (minus the time axis): one dask block per stored object, so no two blocks
+    write into one shard."""
     import dask.array as da
 
-    chunks = target.chunks[1:]
+    chunks = (getattr(target, "shards", None) or target.chunks)[1:]
     if isinstance(values, da.Array):
         return values.rechunk(chunks) if values.chunksize != chunks else values
     return da.from_array(np.asarray(values), chunks=chunks)
@@ -403,7 +404,8 @@ def open_cube(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | 
     """Open a cube lazily as an ``xarray.DataTree`` (groups ``enmap`` and ``hls``).
 
     Only committed scenes are visible (consolidated metadata); CRS decoded
-    (``decode_coords="all"``).
+    (``decode_coords="all"``); int16 reflectance and teacher bands decode to float32
+    reflectance (NaN nodata), not float64.
     """
     import xarray as xr
 
@@ -411,12 +413,26 @@ def open_cube(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | 
     doc = store.read_json(ROOT_DOC)
     if doc is None or "hyperkd:cube_version" not in doc.get("attributes", {}):
         raise FileNotFoundError(f"no hyperkd cube at {store.url}")
-    return xr.open_datatree(
-        store.zarr_store(read_only=True),
-        engine="zarr",
-        consolidated=True,
-        decode_coords="all",
+    tree = xr.open_datatree(
+        store.zarr_store(read_only=True), engine="zarr", consolidated=True, decode_cf=False
     )
+    return tree.map_over_datasets(_decode_float32)
+
+
+def _decode_float32(ds: Any) -> Any:
+    """CF-decode ``ds`` with small scaled integers going to float32.
+
+    xarray picks the decoded dtype from the type of ``scale_factor``, and JSON attributes
+    come back as Python floats (float64); as float32 they decode to float32, lazily.
+    """
+    import xarray as xr
+
+    ds = ds.copy()
+    for var in ds.variables.values():
+        if "scale_factor" in var.attrs and var.dtype.kind in "iu" and var.dtype.itemsize <= 2:
+            var.attrs["scale_factor"] = np.float32(var.attrs["scale_factor"])
+            var.attrs["add_offset"] = np.float32(var.attrs.get("add_offset", 0.0))
+    return xr.decode_cf(ds, decode_coords="all")
 
 
 def write_variables(

@@ -14,12 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from hyperkd.pipeline.cube.schema import (
+    ENMAP_NODATA,
+    HLS_NODATA,
+    REFLECTANCE_SCALE,
+    TIME_UNITS,
+    group_arrays,
+)
 from hyperkd.pipeline.sensors import EnmapBands, hls_sensor
 
-CUBE_VERSION = 1
-GROUPS = ("enmap", "hls")
-ENMAP_NODATA = -32768
-TIME_UNITS = "microseconds since 1970-01-01T00:00:00"
 ZSTD_LEVEL = 3
 CORE_VARIABLES = frozenset(
     {"reflectance", "valid", "time", "band", "y", "x", "scene_id", "spatial_ref", "wavelength"}
@@ -169,10 +172,13 @@ class ArraySpec:
     chunks: tuple[int, ...]
     fill_value: Any
     attrs: Mapping[str, Any]
+    shards: tuple[int, ...] | None = None
+    """Shard shape (chunks grouped into one object), or None for one object per chunk."""
 
 
 def array_doc(spec: ArraySpec) -> dict[str, Any]:
-    """The zarr v3 ``zarr.json`` document for ``spec`` (zstd, ``/`` chunk keys)."""
+    """The zarr v3 ``zarr.json`` document for ``spec`` (zstd, ``/`` chunk keys; sharded when
+    ``spec.shards``)."""
     import zarr
     import zarr.storage
     from zarr.core.buffer import default_buffer_prototype
@@ -183,6 +189,7 @@ def array_doc(spec: ArraySpec) -> dict[str, Any]:
         shape=spec.shape,
         dtype=str if spec.dtype == "str" else spec.dtype,
         chunks=spec.chunks,
+        shards=spec.shards,
         fill_value=spec.fill_value,
         dimension_names=spec.dims,
         attributes=dict(spec.attrs),
@@ -196,7 +203,7 @@ def array_doc(spec: ArraySpec) -> dict[str, Any]:
 def cf_data_attrs(fill: int, coordinates: Sequence[str]) -> dict[str, Any]:
     """CF attributes of a ``reflectance`` array: int16 x 10000, fill, grid mapping."""
     return {
-        "scale_factor": 1e-4,
+        "scale_factor": REFLECTANCE_SCALE,
         "add_offset": 0.0,
         "_FillValue": int(fill),
         "units": "1",
@@ -207,67 +214,55 @@ def cf_data_attrs(fill: int, coordinates: Sequence[str]) -> dict[str, Any]:
 
 
 def group_specs(group: str, grid: Grid, bands: EnmapBands | None, tile: int) -> list[ArraySpec]:
-    """The arrays of a fresh ``group`` (``time`` length 0), docs/cube.md "Layout"."""
+    """The arrays of a fresh ``group`` (``time`` length 0), from the schema
+    (:data:`hyperkd.pipeline.cube.schema.CUBE_ARRAYS`) plus their CF attributes."""
     ny, nx = grid.shape
-    ty, tx = min(tile, ny), min(tile, nx)
     if group == "enmap":
         assert bands is not None
         nb, fill = len(bands), ENMAP_NODATA
         per_time = ["scene_id"]
         band_coords = ["wavelength", "fwhm", "valid_band"]
     else:
-        nb, fill = len(hls_sensor().band_names), hls_sensor().nodata
+        nb, fill = len(hls_sensor().band_names), HLS_NODATA
         per_time = ["scene_id", "sensor", "paired_enmap"]
         band_coords = []
+    sizes = {"time": 0, "band": nb, "y": ny, "x": nx}
     coords = [*per_time, *band_coords, "spatial_ref"]
-    specs = [
-        ArraySpec(
-            "reflectance",
-            ("time", "band", "y", "x"),
-            "int16",
-            (0, nb, ny, nx),
-            (1, nb, ty, tx),
-            fill,
-            cf_data_attrs(fill, coords),
-        ),
-        ArraySpec(
-            "valid",
-            ("time", "y", "x"),
-            "bool",
-            (0, ny, nx),
-            (1, ty, tx),
-            False,
-            {
-                "long_name": "pixel usable (not nodata, not cloud/shadow/haze/cirrus/snow)",
-                "grid_mapping": "spatial_ref",
-                "coordinates": " ".join([*per_time, "spatial_ref"]),
-            },
-        ),
-        ArraySpec(
-            "time",
-            ("time",),
-            "int64",
-            (0,),
-            (1,),
-            0,
-            {"units": TIME_UNITS, "calendar": "proleptic_gregorian", "standard_name": "time"},
-        ),
-        ArraySpec("y", ("y",), "float64", (ny,), (ny,), 0.0, _axis_attrs("y", grid)),
-        ArraySpec("x", ("x",), "float64", (nx,), (nx,), 0.0, _axis_attrs("x", grid)),
-        ArraySpec("spatial_ref", (), "int64", (), (), 0, grid.spatial_ref_attrs()),
-    ]
-    specs += [ArraySpec(name, ("time",), "str", (0,), (1,), "", {}) for name in per_time]
-    if group == "enmap":
-        assert bands is not None
-        specs += [
-            ArraySpec("band", ("band",), "int32", (nb,), (nb,), 0, {"long_name": "band number"}),
-            ArraySpec("wavelength", ("band",), "float64", (nb,), (nb,), 0.0, {"units": "nm"}),
-            ArraySpec("fwhm", ("band",), "float64", (nb,), (nb,), 0.0, {"units": "nm"}),
-            ArraySpec("valid_band", ("band",), "bool", (nb,), (nb,), False, {}),
-        ]
-    else:
-        specs.append(ArraySpec("band", ("band",), "str", (nb,), (nb,), "", {}))
+    attrs: dict[str, dict[str, Any]] = {
+        "reflectance": cf_data_attrs(fill, coords),
+        "valid": {
+            "long_name": "pixel usable (not nodata, not cloud/shadow/haze/cirrus/snow)",
+            "grid_mapping": "spatial_ref",
+            "coordinates": " ".join([*per_time, "spatial_ref"]),
+        },
+        "time": {"units": TIME_UNITS, "calendar": "proleptic_gregorian", "standard_name": "time"},
+        "y": _axis_attrs("y", grid),
+        "x": _axis_attrs("x", grid),
+        "spatial_ref": grid.spatial_ref_attrs(),
+        "wavelength": {"units": "nm"},
+        "fwhm": {"units": "nm"},
+        "band": {"long_name": "band number"} if group == "enmap" else {},
+    }
+    specs = []
+    for a in group_arrays(group):
+        fill_value = fill if a.name == "reflectance" else _zero(a.dtype)
+        specs.append(
+            ArraySpec(
+                a.name,
+                a.dims,
+                "str" if a.dtype == "string" else a.dtype,
+                tuple(sizes[d] for d in a.dims),
+                a.chunk_shape(sizes, tile),
+                fill_value,
+                attrs.get(a.name, {}),
+                a.shard_shape(sizes, tile),
+            )
+        )
     return specs
+
+
+def _zero(dtype: str) -> Any:
+    return {"string": "", "bool": False, "float64": 0.0}.get(dtype, 0)
 
 
 def static_values(group: str, grid: Grid, bands: EnmapBands | None) -> dict[str, np.ndarray]:

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from hyperkd.pipeline.cube.layout import CUBE_VERSION, GROUPS, Grid
+from hyperkd.pipeline.cube.layout import Grid
+from hyperkd.pipeline.cube.schema import GROUPS, READABLE_VERSIONS, band_group, group_arrays
 from hyperkd.pipeline.sensors import hls_sensor
 from hyperkd.pipeline.store.integrity import deep_check
 from hyperkd.pipeline.store.location import CubeStore
@@ -29,20 +30,6 @@ SCENE_FIELDS = (
     "code_version",
     "parameters",
 )
-EXPECTED = {
-    "reflectance": (("time", "band", "y", "x"), "int16"),
-    "valid": (("time", "y", "x"), "bool"),
-    "time": (("time",), "int64"),
-    "scene_id": (("time",), "string"),
-    "y": (("y",), "float64"),
-    "x": (("x",), "float64"),
-}
-EXPECTED_ENMAP = {
-    "wavelength": (("band",), "float64"),
-    "fwhm": (("band",), "float64"),
-    "valid_band": (("band",), "bool"),
-}
-EXPECTED_HLS = {"sensor": (("time",), "string"), "paired_enmap": (("time",), "string")}
 
 
 def verify_cube(
@@ -67,7 +54,7 @@ def verify_cube(
         problems.append(f"zarr_format is {doc.get('zarr_format')}, expected 3")
     if nodes is None:
         return [*problems, "root has no consolidated metadata"]
-    if attrs.get("hyperkd:cube_version") != CUBE_VERSION:
+    if attrs.get("hyperkd:cube_version") not in READABLE_VERSIONS:
         problems.append(f"hyperkd:cube_version is {attrs.get('hyperkd:cube_version')!r}")
     tile = attrs.get("hyperkd:tile_size")
     if not isinstance(tile, int) or tile <= 0:
@@ -119,7 +106,7 @@ def _check_pairs(store: CubeStore, nodes: Mapping[str, Any]) -> list[str]:
 def _check_arrays(
     problems: list[str], group: str, nodes: Mapping[str, Any], tile: int | None
 ) -> None:
-    expected = EXPECTED | (EXPECTED_ENMAP if group == "enmap" else EXPECTED_HLS)
+    expected = {a.name: (a.dims, a.dtype) for a in group_arrays(group)}
     for name, (dims, dtype) in expected.items():
         d = nodes.get(f"{group}/{name}")
         if d is None:
@@ -154,8 +141,21 @@ def _check_arrays(
                 problems.append(f"{path}: {dim} chunk is {chunk}, expected tile size {tile}")
         if "band" in dims and not path.endswith(("/band", "/wavelength", "/fwhm", "/valid_band")):
             i = dims.index("band")
-            if chunks[i] != d["shape"][i]:
+            if chunks[i] < d["shape"][i]:  # a chunk, or a shard of band groups (layout 2)
                 problems.append(f"{path}: band chunk {chunks[i]} does not hold all bands")
+            inner = _inner_chunks(d)
+            if inner is not None and inner[i] != band_group(d["shape"][i]):
+                problems.append(
+                    f"{path}: band group {inner[i]}, expected {band_group(d['shape'][i])} bands"
+                )
+
+
+def _inner_chunks(doc: Mapping[str, Any]) -> tuple[int, ...] | None:
+    """The chunk shape inside the shards of a sharded array, else None."""
+    for codec in doc.get("codecs", ()):
+        if codec.get("name") == "sharding_indexed":
+            return tuple(codec["configuration"]["chunk_shape"])
+    return None
 
 
 def _check_georef(
