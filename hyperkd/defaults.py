@@ -43,3 +43,6 @@ GPU_POOL = "hyperkd-gpu"
 """Work pool of deployments that train or evaluate."""
 RESULTS_DIR = ".prefect-results"
 """Prefect's task results (the shared cache), under a run's ``out`` unless set elsewhere."""
+
+EMBED_BATCH_SIZE = 16
+"""Windows per forward pass of ``hyperkd embed``."""

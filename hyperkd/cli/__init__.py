@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "hyperkd.cli.ingest",
     "hyperkd.cli.train",
     "hyperkd.cli.evaluation",
+    "hyperkd.cli.embed",
     "hyperkd.cli.flows",
 )
 

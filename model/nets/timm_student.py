@@ -32,11 +32,13 @@ from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import nn
 
+from hyperkd.defaults import PATCH_SIZE, TILE_SIZE
 from hyperkd.model.nets.backbone import REFLECTANCE_SCALE
 from hyperkd.model.nets.mae import MAEConfig, student_config
 
-DEFAULTS = dict(img_size=128, patch_size=16, in_chans=218)
-"""The tile store's defaults (docs/tiles.md): used when no run config sits beside the weights."""
+DEFAULTS = dict(img_size=TILE_SIZE, patch_size=PATCH_SIZE, in_chans=218)
+"""The tile store's defaults (EnMAP L2A: 218 usable bands): used when no run config sits
+beside the weights."""
 
 
 def _cfg(preset: str) -> dict[str, Any]:
