@@ -169,7 +169,10 @@ def _write_one(
     source: Source,
     params: IngestParams,
     paired_enmap: str = "",
+    load: Callable[..., SceneWrite] | None = None,
 ) -> SceneOutcome:
+    """``load`` (default: :func:`_scene_write`) gives the scene's arrays; the parallel ingest
+    passes one that waits for a scene loaded ahead of time (pipeline/ingest/parallel.py)."""
     t0 = time.monotonic()
     group = "?"
     try:
@@ -182,7 +185,7 @@ def _write_one(
             warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
             # odc-geo multiplies affines with `*`, which affine 3 marks as pending deprecation.
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module=r"odc\.")
-            writer.append(_scene_write(item, source, writer.grid, params, paired_enmap))
+            writer.append((load or _scene_write)(item, source, writer.grid, params, paired_enmap))
     except Exception as exc:  # a scene's failure is reported, never fatal to the run
         reason = redact(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else exc)
         return SceneOutcome(item.id, group, "failed", reason, time.monotonic() - t0)
