@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from hyperkd import __version__
+from hyperkd.cli.extras import missing_extra
 
 COMMAND_MODULES = (
     "hyperkd.cli.data",
@@ -25,11 +26,40 @@ COMMAND_MODULES = (
     "hyperkd.cli.evaluation",
     "hyperkd.cli.embed",
     "hyperkd.cli.flows",
+    "hyperkd.cli.verify",
 )
 
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message of an error the user can act on; None for a bug (a traceback).
+
+    Errors of libraries imported only inside commands are matched by class name, so that
+    this module imports none of them.
+    """
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if missing_extra(exc):
+        return missing_extra(exc)
+    if isinstance(exc, (CliError, ValueError, FileNotFoundError)):
+        return str(exc)
+    if isinstance(exc, (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError)):
+        if exc.filename is None:
+            return str(exc)
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    if "CubeLockedError" in names:
+        return f"{exc} (or wait longer with --lock-timeout SECONDS)"
+    if "SafetensorError" in names:
+        return f"not a readable safetensors file ({exc})"
+    if "STACError" in names:
+        cause = exc.__cause__ or exc.__context__
+        why = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+        return f"invalid STAC metadata: {exc}{why}"
+    if isinstance(exc, RecursionError):
+        return "links nest too deep or form a loop (a STAC catalog linking to itself?)"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,11 +88,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return int(args.handler(args) or 0)
-    except (CliError, ValueError, FileNotFoundError) as exc:
-        # One clear line naming the problem; tracebacks only with --verbose.
-        if args.verbose:
+    except Exception as exc:
+        # One clear line naming the problem; tracebacks only with --verbose, and for bugs.
+        message = user_error(exc)
+        if args.verbose or message is None:
             raise
-        print(f"hyperkd {args.command}: error: {exc}", file=sys.stderr)
+        print(f"hyperkd {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hyperkd {args.command}: interrupted", file=sys.stderr)

@@ -54,6 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tile-size", type=int, default=128, metavar="T", help="chunk/tile size in px (128)"
     )
     parser.add_argument(
+        "--min-valid-pixels", type=int, default=1, metavar="N",
+        help="a scene with fewer valid pixels in the region is reported empty, not written (1)",
+    )  # fmt: skip
+    parser.add_argument(
         "--lock-timeout", type=float, default=60.0, metavar="S",
         help="seconds to wait for another writer of the same cube (60)",
     )  # fmt: skip
@@ -76,12 +80,15 @@ def config_from_args(args: argparse.Namespace) -> IngestConfig:
             raise ValueError("--storage-options must be a JSON object")
     load_band_table(args.bands)  # an unknown table fails here, before any search
     params = IngestParams(bands=args.bands, resampling=args.resampling, tile_size=args.tile_size)
-    return IngestConfig(query, args.out, options, params, lock_timeout_s=args.lock_timeout)
+    return IngestConfig(
+        query, args.out, options, params,
+        lock_timeout_s=args.lock_timeout, min_valid_pixels=args.min_valid_pixels,
+    )  # fmt: skip
 
 
 def _progress(outcome: SceneOutcome) -> None:
     extra = f" ({outcome.seconds:.1f} s)" if outcome.status == "written" else ""
-    reason = f": {outcome.reason}" if outcome.status == "failed" else ""
+    reason = f": {outcome.reason}" if outcome.status != "written" else ""
     print(f"{outcome.status:>7}  {outcome.group:<5} {outcome.scene_id}{extra}{reason}", flush=True)
 
 
@@ -95,9 +102,12 @@ def run_ingest(args: argparse.Namespace) -> int:
     if not summary.outcomes:
         print(f"no scenes: {summary.message}" if summary.message else "no scenes")
         return 0
+    unpaired = sum(o.status == "skipped" and "EnMAP pair" in o.reason for o in summary.outcomes)
+    extra = f", {len(summary.empty)} empty (not written)" if summary.empty else ""
+    extra += f", {unpaired} HLS skipped (EnMAP pair not in the cube)" if unpaired else ""
     print(
-        f"summary: {len(summary.written)} written, {len(summary.skipped)} skipped "
-        f"(already present), {len(summary.failed)} failed -> {config.out}"
+        f"summary: {len(summary.written)} written, {len(summary.skipped) - unpaired} skipped "
+        f"(already present), {len(summary.failed)} failed{extra} -> {config.out}"
     )
     for failed in summary.failed:
         print(f"  failed {failed.scene_id}: {failed.reason}", file=sys.stderr)

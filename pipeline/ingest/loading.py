@@ -25,8 +25,11 @@ import pystac
 from hyperkd.pipeline.cube.bandmap import COPY, CUBE_SCALE, INTERPOLATE, BandPlan
 from hyperkd.pipeline.cube.layout import ENMAP_NODATA, Grid
 from hyperkd.pipeline.ingest.quality import ENMAP_MASKING, enmap_valid, hls_valid
+from hyperkd.pipeline.redaction import redacted_logger
 from hyperkd.pipeline.sensors import EnmapBands, hls_sensor
 from hyperkd.pipeline.stac.sources import SensorProfile, Source
+
+_log = redacted_logger(__name__)
 
 RESAMPLING = ("bilinear", "nearest", "cubic")
 
@@ -98,14 +101,38 @@ def read_header(href: str, source: Source) -> RasterHeader:
 
 
 def enmap_grid(item: pystac.Item, profile: SensorProfile, source: Source) -> Grid:
-    """The EnMAP scene's own grid: the image asset's ``proj:*`` fields, else the file's."""
+    """The EnMAP scene's own grid, from the file's header.
+
+    When the image asset's ``proj:*`` fields disagree with the header (CRS, transform or
+    shape: a ``proj:shape`` of 200000 x 200000), a warning names the item and the file wins.
+    """
+    import pyproj
+
     from hyperkd.pipeline.stac.items import asset_grid
 
     key = profile.band_assets["reflectance"]
     g = asset_grid(item, key)
-    if g is not None:
+    try:
+        header = read_header(item.assets[key].get_absolute_href() or "", source).grid
+    except ValueError:
+        if g is None:
+            raise
+        # An unreadable file fails its scene when it is loaded, reported like any other.
         return Grid.from_proj(g.epsg, g.transform, g.shape)
-    return read_header(item.assets[key].get_absolute_href() or "", source).grid
+    if g is not None:
+        stac = Grid.from_proj(g.epsg, g.transform, g.shape)
+        same = (
+            stac.shape == header.shape
+            and all(abs(a - b) < 1e-6 * max(1.0, abs(b)) for a, b in zip(stac.transform, header.transform, strict=True))
+            and pyproj.CRS.from_user_input(stac.crs) == pyproj.CRS.from_user_input(header.crs)
+        )  # fmt: skip
+        if not same:
+            _log.warning(
+                "item %s: its proj: fields (%s, %s, %s) disagree with the file's header "
+                "(%s, %s, %s); trusting the file", item.id, stac.crs, list(stac.transform),
+                list(stac.shape), header.crs, list(header.transform), list(header.shape),
+            )  # fmt: skip
+    return header
 
 
 def _odc_load(

@@ -24,7 +24,7 @@ import pystac
 from rasterio.errors import NotGeoreferencedWarning
 
 from hyperkd.pipeline.cube.bandmap import load_band_table, plan_bands
-from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, SceneWrite
+from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, EmptySceneError, SceneWrite
 from hyperkd.pipeline.cube.layout import Grid
 from hyperkd.pipeline.ingest.loading import RESAMPLING, enmap_grid, load_enmap, load_hls
 from hyperkd.pipeline.redaction import clean_href, redact, redacted_logger
@@ -71,11 +71,15 @@ class IngestConfig:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     params: IngestParams = IngestParams()
     lock_timeout_s: float = 60.0
+    min_valid_pixels: int = 1
+    """A scene adding fewer valid pixels to the region is reported ``empty``, not written."""
 
 
 @dataclass(frozen=True)
 class SceneOutcome:
-    """What happened to one scene: ``written``, ``skipped`` (already present) or ``failed``."""
+    """What happened to one scene: ``written``, ``skipped`` (already present, or an HLS
+    scene whose EnMAP pair is not in the cube), ``empty`` (too few valid pixels in the
+    region; not written) or ``failed``."""
 
     scene_id: str
     group: str
@@ -102,6 +106,10 @@ class IngestSummary:
     @property
     def skipped(self) -> tuple[str, ...]:
         return self._ids("skipped")
+
+    @property
+    def empty(self) -> tuple[str, ...]:
+        return self._ids("empty")
 
     @property
     def failed(self) -> tuple[SceneOutcome, ...]:
@@ -179,6 +187,10 @@ def _write_one(
         group = _group_of(item)
         if item.id in writer.scene_ids(group):
             return SceneOutcome(item.id, group, "skipped", "already in the cube")
+        if paired_enmap and paired_enmap not in writer.scene_ids("enmap"):
+            # Its EnMAP pair failed or was empty: never point paired_enmap outside the cube.
+            why = f"its EnMAP pair {paired_enmap} is not in the cube"
+            return SceneOutcome(item.id, group, "skipped", why)
         with warnings.catch_warnings():
             # odc-stac warps empty HLS chunks through an identity transform and rasterio warns
             # NotGeoreferencedWarning (stack.md §a, harmless); only that warning is silenced.
@@ -186,6 +198,8 @@ def _write_one(
             # odc-geo multiplies affines with `*`, which affine 3 marks as pending deprecation.
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module=r"odc\.")
             writer.append((load or _scene_write)(item, source, writer.grid, params, paired_enmap))
+    except EmptySceneError as exc:  # nothing was committed
+        return SceneOutcome(item.id, group, "empty", str(exc), time.monotonic() - t0)
     except Exception as exc:  # a scene's failure is reported, never fatal to the run
         reason = redact(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else exc)
         return SceneOutcome(item.id, group, "failed", reason, time.monotonic() - t0)
@@ -203,13 +217,16 @@ def ingest_scene(
     region: str = "",
     storage_options: Mapping[str, Any] | None = None,
     lock_timeout_s: float = 60.0,
+    min_valid_pixels: int = 1,
 ) -> SceneOutcome:
     """Write one scene into the cube at ``cube_url`` (created on ``grid`` if absent).
 
     An existing cube keeps its own grid; ``grid`` is only used to create one.
     """
     check_output(cube_url, "cube", _source_roots([source]), storage_options)
-    with CubeWriter(cube_url, storage_options, lock_timeout_s=lock_timeout_s) as writer:
+    with CubeWriter(
+        cube_url, storage_options, lock_timeout_s=lock_timeout_s, min_valid_pixels=min_valid_pixels
+    ) as writer:
         created = not writer.exists
         if created:
             bands = load_band_table(params.bands)
@@ -231,6 +248,12 @@ def region_grid(item: pystac.Item, source: Source, bbox_lonlat: Sequence[float] 
 
     tr = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True)
     x0, y0, x1, y1 = tr.transform_bounds(*bbox_lonlat)
+    a, e = abs(grid.transform[0]), abs(grid.transform[4])
+    if x1 - x0 < a or y1 - y0 < e:
+        raise ValueError(
+            f"the region's bbox is {x1 - x0:.3g} x {y1 - y0:.3g} m, smaller than one "
+            f"{a:g} x {e:g} m pixel: give a larger region"
+        )
     return grid.crop((x0, y0, x1, y1))
 
 
@@ -303,7 +326,13 @@ def ingest_region(
         if progress is not None:
             progress(outcome)
 
-    with CubeWriter(config.out, config.storage_options, lock_timeout_s=config.lock_timeout_s) as w:
+    writer = CubeWriter(
+        config.out,
+        config.storage_options,
+        lock_timeout_s=config.lock_timeout_s,
+        min_valid_pixels=config.min_valid_pixels,
+    )
+    with writer as w:
         created = False
         if not w.exists:
             if not result.enmap:

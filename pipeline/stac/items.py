@@ -48,9 +48,17 @@ def number(value: Any) -> float | None:
 
 
 def cloud_cover(item: pystac.Item, profile: SensorProfile | None = None) -> float | None:
-    """Cloud cover in percent (0-100), ``None`` when the item does not say."""
+    """Cloud cover in percent (0-100), ``None`` when the item does not say.
+
+    A value that is present but not a number (``"lots"``, NaN) raises ``ValueError`` naming
+    the item: it must not pass a ``--max-cloud`` filter as if it were clear.
+    """
     key = profile.cloud_property if profile is not None else "eo:cloud_cover"
-    return number(item.properties.get(key))
+    raw = item.properties.get(key)
+    value = number(raw)
+    if raw is not None and (value is None or value != value):
+        raise ValueError(f"item {item.id}: {key} is {raw!r}, not a number of percent")
+    return value
 
 
 def scene_datetime(item: pystac.Item) -> dt.datetime:
