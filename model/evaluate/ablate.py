@@ -37,6 +37,7 @@ from hyperkd.model.nets.masking import MASKINGS, Masking
 from hyperkd.model.train.checkpoint import atomic_write_text, latest_checkpoint
 from hyperkd.model.train.config import DistillConfig, EvaluateConfig, OptimConfig, TrainConfig
 from hyperkd.model.train.losses import LOSS_TERMS, LossConfig
+from hyperkd.pipeline.store.guard import check_output
 
 _log = logging.getLogger(__name__)
 
@@ -203,6 +204,7 @@ def _link_no_teacher(out: Path) -> None:
 def run_ablation(cfg: AblationConfig) -> list[dict[str, Any]]:
     """Run every cell (skipping finished ones) and write ``ablation.csv`` and ``ablation.md``."""
     out = Path(cfg.out)
+    check_output(out, "files", [cfg.tiles, cfg.teacher])
     split = _eval_split(cfg)
     if cfg.teacher is None:
         raise ValueError("the mse+ssim+kld cells distil from a teacher: pass --teacher")

@@ -46,6 +46,7 @@ from hyperkd.model.data.loader import make_loader
 from hyperkd.model.evaluate import pixels, probes
 from hyperkd.model.nets.mae import StudentMAE
 from hyperkd.model.train.runs import load_student
+from hyperkd.pipeline.store.guard import check_output
 
 _log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ def _encoders(
 def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
     """Evaluate every method on ``cfg.task``; writes the JSON and markdown results and returns them."""
     label, classes = TASKS[cfg.task]
+    check_output(cfg.out, "files", [cfg.checkpoint, cfg.data, cfg.baseline_checkpoint])
     device = _device(cfg.device)
     train = TileDataset(cfg.data, split="train", storage_options=cfg.storage_options)
     if label not in train.info.labels:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from hyperkd.model.train.checkpoint import atomic_write_text
 from hyperkd.model.train.config import EvaluateConfig
 from hyperkd.model.train.runs import load_student, open_tiles
 from hyperkd.model.train.tasks import mask_image
+from hyperkd.pipeline.store.guard import check_output
 
 
 @torch.no_grad()
@@ -29,6 +31,8 @@ def evaluate(
     Masks come from ``config.masking`` with a fixed seed, so two runs are scored on the same
     masks. Metrics are in reflectance units (:mod:`hyperkd.model.evaluate.metrics`).
     """
+    inputs = [config.checkpoint, config.tiles, getattr(config, "teacher", None)]
+    check_output(config.out, "files", inputs, config.storage_options)
     model, _ = load_student(config.checkpoint)
     dataset = (
         dataset
@@ -77,6 +81,12 @@ def evaluate(
     if n_tiles == 0:
         raise ValueError(f"split {config.split!r} of {config.tiles} holds no tiles")
     result: dict[str, Any] = meter.compute()
+    bad = {k: v for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise ValueError(
+            f"the student's metrics are not finite ({', '.join(f'{k} {v}' for k, v in bad.items())}"
+            f"); its weights or the tiles hold NaN or inf. {config.out}/metrics.json not written"
+        )
     result |= {
         "n_tiles": n_tiles,
         "split": config.split,

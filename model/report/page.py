@@ -36,6 +36,7 @@ import numpy as np
 from hyperkd.model.evaluate.downstream import table as downstream_table
 from hyperkd.model.nets.masking import Masking
 from hyperkd.model.report import figures
+from hyperkd.pipeline.store.guard import check_output
 
 _log = logging.getLogger(__name__)
 
@@ -353,6 +354,7 @@ def write_report(cfg: ReportConfig) -> dict[str, Path]:
     sections += [curves_section(run_dir), ablation_section(run_dir), downstream_section(run_dir)]
     title = f"HyperKD run report: {run_dir.resolve().name}"
     files = run_dir / "report_files"
+    check_output(files, "files")  # never a file or a store of another kind
     files.mkdir(exist_ok=True)
     for stale in files.glob("*.png"):
         stale.unlink()

@@ -45,6 +45,7 @@ from hyperkd.model.train.trainer import (
     setup_distributed,
 )
 from hyperkd.pipeline.sensors import prithvi_preset
+from hyperkd.pipeline.store.guard import check_output
 
 _logger = logging.getLogger(__name__)
 
@@ -226,6 +227,8 @@ def _prepare(
     config: DistillConfig | TeacherPretrainConfig, env: DistEnv | None, dataset: Any
 ) -> tuple[DistEnv, Any]:
     """The process group, the train split (unless given) and the seeds of a training run."""
+    kind = "teacher" if isinstance(config, TeacherPretrainConfig) else "student"
+    check_output(config.train.out, kind, [config.tiles, getattr(config, "teacher", None)])
     env = env or setup_distributed(config.train.device)
     if dataset is None:
         dataset = open_tiles(config.tiles, "train", config.storage_options)
