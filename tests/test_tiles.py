@@ -95,6 +95,33 @@ def test_store_meets_the_contract(store: tuple[str, list]) -> None:
     assert attrs["teacher_preset"] == "prithvi-eo-1.0-100m" and len(attrs["teacher_mean"]) == 6
 
 
+def test_store_opens_with_plain_xarray_without_warnings(store: tuple[str, list]) -> None:
+    """Named dims and consolidated metadata: ``xr.open_zarr`` needs nothing else."""
+    import json
+    import warnings
+
+    import pyproj
+    import xarray as xr
+
+    from hyperkd.pipeline.tiles.schema import TILE_ARRAYS
+
+    out, _ = store
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_zarr(out)
+        index = xr.open_zarr(out, group="index")
+    for a in TILE_ARRAYS:
+        assert ds[a.name].dims == a.dims
+    assert ds["label_landcover"].dims == ("tile", "y", "x")
+    assert index["split"].dims == ("tile",) and index.sizes["tile"] == ds.sizes["tile"]
+    raw = xr.open_zarr(out, mask_and_scale=False)
+    np.testing.assert_array_equal(raw["student"][0].values, zarr.open_group(out)["student"][0])
+    root = json.loads((Path(out) / "zarr.json").read_text())
+    assert {"student", "index", "index/split"} <= set(root["consolidated_metadata"]["metadata"])
+    crs = ds.attrs["crs"]
+    assert crs.startswith("PROJCRS") and pyproj.CRS.from_wkt(crs).to_epsg() == 32633  # WKT2
+
+
 def test_tiles_hold_the_scene_pixels(store: tuple[str, list]) -> None:
     out, scenes = store
     root = zarr.open_group(out, mode="r")
@@ -301,6 +328,7 @@ def test_demo_cube_to_tile_store_via_the_cli(tmp_path: Path) -> None:
     assert {f: f.read_bytes() for f in sorted(Path(cube).rglob("*")) if f.is_file()} == before
     enmap = open_enmap(cube)
     assert "teacher_bands" not in enmap  # readers never write
+    assert zarr.open_group(out, mode="r").attrs["crs"] == enmap.attrs["proj:wkt2"]  # the cube's
     teacher = teacher_bands(enmap["reflectance"])
     root = zarr.open_group(out, mode="r")
     assert root["student"].shape[1:] == (218, 32, 32)

@@ -28,7 +28,7 @@ import xarray as xr
 import zarr
 
 from hyperkd.pipeline.redaction import clean_href
-from hyperkd.pipeline.sensors import hls_sensor, prithvi_preset
+from hyperkd.pipeline.sensors import prithvi_preset
 from hyperkd.pipeline.store.commit import commit, partial_path, sweep_killed_partials
 from hyperkd.pipeline.store.guard import check_output
 from hyperkd.pipeline.store.location import CubeStore
@@ -40,6 +40,7 @@ from hyperkd.pipeline.tiles.index import (
     tile_origins,
 )
 from hyperkd.pipeline.tiles.labels import load_label
+from hyperkd.pipeline.tiles.schema import TEACHER_BANDS, TILES_VERSION
 from hyperkd.pipeline.tiles.stac import publish_tiles
 from hyperkd.pipeline.tiles.verify import open_store, verify_tiles
 from hyperkd.pipeline.tiles.write import (
@@ -53,14 +54,13 @@ from hyperkd.pipeline.tiles.write import (
     scene_grid,
     scene_key,
     write_index,
+    write_root,
     write_tiles,
 )
 
 __all__ = ["TileConfig", "TileSummary", "build_tiles", "verify_tiles", "write_tile_store"]
 
 _log = logging.getLogger(__name__)
-
-TILES_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -303,7 +303,7 @@ def write_tile_store(
             "student_mean": moments.mean.tolist(),
             "student_std": moments.std().tolist(),
             "student_nodata": STUDENT_NODATA,
-            "teacher_bands": list(hls_sensor().band_names),
+            "teacher_bands": list(TEACHER_BANDS),
             "teacher_mean": list(preset.mean),
             "teacher_std": list(preset.std),
             "teacher_preset": preset.name,
@@ -317,8 +317,9 @@ def write_tile_store(
             "dropped": dropped,
             "params_hash": params,
         }
-        # Root attributes last: until they exist the store fails verify_tiles and read_info.
-        root.attrs.update(attrs)
+        # Root attributes last, with the consolidated metadata in the same write: until they
+        # exist the store fails verify_tiles and read_info.
+        write_root(location, {"hyperkd:kind": "tiles", **attrs})
         problems = verify_tiles(write_url, storage_options)
         if problems:
             if target is None:  # in place: take the completeness marker away again

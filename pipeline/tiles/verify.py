@@ -11,41 +11,17 @@ import zarr
 from hyperkd.pipeline.store.integrity import deep_check
 from hyperkd.pipeline.store.location import CubeStore
 from hyperkd.pipeline.tiles.index import SPLITS, leaking_pairs
-
-REQUIRED_ATTRS = (
-    "hyperkd:tiles_version",
-    "tile_size",
-    "patch_size",
-    "stride",
-    "min_valid",
-    "split_block_px",
-    "band_wavelength",
-    "band_fwhm",
-    "student_mean",
-    "student_std",
-    "teacher_bands",
-    "teacher_mean",
-    "teacher_std",
-    "teacher_preset",
-    "labels",
-    "crs",
-    "transform",
-    "grid_shape",
-    "source_cubes",
-    "splits",
-    "params_hash",
+from hyperkd.pipeline.tiles.schema import (
+    INDEX_COLUMNS,
+    LABEL_DIMS,
+    READABLE_VERSIONS,
+    REQUIRED_ATTRS,
+    TEACHER_BANDS,
+    TILE_ARRAYS,
+    sizes,
 )
-INDEX_COLUMNS = {
-    "tile_id": "int64",
-    "scene": "str",
-    "time": "datetime64[ns]",
-    "y0": "int32",
-    "x0": "int32",
-    "valid_fraction": "float32",
-    "cloud_fraction": "float32",
-    "significance": "float32",
-    "split": "str",
-}
+
+INDEX_DTYPES = {c.name: c.dtype for c in INDEX_COLUMNS}
 _SPOT_CHECKS = 32
 
 
@@ -128,6 +104,36 @@ def _deep(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
     return missing + deep_check(store, {p: d for p, d in docs.items() if d is not None})
 
 
+def _check_xarray(url: str, storage_options: Mapping[str, Any] | None, attrs: Any) -> list[str]:
+    """Layout 2: plain ``xr.open_zarr`` opens the store without a warning (dimension names,
+    consolidated metadata) and sees every array; the CRS is WKT2, like the cube's."""
+    import warnings
+
+    import pyproj
+    import xarray as xr
+
+    problems = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = xr.open_zarr(CubeStore(url, storage_options).zarr_store(read_only=True))
+        except Exception as exc:  # any failure to open is a finding
+            return [f"xarray.open_zarr fails: {type(exc).__name__}: {exc}"]
+    problems += [f"xarray.open_zarr warns: {w.message}" for w in caught]
+    for a in TILE_ARRAYS:
+        if a.name in ds and tuple(ds[a.name].dims) != a.dims:
+            problems.append(f"{a.name} has dims {ds[a.name].dims} in xarray, expected {a.dims}")
+    try:
+        pyproj.CRS.from_wkt(str(attrs["crs"]))
+    except pyproj.exceptions.CRSError as exc:
+        problems.append(f"attribute crs does not parse: {exc}")
+    if not str(attrs["crs"]).startswith(
+        ("PROJCRS", "GEOGCRS", "GEODCRS", "COMPOUNDCRS", "BOUNDCRS")
+    ):
+        problems.append("attribute crs is not WKT2 (the cube's proj:wkt2 is)")
+    return problems
+
+
 def _verify(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
     try:
         root = open_store(url, storage_options)
@@ -137,24 +143,23 @@ def _verify(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
     problems = [f"root attribute {k} is missing" for k in REQUIRED_ATTRS if k not in attrs]
     if problems:
         return [*problems, "store is incomplete (root attributes are written last)"]
-    if attrs["hyperkd:tiles_version"] != 1:
-        problems.append(f"unknown tiles version {attrs['hyperkd:tiles_version']}")
+    version = attrs["hyperkd:tiles_version"]
+    if version not in READABLE_VERSIONS:
+        problems.append(f"unknown tiles version {version}")
     T, P, stride = int(attrs["tile_size"]), int(attrs["patch_size"]), int(attrs["stride"])
     if T % P:
         problems.append(f"tile size {T} is not a multiple of patch size {P}")
         return problems
     if "student" not in root:
         return [*problems, "array student is missing"]
-    n, C, G = int(root["student"].shape[0]), len(attrs["band_wavelength"]), T // P
-    arrays = {
-        "student": ((n, C, T, T), "int16"),
-        "teacher": ((n, 6, T, T), "int16"),
-        "significance_gabor": ((n, G, G), "float32"),
-        "significance_wavelet": ((n, G, G), "float32"),
-        "valid": ((n, T, T), "bool"),
-    }
+    n, C = int(root["student"].shape[0]), len(attrs["band_wavelength"])
+    dim_sizes = sizes(n, C, T, P)
+    arrays = {a.name: (a.shape(dim_sizes), a.dtype) for a in TILE_ARRAYS}
     for name, record in attrs["labels"].items():
-        arrays[f"label_{name}"] = ((n, T, T), str(record.get("dtype")))
+        arrays[f"label_{name}"] = (
+            tuple(dim_sizes[d] for d in LABEL_DIMS),
+            str(record.get("dtype")),
+        )
     checked = {
         k: _check_array(root, k, shape, dtype, problems) for k, (shape, dtype) in arrays.items()
     }
@@ -164,13 +169,16 @@ def _verify(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
     _finite_list(attrs, "band_fwhm", C, problems) if attrs["band_fwhm"] else None
     _finite_list(attrs, "student_mean", C, problems)
     _finite_list(attrs, "student_std", C, problems, positive=True)
-    _finite_list(attrs, "teacher_mean", 6, problems)
-    _finite_list(attrs, "teacher_std", 6, problems, positive=True)
-    if len(attrs["teacher_bands"]) != 6:
-        problems.append(f"teacher_bands lists {len(attrs['teacher_bands'])} names, expected 6")
+    n_teacher = len(TEACHER_BANDS)
+    _finite_list(attrs, "teacher_mean", n_teacher, problems)
+    _finite_list(attrs, "teacher_std", n_teacher, problems, positive=True)
+    if list(attrs["teacher_bands"]) != list(TEACHER_BANDS):
+        problems.append(f"teacher_bands are {attrs['teacher_bands']}, expected {TEACHER_BANDS}")
+    if version in READABLE_VERSIONS and version >= 2:
+        problems += _check_xarray(url, storage_options, attrs)
 
     index = {
-        k: _check_array(root, f"index/{k}", (n,), d, problems) for k, d in INDEX_COLUMNS.items()
+        k: _check_array(root, f"index/{k}", (n,), d, problems) for k, d in INDEX_DTYPES.items()
     }
     if any(a is None for a in index.values()):
         return problems
