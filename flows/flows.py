@@ -202,7 +202,7 @@ def evaluate_stage(
             "tile store %s has no test tiles: evaluating on %s", tiles.url, split
         )
     evaluate = _unless_gone(tasks.evaluate, f"{run_dir}/evaluate/metrics.json")
-    evaluation = evaluate(student, tiles, f"{run_dir}/evaluate", split)
+    evaluation = evaluate(student, tiles, f"{run_dir}/evaluate", split, teacher_path)
     report = _unless_gone(tasks.write_report, f"{run_dir}/report.html")
     html = report(run_dir, evaluation) if "report" in params.stages else None
     rows = [{"metric": k, "value": round(v, 4)} for k, v in sorted(evaluation.metrics.items())]

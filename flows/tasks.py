@@ -241,15 +241,26 @@ def distill_student(
 
 
 @task(cache_policy=CACHE, persist_result=True)
-def evaluate(student: RunRecord, tiles: TileRecord, out: str, split: str = "test") -> RunRecord:
-    """PSNR, SSIM and SAM of the student's reconstructions on ``split``."""
+def evaluate(
+    student: RunRecord, tiles: TileRecord, out: str, split: str = "test", teacher: str | None = None
+) -> RunRecord:
+    """PSNR, SSIM and SAM of the student's reconstructions on ``split``, beside the baselines
+    (and the teacher's, in teacher space, when its run directory or file is given)."""
     from hyperkd.model.evaluate.reconstruction import evaluate as run_evaluate
     from hyperkd.model.train.config import EvaluateConfig
 
     metrics = run_evaluate(
-        EvaluateConfig(checkpoint=student.path, tiles=tiles.url, out=out, split=split)
+        EvaluateConfig(
+            checkpoint=student.path, tiles=tiles.url, out=out, split=split, teacher=teacher
+        )
     )
     flat = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    flat |= {
+        f"{name}_{k}": float(v)
+        for name, scores in metrics["baselines"].items()
+        for k, v in scores.items()
+        if k in ("psnr", "psnr_range")
+    }
     return RunRecord(
         "evaluate", out, fingerprint(student.fingerprint, tiles.fingerprint, split), flat
     )

@@ -174,6 +174,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--mask-ratio", type=float, default=0.75, help="default 0.75")
     evaluate.add_argument("--batch-size", type=int, default=8, metavar="N", help="default 8")
     evaluate.add_argument("--seed", type=int, default=0, metavar="N", help="mask seed (default 0)")
+    evaluate.add_argument(
+        "--teacher", metavar="CKPT", help="also score this teacher in teacher space, same masks"
+    )
+    evaluate.add_argument("--teacher-preset", choices=TEACHER_PRESETS, default="prithvi-eo-1.0-100m",
+                          help="architecture of a .pt teacher (default prithvi-eo-1.0-100m)")  # fmt: skip
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -277,11 +282,20 @@ def run_evaluate(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             seed=args.seed,
             device=args.device,
+            teacher=args.teacher,
+            teacher_preset=args.teacher_preset,
         ),
     )
     result = evaluate(command.config)
-    print(
-        f"{result['n_tiles']} {args.split} tiles: PSNR {result['psnr']:.2f} dB, SSIM {result['ssim']:.4f}, "
-        f"SAM {result['sam']:.2f} deg (masked patches); written to {args.out}/metrics.json"
-    )
+    print(f"{result['n_tiles']} {args.split} tiles, masked patches (PSNR peak 1 / band range, dB):")
+    rows = [("student", result), *result["baselines"].items()]
+    if "teacher" in result:
+        rows += [("teacher (6 bands)", result["teacher"])]
+        rows += [(f"  {k} (6 bands)", v) for k, v in result["teacher"]["baselines"].items()]
+    for name, m in rows:
+        print(
+            f"  {name:<22} PSNR {m['psnr']:.2f} / {m['psnr_range']:.2f}  SSIM {m['ssim']:.4f}  "
+            f"SAM {m['sam']:.2f} deg  MSE(norm) {m['mse_norm']:.4f}"
+        )
+    print(f"written to {args.out}/metrics.json")
     return 0

@@ -1,18 +1,25 @@
-"""Reconstruction metrics on reflectance scale: PSNR, SSIM (per band, averaged) and SAM.
+"""Reconstruction metrics on reflectance scale: PSNR (two peaks), SSIM, SAM and normalised MSE.
 
 Inputs are de-normalised first (``x * std + mean`` with the tile store's per-band statistics in
 reflectance x 10000, then / 10000), so the numbers are in reflectance units and comparable
 between runs with different normalisations.
 
-- **PSNR** (dB): ``10 log10(R^2 / MSE)`` with the peak ``R = 1.0`` reflectance (HySpecNet-style
-  /10000 scaling), MSE over bands and the selected pixels.
-- **SSIM**: Gaussian-window SSIM (11 / 1.5) per band with ``data_range = 1.0`` reflectance,
-  averaged over the selected pixels, then over bands.
+- **PSNR** (dB): ``10 log10(1 / MSE)`` with the peak ``1.0`` reflectance (HySpecNet-style
+  /10000 scaling, for comparison with published numbers), MSE over bands and the selected
+  pixels. Band means run 0.05-0.4, so this peak flatters every predictor alike.
+- **PSNR, band range** (``psnr_range``, dB): each band is divided by its dynamic range
+  ``R_b`` (max - min over the valid pixels of the train split) first, then PSNR with peak 1:
+  ``10 log10(1 / mean_b(MSE_b / R_b^2))``.
+- **SSIM**: Gaussian-window SSIM (11 / 1.5, Wang et al. 2004) per band with ``data_range =
+  R_b`` (1.0 reflectance when no range is given), averaged over the selected pixels, then over
+  bands. With ``data_range = 1`` the stabilising constants dwarf the bands' variance.
 - **SAM** (degrees): the angle between true and reconstructed spectra per pixel, averaged over
   the selected pixels.
+- **MSE, normalised** (``mse_norm``): the squared error of the per-band z-scores the model
+  sees, averaged over bands and the selected pixels: the training objective.
 
-Each metric is computed twice per tile: on the **masked** patches (``psnr``, ``ssim``,
-``sam``, the MAE task) and on the **full** decoder reconstruction (``psnr_full``, ...), every
+Each metric is computed twice per tile: on the **masked** patches (``psnr``, ``ssim``, ...,
+the MAE task) and on the **full** decoder reconstruction (``psnr_full``, ...), every
 patch as predicted. Pixels the tile store marks invalid are excluded from both. Dataset values
 are means over tiles.
 """
@@ -29,7 +36,9 @@ from hyperkd.model.train.losses import ssim_map
 REFLECTANCE_SCALE = 10000.0
 """Tile stores hold reflectance x 10000."""
 PEAK = 1.0
-"""PSNR peak and SSIM data range, reflectance units."""
+"""PSNR peak (and SSIM data range without a band range), reflectance units."""
+METRICS = ("psnr", "psnr_range", "ssim", "sam", "mse_norm")
+"""Every per-tile metric, in the order tables show them."""
 
 
 def to_reflectance(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -48,31 +57,43 @@ def _weighted_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def tile_metrics(
-    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    band_range: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """PSNR, SSIM and SAM per tile over the pixels with ``weight`` > 0.
 
     Args:
         pred, target: (B, C, H, W) reflectance.
         weight: (B, 1, H, W) pixel selection (0/1).
+        band_range: (C,) each band's dynamic range in reflectance, or None (peak 1.0).
 
     Returns:
-        ``psnr`` (dB), ``ssim``, ``sam`` (degrees), each (B,); tiles with no selected pixel
-        give NaN.
+        ``psnr`` and ``psnr_range`` (dB), ``ssim``, ``sam`` (degrees), each (B,); tiles with no
+        selected pixel give NaN.
     """
     pred, target = pred.float(), target.float()
+    c = pred.shape[1]
+    rng = (
+        torch.full((c,), PEAK, device=pred.device)
+        if band_range is None
+        else band_range.to(pred.device, torch.float32).clamp_min(1e-6)
+    ).view(1, c, 1, 1)
     empty = weight.float().sum(dim=(1, 2, 3)) == 0  # (B,)
-    mse = _weighted_mean(((pred - target) ** 2).mean(dim=1, keepdim=True), weight)[:, 0]  # (B,)
+    sq = (pred - target) ** 2  # (B, C, H, W)
+    mse = _weighted_mean(sq.mean(dim=1, keepdim=True), weight)[:, 0]  # (B,)
     psnr = 10 * torch.log10(PEAK**2 / mse.clamp_min(1e-12))
-    ssim = _weighted_mean(ssim_map(pred, target, PEAK), weight).mean(dim=1)  # (B,)
+    mse_rel = _weighted_mean((sq / rng**2).mean(dim=1, keepdim=True), weight)[:, 0]  # (B,)
+    psnr_range = 10 * torch.log10(1.0 / mse_rel.clamp_min(1e-12))
+    ssim = _weighted_mean(ssim_map(pred, target, rng), weight).mean(dim=1)  # (B,)
     dot = (pred * target).sum(dim=1, keepdim=True)  # (B, 1, H, W)
     norms = pred.norm(dim=1, keepdim=True) * target.norm(dim=1, keepdim=True)
     cos = (dot / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
     sam = _weighted_mean(torch.rad2deg(torch.acos(cos)), weight)[:, 0]  # (B,)
     nan = torch.full_like(psnr, math.nan)
-    return {
-        k: torch.where(empty, nan, v) for k, v in {"psnr": psnr, "ssim": ssim, "sam": sam}.items()
-    }
+    values = {"psnr": psnr, "psnr_range": psnr_range, "ssim": ssim, "sam": sam}
+    return {k: torch.where(empty, nan, v) for k, v in values.items()}
 
 
 def reconstruction_metrics(
@@ -82,6 +103,7 @@ def reconstruction_metrics(
     valid: torch.Tensor | None,
     mean: Sequence[float],
     std: Sequence[float],
+    band_range: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Masked-patch and full-reconstruction metrics per tile.
 
@@ -91,16 +113,25 @@ def reconstruction_metrics(
         mask_img: (B, 1, H, W) 1 on masked patches.
         valid: (B, H, W) bool pixel validity, or None.
         mean, std: the tile store's per-band statistics (reflectance x 10000).
+        band_range: (C,) each band's train-split dynamic range, reflectance; None = peak 1.
 
     Returns:
-        ``psnr``/``ssim``/``sam`` on masked patches and ``psnr_full``/``ssim_full``/``sam_full``
-        on the whole reconstruction, each (B,).
+        ``psnr``/``psnr_range``/``ssim``/``sam``/``mse_norm`` on masked patches and the same
+        with ``_full`` on the whole reconstruction, each (B,).
     """
     pred_r, target_r = to_reflectance(pred, mean, std), to_reflectance(target, mean, std)
     valid_w = torch.ones_like(mask_img) if valid is None else valid[:, None].to(mask_img.dtype)
-    masked = tile_metrics(pred_r, target_r, mask_img * valid_w)
-    full = tile_metrics(pred_r, target_r, valid_w)
-    return masked | {f"{k}_full": v for k, v in full.items()}
+    sq_norm = ((pred.float() - target.float()) ** 2).mean(dim=1, keepdim=True)  # (B, 1, H, W)
+    out = {}
+    for suffix, weight in (("", mask_img * valid_w), ("_full", valid_w)):
+        per_tile = tile_metrics(pred_r, target_r, weight, band_range)
+        per_tile["mse_norm"] = torch.where(
+            weight.sum(dim=(1, 2, 3)) == 0,
+            torch.full_like(per_tile["psnr"], math.nan),
+            _weighted_mean(sq_norm, weight)[:, 0],
+        )
+        out |= {f"{k}{suffix}": v for k, v in per_tile.items()}
+    return out
 
 
 class MetricMeter:
@@ -112,6 +143,11 @@ class MetricMeter:
     def update(self, per_tile: dict[str, torch.Tensor]) -> None:
         for key, value in per_tile.items():
             self._values.setdefault(key, []).append(value.detach().float().cpu())
+
+    def values(self, key: str) -> list[float]:
+        """Every tile's value of ``key`` in update order (NaN kept), for paired statistics."""
+        chunks = self._values.get(key, [])
+        return [float(v) for v in torch.cat(chunks)] if chunks else []
 
     def compute(self) -> dict[str, float]:
         out = {}

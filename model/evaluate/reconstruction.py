@@ -1,22 +1,81 @@
-"""``hyperkd evaluate``: reconstruction metrics of a student run on a split of a tile store."""
+"""``hyperkd evaluate``: reconstruction metrics of a student run on a split of a tile store,
+beside the predictors that learn nothing (:mod:`hyperkd.model.evaluate.baselines`), scored on
+the same tiles and the same masks; optionally the teacher too, in teacher space.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hyperkd.model.evaluate.metrics import MetricMeter, reconstruction_metrics
+from hyperkd.model.evaluate.baselines import BandStats, predictors, split_band_stats
+from hyperkd.model.evaluate.metrics import REFLECTANCE_SCALE, MetricMeter, reconstruction_metrics
+from hyperkd.model.nets.masking import Masking, PatchMask
 from hyperkd.model.train.checkpoint import atomic_write_text
 from hyperkd.model.train.config import EvaluateConfig
-from hyperkd.model.train.runs import load_student, open_tiles
+from hyperkd.model.train.runs import load_student, load_teacher, open_tiles
 from hyperkd.model.train.tasks import mask_image
 from hyperkd.pipeline.store.guard import check_output
+
+STATS_MAX_TILES = 512
+"""Train tiles read for the band statistics (mean, dynamic range) the metrics use."""
+
+Batch = dict[str, torch.Tensor]
+
+
+def _loader(dataset: Any, batch_size: int) -> Iterable[Batch]:
+    from hyperkd.model.data.loader import make_loader
+
+    return make_loader(dataset, batch_size, shuffle=False, drop_last=False, num_workers=0)
+
+
+class _Scorer:
+    """Scores one space (student or teacher): a model's reconstruction and every baseline."""
+
+    def __init__(self, mean: Any, std: Any, stats: BandStats, patch: int, per_tile: bool) -> None:
+        self.mean, self.std, self.patch = mean, std, patch
+        s = torch.as_tensor(list(std), dtype=torch.float32)
+        self.band_range = (stats.maximum - stats.minimum) * s / REFLECTANCE_SCALE  # (C,) refl.
+        self.baselines = predictors(stats.mean)
+        self.meters = {name: MetricMeter() for name in ("model", *self.baselines)}
+        self.per_tile = per_tile
+
+    def update(self, recon: torch.Tensor, imgs: torch.Tensor, pm: PatchMask, grid: Any,
+               valid: torch.Tensor | None) -> None:  # fmt: skip
+        """recon, imgs: (B, C, H, W) normalised; pm: the masks both were scored with."""
+        mask_img = mask_image(pm.mask, grid, self.patch)  # (B, 1, H, W)
+        preds = {"model": recon} | {
+            name: f(imgs, pm.mask, valid, self.patch) for name, f in self.baselines.items()
+        }
+        for name, pred in preds.items():
+            self.meters[name].update(
+                reconstruction_metrics(
+                    pred, imgs, mask_img, valid, self.mean, self.std, self.band_range
+                )
+            )
+
+    def result(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.meters["model"].compute()
+        out["baselines"] = {name: self.meters[name].compute() for name in self.baselines}
+        if self.per_tile:
+            out["per_tile"] = {
+                name: {k: meter.values(k) for k in ("psnr", "psnr_range", "mse_norm")}
+                for name, meter in self.meters.items()
+            }
+        return out
+
+
+def _masks(masking: Masking, batch: Batch, n: int, generator: torch.Generator,
+           device: torch.device) -> PatchMask:  # fmt: skip
+    key = masking.significance_key
+    return masking(batch["student"].shape[0], n, significance=batch[key] if key else None,
+                   generator=generator, device=device)  # fmt: skip
 
 
 @torch.no_grad()
@@ -24,21 +83,23 @@ def evaluate(
     config: EvaluateConfig,
     *,
     dataset: Any = None,
-    batches: Iterable[dict[str, torch.Tensor]] | None = None,
+    batches: Iterable[Batch] | None = None,
+    train_batches: Callable[[], Iterable[Batch]] | None = None,
 ) -> dict[str, Any]:
     """Reconstruction metrics of a student run on a split; writes ``OUT/metrics.json``.
 
-    Masks come from ``config.masking`` with a fixed seed, so two runs are scored on the same
-    masks. Metrics are in reflectance units (:mod:`hyperkd.model.evaluate.metrics`).
+    Masks come from ``config.masking`` with a fixed seed, so two runs (and the baselines) are
+    scored on the same masks. Metrics are in reflectance units
+    (:mod:`hyperkd.model.evaluate.metrics`); ``psnr_range`` and ``ssim`` use each band's
+    dynamic range on the train split (``train_batches``: default the store's train split).
+    With ``config.teacher`` the teacher reconstructs its six bands under the same masks
+    (its own draw where its patch grid differs), scored the same way, under ``teacher``.
     """
-    inputs = [config.checkpoint, config.tiles, getattr(config, "teacher", None)]
+    inputs = [config.checkpoint, config.tiles, config.teacher]
     check_output(config.out, "files", inputs, config.storage_options)
     model, _ = load_student(config.checkpoint)
-    dataset = (
-        dataset
-        if dataset is not None
-        else open_tiles(config.tiles, config.split, config.storage_options)
-    )
+    if dataset is None:
+        dataset = open_tiles(config.tiles, config.split, config.storage_options)
     info = dataset.info
     c = model.config
     if (info.n_bands, info.tile_size, info.patch_size) != (c.in_chans, c.img_size, c.patch_size):
@@ -46,53 +107,80 @@ def evaluate(
             f"tile store has {info.n_bands} bands, {info.tile_size}-px tiles and {info.patch_size}-px "
             f"patches; the student was trained on {c.in_chans}, {c.img_size} and {c.patch_size}"
         )
-    if batches is None:
-        from hyperkd.model.data.loader import make_loader
-
-        batches = make_loader(dataset, config.batch_size, shuffle=False, drop_last=False)
     device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
+    teacher = None
+    if config.teacher is not None:
+        teacher = load_teacher(
+            config.teacher, img_size=info.tile_size, preset=config.teacher_preset,
+            teacher_mean=info.teacher_mean, teacher_std=info.teacher_std,
+        ).model.to(device)  # fmt: skip
+    keys = ("student", "teacher") if teacher is not None else ("student",)
+    if train_batches is None:
+        train = open_tiles(config.tiles, "train", config.storage_options)
+        stats = split_band_stats(_loader(train, config.batch_size), keys, STATS_MAX_TILES)
+    else:
+        stats = split_band_stats(train_batches(), keys, STATS_MAX_TILES)
+    if batches is None:
+        batches = _loader(dataset, config.batch_size)
     model.to(device)
+    student = _Scorer(info.student_mean, info.student_std, stats["student"], c.patch_size,
+                      config.per_tile)  # fmt: skip
+    teach = None
+    if teacher is not None:
+        teach = _Scorer(info.teacher_mean, info.teacher_std, stats["teacher"],
+                        teacher.config.patch_size, config.per_tile)  # fmt: skip
     generator = torch.Generator().manual_seed(config.seed)
-    key = config.masking.significance_key
-    meter, n_tiles = MetricMeter(), 0
+    teacher_generator = torch.Generator().manual_seed(config.seed + 1)
+    n_tiles, tile_ids = 0, []
     for batch in batches:
         imgs = batch["student"].to(device)
-        pm = config.masking(
-            imgs.shape[0],
-            model.num_patches,
-            significance=batch[key] if key else None,
-            generator=generator,
-            device=device,
-        )
-        latent, _ = model.forward_encoder(imgs, pm)
-        image = model.unpatchify(model.forward_decoder(latent, pm.ids_restore))
         valid = batch.get("valid")
-        meter.update(
-            reconstruction_metrics(
-                image,
-                imgs,
-                mask_image(pm.mask, model.grid, c.patch_size),
-                None if valid is None else valid.to(device),
-                info.student_mean,
-                info.student_std,
+        valid = None if valid is None else valid.to(device)
+        pm = _masks(config.masking, batch, model.num_patches, generator, device)
+        latent, _ = model.forward_encoder(imgs, pm)
+        recon = model.unpatchify(model.forward_decoder(latent, pm.ids_restore))
+        student.update(recon, imgs, pm, model.grid, valid)
+        if teacher is not None and teach is not None:
+            timgs = batch["teacher"].to(device)
+            tgrid = teacher.grid[1:]
+            # Same grid: the student's masks; otherwise random masks at the same ratio.
+            tpm = (
+                pm
+                if tgrid == model.grid
+                else Masking("random", config.masking.ratio)(
+                    timgs.shape[0], teacher.num_patches, generator=teacher_generator, device=device
+                )
             )
-        )
+            tlatent = teacher.forward_encoder(timgs, tpm)
+            trecon = teacher.unpatchify(teacher.forward_decoder(tlatent, tpm.ids_restore))[:, :, 0]
+            teach.update(trecon, timgs, tpm, tgrid, valid)
         n_tiles += imgs.shape[0]
+        tile_ids += [int(t) for t in batch.get("tile_id", torch.full((imgs.shape[0],), -1))]
     if n_tiles == 0:
         raise ValueError(f"split {config.split!r} of {config.tiles} holds no tiles")
-    result: dict[str, Any] = meter.compute()
+    result = student.result()
+    if not math.isfinite(result["psnr"]):
+        raise ValueError(
+            f"the student's reconstructions of the {config.split} tiles are not finite "
+            f"({config.checkpoint}); nothing written"
+        )
     bad = {k: v for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
         raise ValueError(
             f"the student's metrics are not finite ({', '.join(f'{k} {v}' for k, v in bad.items())}"
             f"); its weights or the tiles hold NaN or inf. {config.out}/metrics.json not written"
         )
+    if teach is not None:
+        result["teacher"] = teach.result() | {"checkpoint": str(config.teacher)}
     result |= {
         "n_tiles": n_tiles,
         "split": config.split,
         "masking": dataclasses.asdict(config.masking),
         "checkpoint": str(config.checkpoint),
+        "band_range_tiles": stats["student"].n_tiles,
     }
+    if config.per_tile:
+        result["tile_id"] = tile_ids
     atomic_write_text(
         Path(config.out) / "metrics.json", json.dumps(result, indent=1, sort_keys=True)
     )

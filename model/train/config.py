@@ -70,6 +70,11 @@ class TrainConfig:
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     num_workers: int | None = None
     progress: bool = True
+    augment: bool = True
+    """One random flip/rot90 per tile and step (all spatial fields alike)."""
+    memory_cache: str = "auto"
+    """``auto`` (hold the split in RAM when it fits, :mod:`hyperkd.model.data.memory`), ``on``
+    or ``off`` (read the tile store every epoch)."""
 
     def __post_init__(self) -> None:
         if (self.steps is None) == (self.epochs is None):
@@ -80,6 +85,8 @@ class TrainConfig:
             raise ValueError("--steps/--epochs must be at least 1")
         if self.batch_size < 1 or self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError("batch size, log and checkpoint intervals must be at least 1")
+        if self.memory_cache not in ("auto", "on", "off"):
+            raise ValueError(f"memory_cache must be auto, on or off, got {self.memory_cache!r}")
 
 
 @dataclass(frozen=True)
@@ -132,4 +139,9 @@ class EvaluateConfig:
     batch_size: int = 8
     seed: int = 0
     device: str = "auto"
+    teacher: str | None = None
+    """Teacher run directory or Prithvi file: also score it, in teacher space, on the same masks."""
+    teacher_preset: str = "prithvi-eo-1.0-100m"
+    per_tile: bool = True
+    """Also write every tile's masked-patch scores (paired statistics, bootstraps)."""
     storage_options: dict[str, Any] | None = None

@@ -224,16 +224,38 @@ def write_run_manifest(
 
 
 def _prepare(
-    config: DistillConfig | TeacherPretrainConfig, env: DistEnv | None, dataset: Any
-) -> tuple[DistEnv, Any]:
-    """The process group, the train split (unless given) and the seeds of a training run."""
+    config: DistillConfig | TeacherPretrainConfig,
+    env: DistEnv | None,
+    dataset: Any,
+    loader_factory: LoaderFactory | None,
+) -> tuple[DistEnv, Any, LoaderFactory | None]:
+    """The process group, the train split (unless given), its loader and the seeds of a run.
+
+    A split that fits in RAM (``memory_cache``) is decoded once and served from tensors
+    (:mod:`hyperkd.model.data.memory`); otherwise the tile loader reads it every epoch.
+    """
+    from hyperkd.model.data.dataset import TileDataset
+
+    train = config.train
     kind = "teacher" if isinstance(config, TeacherPretrainConfig) else "student"
-    check_output(config.train.out, kind, [config.tiles, getattr(config, "teacher", None)])
-    env = env or setup_distributed(config.train.device)
+    check_output(train.out, kind, [config.tiles, getattr(config, "teacher", None)])
+    env = env or setup_distributed(train.device)
     if dataset is None:
-        dataset = open_tiles(config.tiles, "train", config.storage_options)
-    seed_everything(config.train.seed)
-    return env, dataset
+        dataset = TileDataset(
+            config.tiles, split="train", augment=train.augment,
+            storage_options=config.storage_options,
+        )  # fmt: skip
+    if loader_factory is None and train.memory_cache != "off" and isinstance(dataset, TileDataset):
+        from hyperkd.model.data.memory import MemoryTiles, fits_in_memory, memory_loader_factory
+
+        if train.memory_cache == "on" or fits_in_memory(dataset):
+            dataset = MemoryTiles(dataset)
+            loader_factory = memory_loader_factory(
+                dataset, train.batch_size, seed=train.seed, augment=train.augment,
+                rank=env.rank, world_size=env.world_size,
+            )  # fmt: skip
+    seed_everything(train.seed)
+    return env, dataset, loader_factory
 
 
 def run_distill(
@@ -245,7 +267,7 @@ def run_distill(
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """``hyperkd train``: the student MAE on the tile store's train split."""
-    env, dataset = _prepare(config, env, dataset)
+    env, dataset, loader_factory = _prepare(config, env, dataset, loader_factory)
     info = dataset.info
     student = StudentMAE(
         student_config(
@@ -295,7 +317,7 @@ def run_teacher_pretrain(
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """``hyperkd train-teacher``: MAE pretraining of a Prithvi architecture on teacher tiles."""
-    env, dataset = _prepare(config, env, dataset)
+    env, dataset, loader_factory = _prepare(config, env, dataset, loader_factory)
     info = dataset.info
     model = PrithviMAE(
         teacher_config(config.preset, img_size=info.tile_size, patch_size=info.patch_size)
