@@ -16,6 +16,7 @@ checkpoint intact and referenced.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 LATEST = "latest.json"
+
+_log = logging.getLogger(__name__)
 FILE_MODE, DIR_MODE = 0o644, 0o755
 """Run outputs are readable by the group and others (``mkstemp``/``mkdtemp`` give 0600/0700):
 a model a scheduled flow trained is read by other users of the shared storage."""
@@ -192,6 +195,38 @@ def load_checkpoint(folder: Path) -> dict[str, Any]:
     }
 
 
+def resume_point(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of a run that loads, with its contents; None without any.
+
+    ``latest.json``'s checkpoint comes first. When it does not load (a truncated or
+    corrupted file, a missing one, bad JSON), the older checkpoints follow, newest first, and
+    the one taken instead is logged as a warning. ``ValueError`` when none loads.
+    """
+    root = run_dir / "checkpoints"
+    named = None
+    try:
+        named = root / json.loads((root / LATEST).read_text())["path"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _log.warning("%s is unreadable (%s); looking for an older checkpoint", root / LATEST, exc)
+    older = sorted((p for p in root.glob("step-*") if p.is_dir() and p != named), reverse=True)
+    failures = []
+    for folder in [named, *older] if named is not None else older:
+        try:
+            loaded = load_checkpoint(folder)
+        except Exception as exc:  # any unreadable part: safetensors, JSON, missing files
+            failures.append(f"{folder.name}: {type(exc).__name__}: {exc}")
+            continue
+        if failures:
+            _log.warning(
+                "checkpoint %s does not load (%s); resuming from the previous good one, %s",
+                failures[0].split(":", 1)[0], failures[0].split(": ", 1)[1], folder.name,
+            )  # fmt: skip
+        return folder, loaded
+    raise ValueError(f"no checkpoint in {root} loads: {'; '.join(failures) or 'none complete'}")
+
+
 # --- run directories: final weights + config.json ---
 
 
@@ -233,4 +268,7 @@ def read_run(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
         raise ValueError(
             f"{run_dir} is not a finished run: it needs config.json and model.safetensors"
         )
-    return json.loads(config_path.read_text()), load_file(weights_path)
+    try:
+        return json.loads(config_path.read_text()), load_file(weights_path)
+    except Exception as exc:  # SafetensorError (no stable import path), bad JSON
+        raise ValueError(f"{run_dir} holds an unreadable run: {type(exc).__name__}: {exc}") from exc

@@ -33,8 +33,9 @@ from torch import nn
 from tqdm import tqdm
 
 from hyperkd.model.train.checkpoint import (
+    LATEST,
     latest_checkpoint,
-    load_checkpoint,
+    resume_point,
     save_checkpoint,
     save_run,
 )
@@ -218,15 +219,16 @@ def fit(
     step, epoch, position = 0, 0, 0
     saved_config = _fingerprint(run_config)  # what a resume must match
 
-    checkpoint = latest_checkpoint(out)
-    if checkpoint is not None and not config.resume:
+    started = (out / "checkpoints" / LATEST).is_file()
+    if started and not config.resume:
         raise ValueError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
-    if checkpoint is None and (out / "config.json").exists() and not config.resume:
+    if not started and (out / "config.json").exists() and not config.resume:
         raise ValueError(f"{out} already holds a finished run; choose another --out")
-    if checkpoint is not None:
-        ck = load_checkpoint(checkpoint)
+    resumed = resume_point(out) if started else None  # falls back past a corrupt checkpoint
+    if resumed is not None:
+        ck = resumed[1]
         if ck["state"]["run_config"] != saved_config:
             raise ValueError(
                 f"--resume with different settings than the run in {out} was started with"
