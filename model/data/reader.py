@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 import numpy as np
 import zarr.api.asynchronous as zarr_async
 
+from hyperkd.pipeline.redaction import clean_href
+from hyperkd.pipeline.store.integrity import StrictStore
 from hyperkd.pipeline.store.location import CubeStore
 
 __all__ = ["TileReader"]
@@ -99,7 +101,12 @@ class TileReader:
         # This runs on the loop's thread, and fsspec caches filesystem instances per thread,
         # so an async filesystem made here is not the one zarr's own loop already uses.
         store = CubeStore(self.url, self.storage_options)
-        group = await zarr_async.open_group(store=store.zarr_store(read_only=True), mode="r")
+        # An absent chunk raises instead of reading as fill values (nodata marked valid).
+        strict = StrictStore(store.zarr_store(read_only=True), clean_href(self.url))
+        group = await zarr_async.open_group(store=strict, mode="r")
+        missing = [name for name in self.names if not await group.contains(name)]
+        if missing:
+            raise ValueError(f"tile store {clean_href(self.url)} has no array {missing}")
         return {name: await group.getitem(name) for name in self.names}
 
     async def read(self, j: int, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:

@@ -243,8 +243,9 @@ def write_index(
     for name, values in columns.items():
         dtype: Any = str if values.dtype.kind == "U" else values.dtype
         arr = root.create_array(
-            f"index/{name}", shape=(n,), chunks=(max(n, 1),), dtype=dtype, dimension_names=("tile",)
-        )
+            f"index/{name}", shape=(n,), chunks=(max(n, 1),), dtype=dtype,
+            dimension_names=("tile",), config=WRITE_EVERY_CHUNK,
+        )  # fmt: skip
         arr[:] = values
 
 

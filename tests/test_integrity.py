@@ -1,0 +1,159 @@
+"""Integrity: ``hyperkd verify --deep`` finds deleted and corrupted chunks in a cube and in a
+tile store; the tile loader refuses a missing chunk; ``--resume`` passes a corrupt checkpoint;
+ingest reports scenes without valid pixels as ``empty`` and commits nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _model_fakes import write_small_tile_store
+
+from hyperkd.cli import main
+from hyperkd.pipeline.store.integrity import MissingChunkError, chunk_keys, is_chunk_key
+
+TRAIN = ["--batch-size", "4", "--num-workers", "0", "--no-progress", "--device", "cpu"]
+INGEST = ["--region", "demo", "--start", "2024-06-01", "--end", "2024-08-30", "--tile-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small ingested cube and a small tile store, never modified."""
+    from hyperkd.pipeline.synthetic.factory import RegionSpec
+    from hyperkd.pipeline.synthetic.products import write_region
+
+    root = tmp_path_factory.mktemp("integrity")
+    write_region(root / "region", RegionSpec(size_px=64, n_scenes=1))
+    cube = root / "cube.zarr"
+    assert main(["ingest", "--source", str(root / "region"), *INGEST, "--out", str(cube)]) == 0
+    tiles = Path(write_small_tile_store(str(root / "tiles.zarr")))
+    return {"cube": cube, "tiles": tiles}
+
+
+def _copy(src: Path, tmp: Path) -> Path:
+    dst = tmp / src.name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _chunk(store: Path, array: str, index: int = 0) -> Path:
+    files = sorted(p for p in (store / array / "c").rglob("*") if p.is_file())
+    return files[index]
+
+
+@pytest.mark.parametrize(
+    ("kind", "array"),
+    [("cube", "enmap/reflectance"), ("cube", "enmap/valid"), ("tiles", "student")],
+)
+@pytest.mark.parametrize("damage", ["delete", "corrupt"])
+def test_verify_deep_finds_a_damaged_chunk(
+    stores: dict[str, Path], tmp_path: Path, kind: str, array: str, damage: str, capsys
+) -> None:
+    store = _copy(stores[kind], tmp_path)
+    assert main(["verify", str(store), "--deep"]) == 0
+    assert "sound (every chunk read)" in capsys.readouterr().out
+    chunk = _chunk(store, array, 1)
+    key = chunk.relative_to(store).as_posix()
+    if damage == "delete":
+        chunk.unlink()
+    else:
+        chunk.write_bytes(b"\x00garbage" * 16)
+    capsys.readouterr()
+    assert main(["verify", str(store), "--deep"]) == 1
+    out = capsys.readouterr().out
+    expected = f"chunk {key} is missing" if damage == "delete" else f"chunk {key} does not decode"
+    assert expected in out, out
+    assert "1 problem(s)" in out
+
+
+def test_chunk_keys_follow_the_default_encoding() -> None:
+    doc = {
+        "shape": [2, 3, 65, 64],
+        "chunk_grid": {"configuration": {"chunk_shape": [1, 3, 32, 32]}},
+    }
+    keys = chunk_keys("enmap/reflectance", doc)
+    assert len(keys) == 2 * 1 * 3 * 2 and keys[0] == "enmap/reflectance/c/0/0/0/0"
+    assert keys[-1] == "enmap/reflectance/c/1/0/2/1"
+    assert (
+        chunk_keys("x", {"shape": [0, 4], "chunk_grid": {"configuration": {"chunk_shape": [1, 4]}}})
+        == []
+    )
+    assert is_chunk_key("student/c/3/0/0/0") and not is_chunk_key("student/zarr.json")
+    assert not is_chunk_key("c/zarr.json") and is_chunk_key("index/split/c/0")
+
+
+def test_the_loader_refuses_a_missing_chunk(stores: dict[str, Path], tmp_path: Path) -> None:
+    """A deleted student chunk used to reach the trainer as nodata marked valid (-47..-172)."""
+    from hyperkd.model.data.dataset import TileDataset
+
+    store = _copy(stores["tiles"], tmp_path)
+    ds = TileDataset(str(store), split=None)
+    first = ds[0]
+    assert torch.isfinite(first["student"]).all() and first["student"].abs().max() < 20
+    (store / "student" / "c" / "0" / "0" / "0" / "0").unlink()
+    fresh = TileDataset(str(store), split=None)
+    with pytest.raises(MissingChunkError, match=r"chunk student/c/0/0/0/0 .* is missing"):
+        fresh[0]
+    assert torch.equal(fresh[1]["student"], ds[1]["student"])  # the others still read
+
+
+def test_resume_falls_back_past_a_corrupt_optimizer_checkpoint(
+    stores: dict[str, Path], tmp_path: Path, caplog
+) -> None:
+    from hyperkd.model.train.checkpoint import resume_point
+
+    run = tmp_path / "run"
+    argv = ["train", "--tiles", str(stores["tiles"]), "--out", str(run), "--loss", "mse", *TRAIN]
+    assert main([*argv, "--steps", "3", "--checkpoint-every", "1"]) == 0
+    steps = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert steps == ["step-00000002", "step-00000003"]
+    latest = run / "checkpoints" / "step-00000003" / "optimizer.safetensors"
+    latest.write_bytes(latest.read_bytes()[:100])  # torn: the header promises more
+    (run / "config.json").unlink()
+    (run / "model.safetensors").unlink()
+    folder, loaded = resume_point(run)  # type: ignore[misc]
+    assert folder.name == "step-00000002" and loaded["state"]["step"] == 2
+    caplog.clear()
+    assert main([*argv, "--steps", "3", "--checkpoint-every", "1", "--resume"]) == 0
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "step-00000003 does not load" in said and "previous good one, step-00000002" in said
+    assert json.loads((run / "config.json").read_text())["kind"] == "student"
+
+
+def test_resume_without_any_good_checkpoint_is_one_line(
+    stores: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    argv = ["train", "--tiles", str(stores["tiles"]), "--out", str(run), "--loss", "mse", *TRAIN]
+    assert main([*argv, "--steps", "1", "--checkpoint-every", "1"]) == 0
+    for f in (run / "checkpoints").glob("step-*/optimizer.safetensors"):
+        f.write_bytes(b"junk")
+    capsys.readouterr()
+    assert main([*argv, "--steps", "2", "--resume"]) == 2
+    assert "no checkpoint in" in capsys.readouterr().err
+
+
+def test_an_all_cloud_scene_is_reported_empty_and_not_written(tmp_path: Path, capsys) -> None:
+    """Every EnMAP pixel flagged cloudy: `empty`, its HLS pair skipped, and no cube left."""
+    import rasterio
+
+    from hyperkd.pipeline.synthetic.factory import RegionSpec
+    from hyperkd.pipeline.synthetic.products import write_region
+
+    root = tmp_path / "region"
+    write_region(root, RegionSpec(size_px=32, n_scenes=1))
+    for tif in (root / "ENMAP_HSI_L2A").glob("*/*QL_QUALITY_CLOUD_COG.TIF"):
+        with rasterio.open(tif, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as f:
+            f.write(np.ones((f.count, f.height, f.width), dtype=f.dtypes[0]))
+    out = tmp_path / "cube.zarr"
+    argv = ["ingest", "--source", str(root), *INGEST, "--out", str(out)]
+    assert main(argv) == 0
+    captured = capsys.readouterr().out
+    assert "  empty  enmap" in captured and "fewer than 1" in captured
+    assert "0 written" in captured and "1 empty (not written)" in captured
+    assert "HLS skipped (EnMAP pair not in the cube)" in captured
+    assert not out.exists()
