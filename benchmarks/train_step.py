@@ -17,8 +17,15 @@ teacher, projection): the SSIM term's blur is also a matrix product (a banded (T
 T multiply-adds per output where the 11-tap kernel needs 11), so its counted FLOPs are
 subtracted rather than credited as useful work.
 
-The last line is ``<preset>/samples_per_s=<n> ...`` for each preset run, plus ``mfu=<fraction>``
-(of the last preset) on CUDA.
+Fed training (``--fed``, the default on CUDA): the real trainer
+(:func:`hyperkd.model.train.trainer.fit`) runs the last preset's HyperKD task twice, once fed by
+the tile loader from a tile store (``--tiles``, or one built here from the test scene factory:
+int16 tiles normalised on the GPU, pinned memory, workers = cores, copies on a side stream) and
+once on batches of the same store already on the device; ``fed/in_gpu`` is the ratio of their
+steady-state steps/s (steps after ``--fed-warmup``).
+
+The last line is ``<preset>/samples_per_s=<n> <preset>/ratio_to_mae=<r>`` for each preset run,
+plus ``mfu=<fraction>`` (of the last preset) on CUDA and ``fed/in_gpu=<r>`` when fed.
 
     .venv/bin/python benchmarks/train_step.py --presets tiny small [--batch 4] [--bands 218]
 """
@@ -27,7 +34,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -144,6 +155,85 @@ def peak_flops(args: argparse.Namespace) -> float | None:
     return None
 
 
+def build_tile_store(out: Path, args: argparse.Namespace) -> str:
+    """A tile store of ``--fed-scenes`` time steps of one ``--fed-size`` px grid, from the
+    tests' scene factory (``args.bands`` valid student bands, one bad band), every tile in
+    train."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tile_helpers import make_scene
+
+    from hyperkd.pipeline.tiles.build import TileConfig, write_tile_store
+
+    t = time.perf_counter()
+    scenes = (
+        make_scene(
+            args.fed_size, args.fed_size, bands=args.bands + 1, patch=args.patch, seed=i,
+            scene_id=f"ENMAP_BENCH_{i}", time=f"2022-07-{i + 1:02d}T10:45:26",
+        )
+        for i in range(args.fed_scenes)
+    )  # fmt: skip
+    cfg = TileConfig(
+        tile_size=args.tile, patch_size=args.patch, min_valid=0.0,
+        split_fractions=(1.0, 0.0, 0.0), allow_empty_splits=True,
+    )  # fmt: skip
+    summary = write_tile_store(scenes, str(out), cfg)
+    print(f"tile store: {summary.n_tiles} tiles, built in {time.perf_counter() - t:.1f} s")
+    return str(out)
+
+
+def fed_ratio(
+    task: DistillationTask,
+    tiles: str,
+    batch_size: int,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> tuple[float, float]:
+    """Steps/s of the real trainer fed by the tile loader, and fed from batches already on
+    ``device`` (the same store's first batches), on the same task; steady state only."""
+    from hyperkd.model.data.dataset import TileDataset
+    from hyperkd.model.data.loader import make_loader
+    from hyperkd.model.train.config import TrainConfig
+    from hyperkd.model.train.trainer import DistEnv, fit
+
+    env = DistEnv(rank=0, world_size=1, device=device, owns_group=False)
+    dataset = TileDataset(tiles, split="train")
+    if len(dataset) < batch_size:
+        raise SystemExit(f"--fed needs at least {batch_size} tiles, the store has {len(dataset)}")
+    staged = [
+        dataset.normalise_batch({k: v.to(device) for k, v in b.items()})
+        for b in make_loader(dataset, batch_size, shuffle=False, num_workers=0)
+    ]
+
+    def in_gpu(epoch: int) -> Any:
+        return iter(staged)
+
+    rates = {}
+    for name, factory in (("in_gpu", in_gpu), ("fed", None), ("in_gpu", in_gpu), ("fed", None)):
+        stamps: list[float] = []
+
+        def on_step(step: int, stamps: list[float] = stamps) -> None:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            stamps.append(time.perf_counter())
+
+        with tempfile.TemporaryDirectory() as out:
+            config = TrainConfig(
+                out=out, steps=args.fed_warmup + args.fed_steps, batch_size=batch_size,
+                compile=args.compile, device=device.type, progress=False,
+                log_every=10**6, checkpoint_every=10**6, num_workers=args.fed_workers,
+            )  # fmt: skip
+            fit(
+                task, dataset, config, env=env, loader_factory=factory, on_step=on_step,
+                run_config={"kind": "student", "model": task.student.config.to_dict()},
+                export=task.trainable_state_dict,
+            )  # fmt: skip
+        # stamps[-1] comes after the final checkpoint write: leave that step out
+        span = stamps[-2] - stamps[args.fed_warmup - 1]
+        rates.setdefault(name, []).append((len(stamps) - 1 - args.fed_warmup) / span)
+    fed, staged_rate = max(rates["fed"]), max(rates["in_gpu"])
+    return fed, staged_rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -161,6 +251,14 @@ def main() -> None:
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU"
     )
+    fed = parser.add_argument_group("fed training (default on CUDA)")
+    fed.add_argument("--fed", action=argparse.BooleanOptionalAction, default=None)
+    fed.add_argument("--tiles", default=None, help="tile store to feed from (default: build one)")
+    fed.add_argument("--fed-scenes", type=int, default=8, help="scenes of the built store")
+    fed.add_argument("--fed-size", type=int, default=512, help="px per side of each scene")
+    fed.add_argument("--fed-steps", type=int, default=20, help="timed trainer steps")
+    fed.add_argument("--fed-warmup", type=int, default=5, help="trainer steps not timed")
+    fed.add_argument("--fed-workers", type=int, default=None, help="loader workers (cores)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
@@ -212,6 +310,17 @@ def main() -> None:
     last = " ".join(results)
     if device.type == "cuda":
         last += f" mfu={mfu:.4f}" if mfu is not None else " mfu=nan"
+    if args.fed if args.fed is not None else device.type == "cuda":
+        task = build(args.presets[-1], True, args, device)
+        with tempfile.TemporaryDirectory() as work:
+            tiles = args.tiles or build_tile_store(Path(work) / "tiles.zarr", args)
+            fed_sps, staged_sps = fed_ratio(task, tiles, batch_size, args, device)
+        print(
+            f"{args.presets[-1]:>5}: trainer fed by the tile loader {fed_sps * batch_size:.2f} "
+            f"samples/s, on batches already on {device.type} {staged_sps * batch_size:.2f} "
+            f"samples/s, ratio fed/in_gpu = {fed_sps / staged_sps:.2f}"
+        )
+        last += f" fed/in_gpu={fed_sps / staged_sps:.3f}"
     print(last)
 
 

@@ -174,6 +174,10 @@ class TileDataset(Dataset):
     every spatial field alike. ``read_threads`` threads read and decode the tiles of a batch
     together (default: the cores in the main process, 1 inside a DataLoader worker, where
     the workers already run side by side).
+
+    ``raw=True`` leaves ``student`` and ``teacher`` as stored: int16 reflectance x 10000,
+    nodata included, half the bytes of float32 to move to a GPU. :meth:`normalise_batch`
+    then turns a batch into exactly what ``raw=False`` gives, on the batch's device.
     """
 
     def __init__(
@@ -184,10 +188,12 @@ class TileDataset(Dataset):
         augment: bool = False,
         storage_options: Mapping[str, Any] | None = None,
         read_threads: int | None = None,
+        raw: bool = False,
     ) -> None:
         if read_threads is not None and read_threads < 1:
             raise ValueError(f"read_threads must be at least 1, got {read_threads}")
         self.url = url
+        self.raw = raw
         self.read_threads = read_threads
         self.split = split
         self.augment = augment
@@ -224,6 +230,38 @@ class TileDataset(Dataset):
         self._buffers = BufferPool()
         self._plan: np.ndarray | None = None
         self._planned = 0
+        self._device_affine: dict[tuple[str, str, str], torch.Tensor] = {}
+
+    def as_raw(self) -> TileDataset:
+        """The same tiles (split, bands, augmentation) in ``raw`` mode."""
+        return TileDataset(
+            self.url, self.split, None if self.bands is None else self.bands.tolist(),
+            self.augment, self.storage_options, self.read_threads, raw=True,
+        )  # fmt: skip
+
+    def normalise_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A collated ``raw`` batch -> the fields ``raw=False`` gives, computed where the batch
+        is (a GPU): float32 ``(B, C, T, T)`` student and ``(B, 6, T, T)`` teacher, normalised,
+        0 where ``valid`` is False. Other fields pass through; without ``raw``, the batch does.
+        """
+        if not self.raw:
+            return batch
+        out = dict(batch)
+        invalid = ~batch["valid"][:, None]  # (B, 1, T, T)
+        for key in ("student", "teacher"):
+            x = batch[key]
+            scale, shift = (self._affine_on(key, part, x.device) for part in ("scale", "shift"))
+            # x * scale + shift in float32, as _normalise does on the CPU
+            out[key] = (x.float() * scale + shift).masked_fill_(invalid, 0.0)
+        return out
+
+    def _affine_on(self, key: str, part: str, device: torch.device) -> torch.Tensor:
+        """The (C, 1, 1) scale or shift of ``key`` on ``device``, cached."""
+        slot = (key, part, str(device))
+        if slot not in self._device_affine:
+            pair = self._student if key == "student" else self._teacher
+            self._device_affine[slot] = torch.from_numpy(pair[part == "shift"]).to(device)
+        return self._device_affine[slot]
 
     def __len__(self) -> int:
         return len(self.tile_ids)
@@ -262,9 +300,10 @@ class TileDataset(Dataset):
         """Per-sample shape and dtype of every field of ``ds[i]`` except ``tile_id``."""
         T, G = self.info.tile_size, self.info.tile_size // self.info.patch_size
         c = self.info.n_bands if self.bands is None else len(self.bands)
+        image = torch.int16 if self.raw else torch.float32
         fields = {
-            "student": ((c, T, T), torch.float32),
-            "teacher": ((6, T, T), torch.float32),
+            "student": ((c, T, T), image),
+            "teacher": ((6, T, T), image),
             "significance_gabor": ((G, G), torch.float32),
             "significance_wavelet": ((G, G), torch.float32),
             "valid": ((T, T), torch.bool),
@@ -277,8 +316,12 @@ class TileDataset(Dataset):
         """Stored arrays of one tile -> the sample's fields, written into ``out``."""
         valid = raw["valid"]
         student = raw["student"] if self.bands is None else raw["student"][self.bands]
-        _normalise(student, *self._student, valid, out["student"])
-        _normalise(raw["teacher"], *self._teacher, valid, out["teacher"])
+        if self.raw:  # normalised later, on the device (normalise_batch)
+            out["student"][...] = student
+            out["teacher"][...] = raw["teacher"]
+        else:
+            _normalise(student, *self._student, valid, out["student"])
+            _normalise(raw["teacher"], *self._teacher, valid, out["teacher"])
         for key in ("significance_gabor", "significance_wavelet", "valid"):
             out[key][...] = raw[key]
         for name in self._label_kind:

@@ -4,7 +4,7 @@ sampler and a DataLoader with defaults that work out of the box (docs/tiles.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from hyperkd.model.data.dataset import TileDataset, collate_tiles, default_workers
 
-__all__ = ["TileSampler", "make_loader", "make_sampler"]
+__all__ = ["TileSampler", "make_loader", "make_sampler", "to_device"]
 
 
 class TileSampler(Sampler[int]):
@@ -131,3 +131,55 @@ def make_loader(
         worker_init_fn=_worker_init if workers > 0 else None,
         collate_fn=collate_tiles,
     )
+
+
+Batch = dict[str, torch.Tensor]
+
+
+def to_device(
+    batches: Iterable[Batch],
+    device: torch.device,
+    transform: Callable[[Batch], Batch] | None = None,
+) -> Iterator[Batch]:
+    """The tensors of each batch on ``device``, then ``transform``-ed there (e.g.
+    :meth:`TileDataset.normalise_batch`); non-tensor fields are dropped.
+
+    On CUDA, batch ``n + 1`` is copied (and transformed) on a side stream while the caller
+    computes on batch ``n``: a copy issued on the compute stream would wait for the step
+    before it and stall the step after it. Host memory should be pinned (``make_loader`` pins
+    on CUDA) for the copy to run asynchronously.
+    """
+    if device.type != "cuda":
+        for batch in batches:
+            moved = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+            yield transform(moved) if transform else moved
+        return
+    stream = torch.cuda.Stream(device)
+
+    def issue(batch: Batch) -> tuple[Batch, torch.cuda.Event]:
+        with torch.cuda.stream(stream):
+            moved = {
+                k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)
+            }
+            moved = transform(moved) if transform else moved
+            done = torch.cuda.Event()
+            done.record(stream)
+        return moved, done
+
+    pending: tuple[Batch, torch.cuda.Event] | None = None
+    for batch in batches:
+        ready, pending = pending, issue(batch)
+        if ready is not None:
+            yield _handed_over(*ready, device)
+    if pending is not None:
+        yield _handed_over(*pending, device)
+
+
+def _handed_over(batch: Batch, done: torch.cuda.Event, device: torch.device) -> Batch:
+    """Make the compute stream wait for this batch's copies only (``done``), and tell the
+    caching allocator that its memory is now used on the compute stream."""
+    current = torch.cuda.current_stream(device)
+    current.wait_event(done)
+    for value in batch.values():
+        value.record_stream(current)
+    return batch

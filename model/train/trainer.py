@@ -32,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from hyperkd.model.data.loader import to_device
 from hyperkd.model.train.checkpoint import (
     LATEST,
     latest_checkpoint,
@@ -205,6 +206,11 @@ def fit(
         )
     total = config.steps if config.steps is not None else config.epochs * steps_per_epoch  # type: ignore[operator]
     effective_batch = config.batch_size * env.world_size
+    normalise = None
+    if loader_factory is None and env.device.type == "cuda" and hasattr(dataset, "as_raw"):
+        # Ship int16 tiles (half the bytes of float32) and normalise them on the GPU.
+        dataset = dataset.as_raw()
+        normalise = dataset.normalise_batch
     factory = loader_factory or default_loader_factory(
         dataset, config.batch_size, seed=config.seed, env=env, num_workers=config.num_workers
     )
@@ -292,12 +298,7 @@ def fit(
     log_path = out / "metrics.jsonl"
     try:
         while step < total:
-            for batch in _batches(factory, epoch, position):
-                batch = {
-                    k: v.to(env.device, non_blocking=True)
-                    for k, v in batch.items()
-                    if torch.is_tensor(v)
-                }
+            for batch in to_device(_batches(factory, epoch, position), env.device, normalise):
                 patch_mask = task.make_mask(batch, generator)  # type: ignore[operator]
                 with autocast:
                     losses = model(batch, patch_mask)
