@@ -157,3 +157,56 @@ def test_an_all_cloud_scene_is_reported_empty_and_not_written(tmp_path: Path, ca
     assert "0 written" in captured and "1 empty (not written)" in captured
     assert "HLS skipped (EnMAP pair not in the cube)" in captured
     assert not out.exists()
+
+
+def test_stac_proj_fields_that_disagree_with_the_file_are_warned_and_ignored(
+    tmp_path: Path, caplog
+) -> None:
+    """An item's ``proj:shape`` of 200000 x 200000 used to change the cube grid silently."""
+    import xarray as xr
+
+    from hyperkd.pipeline.synthetic.factory import RegionSpec
+    from hyperkd.pipeline.synthetic.products import write_region
+
+    root = tmp_path / "region"
+    write_region(root, RegionSpec(size_px=32, n_scenes=1))
+    item_path = next((root / "ENMAP_HSI_L2A").glob("*/*.json"))
+    doc = json.loads(item_path.read_text())
+    for fields in (doc["properties"], *doc["assets"].values()):
+        if "proj:shape" in fields:
+            fields["proj:shape"] = [200000, 200000]
+    item_path.write_text(json.dumps(doc))
+    out = tmp_path / "cube.zarr"
+    assert main(["ingest", "--source", str(root), *INGEST, "--out", str(out)]) == 0
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert f"item {doc['id']}: its proj: fields" in said and "trusting the file" in said
+    enmap = xr.open_zarr(out, group="enmap")
+    assert (enmap.sizes["y"], enmap.sizes["x"]) == (32, 32)
+
+
+def test_verify_cube_checks_every_paired_enmap(stores: dict[str, Path], tmp_path: Path) -> None:
+    import zarr
+
+    from hyperkd.pipeline.cube.io import verify_cube
+
+    cube = _copy(stores["cube"], tmp_path)
+    assert verify_cube(str(cube)) == []
+    pairs = zarr.open_array(str(cube / "hls" / "paired_enmap"), mode="r+")
+    pairs[0] = "ENMAP_GONE"
+    hls = str(zarr.open_array(str(cube / "hls" / "scene_id"), mode="r")[0])
+    assert f"hls scene {hls} is paired with EnMAP scene 'ENMAP_GONE', which is not in the cube" in (
+        verify_cube(str(cube))
+    )
+
+
+def test_a_folder_holding_only_a_lock_is_a_cube_being_created(tmp_path: Path) -> None:
+    from hyperkd.pipeline.store.guard import check_output, store_kind
+    from hyperkd.pipeline.store.location import LOCK_KEY, CubeStore
+
+    (tmp_path / "new.zarr").mkdir()
+    (tmp_path / "new.zarr" / LOCK_KEY).write_text("{}")
+    assert store_kind(CubeStore(str(tmp_path / "new.zarr"))) == "empty"
+    check_output(tmp_path / "new.zarr", "cube")
+    (tmp_path / "new.zarr" / ".git").mkdir()
+    with pytest.raises(ValueError, match="holds files that are not a hyperkd output"):
+        check_output(tmp_path / "new.zarr", "cube")

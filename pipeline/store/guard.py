@@ -23,7 +23,7 @@ import posixpath
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hyperkd.pipeline.store.location import CubeStore
+from hyperkd.pipeline.store.location import LOCK_KEY, CubeStore
 
 __all__ = ["KINDS", "OutputError", "check_output", "store_kind"]
 
@@ -67,7 +67,9 @@ def _overlap(out: str, inputs: Iterable[str | None]) -> str | None:
 def store_kind(store: CubeStore) -> str | None:
     """What ``store`` holds: a kind of :data:`KINDS`, ``"zarr"`` (a foreign Zarr store),
     ``"empty"`` (nothing, or an empty folder) or ``None`` (something else)."""
-    names = store.listdir()
+    # A writer's lock and atomic-write temporaries are ours: a folder holding only those is
+    # a cube another writer is creating, or one a killed run left behind.
+    names = [n for n in store.listdir() if n != LOCK_KEY and not _is_temp(n)]
     if not names:
         return "empty"
     if "zarr.json" in names:
@@ -83,6 +85,12 @@ def store_kind(store: CubeStore) -> str | None:
     if "checkpoints" in names and store.exists("checkpoints/latest.json"):
         return "run"  # started, not finished: either training kind may resume it
     return None
+
+
+def _is_temp(name: str) -> bool:
+    """``CubeStore.write_atomic``'s temporary files: ``.<name>.<32 hex>.tmp``."""
+    parts = name.split(".")
+    return name.startswith(".") and name.endswith(".tmp") and len(parts[-2]) == 32
 
 
 def check_output(
