@@ -81,16 +81,23 @@ class StudentBackbone(nn.Module):
         ``valid``: optional (B, H, W) bool; pixels with a non-finite value in any band are
         never valid (the tile store marks a pixel invalid when any student band is nodata).
         """
+        return self.normalise_with_mask(x, valid)[0]
+
+    def normalise_with_mask(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`normalise` and the (B, H, W) bool mask of the pixels kept."""
         if x.dim() != 4 or x.shape[1] != self.config.in_chans:
             raise ValueError(
                 f"expected (B, {self.config.in_chans}, H, W) reflectance, got {tuple(x.shape)}"
             )
-        x = x.float()
-        ok = torch.isfinite(x).all(dim=1, keepdim=True)  # (B, 1, H, W)
+        scale = REFLECTANCE_SCALE / self.band_std  # (1, C, 1, 1)
+        z = torch.addcmul(-self.band_mean / self.band_std, x.float(), scale)  # (B, C, H, W)
+        # A NaN or inf in any band makes the band sum non-finite: one cheap reduction.
+        ok = torch.isfinite(z.sum(dim=1))  # (B, H, W)
         if valid is not None:
-            ok = ok & valid.to(ok.device, torch.bool)[:, None]
-        z = (x * REFLECTANCE_SCALE - self.band_mean) / self.band_std  # (B, C, H, W)
-        return torch.where(ok, z, torch.zeros((), dtype=z.dtype, device=z.device))
+            ok &= valid.to(ok.device, torch.bool)
+        return z.masked_fill_(~ok[:, None], 0.0), ok
 
     def forward_features(
         self, x: torch.Tensor, valid: torch.Tensor | None = None, *, normalised: bool = False
