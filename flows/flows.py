@@ -20,7 +20,7 @@ import re
 from contextvars import ContextVar
 from typing import Any
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -42,18 +42,25 @@ _STORAGE: ContextVar[tuple[Any, dict[str, Any]]] = ContextVar("hyperkd_storage")
 
 
 def result_storage(url: str, storage_options: dict[str, Any] | None = None) -> Any:
-    """A Prefect result storage on any fsspec URL; a local path stays a ``LocalFileSystem``.
+    """A Prefect result storage on any fsspec URL: a local folder, or a ``RemoteFileSystem``
+    block saved on the Prefect server under a name derived from the URL and options.
 
     Task results (and the cache records keyed on them) live there, so every machine pointed at
-    the same URL shares one cache. Credentials come from the environment, never from here.
+    the same URL shares one cache. Prefect wants remote storage saved server-side; what is saved
+    holds no credentials (they come from the environment, see ``PipelineParams``).
     """
-    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+    from pathlib import Path
+
+    from prefect.filesystems import RemoteFileSystem
 
     from hyperkd.pipeline.store.location import storage_options_for
 
     if "://" not in url or url.startswith("file://"):
-        return LocalFileSystem(basepath=url.removeprefix("file://"))
-    return RemoteFileSystem(basepath=url, settings=storage_options_for(url, storage_options))
+        return Path(url.removeprefix("file://")).absolute()
+    settings = storage_options_for(url, storage_options)
+    block = RemoteFileSystem(basepath=url, settings=settings)
+    block.save(f"hyperkd-results-{fingerprint(url, settings)}", overwrite=True)
+    return block
 
 
 def _unless_gone(task: Any, *outputs: str, fresh: bool = False) -> Any:
@@ -84,7 +91,7 @@ def local_catalogs(sources: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def ingest_stage(
-    params: RegionParams, cube: str, *, resampling: str = "bilinear", tile_size: int = 128
+    params: PipelineParams, cube: str, *, resampling: str = "bilinear"
 ) -> IngestRecord:
     logger = get_run_logger()
     start, end = resolve_date(params.start), resolve_date(params.end)
@@ -104,22 +111,16 @@ def ingest_stage(
     grid = _unless_gone(tasks.region_grid)(enmap[0], params.region)
     from hyperkd.pipeline.cube.io import committed_scenes
 
-    # Scenes run one at a time, in time order: each group's time axis only grows forward.
-    # Scenes missing from the cube (say it was deleted) ignore their cached results.
-    present = set(committed_scenes(cube, params.storage_options))
-    futures = {}
-    for in_cube in (True, False):
-        part = [r for r in refs if (r.id in present) == in_cube]
-        task = _unless_gone(tasks.ingest_scene, fresh=not in_cube)
-        mapped = task.map(
-            unmapped(cube), part, unmapped(grid), unmapped(params.region),
-            unmapped(resampling), unmapped(tile_size), unmapped(params.storage_options),
-        )  # fmt: skip
-        futures.update(zip((r.id for r in part), mapped, strict=True))
-    for future in futures.values():
-        future.wait()
-    states = [futures[r.id].state for r in refs]
-    record = tasks.record_of(refs, states, cube, committed_scenes(cube, params.storage_options))
+    # Scenes load in parallel (threads, or the dask cluster at dask_address) and are committed
+    # one at a time in time order. A cube missing any scene (say it was deleted, or a scene
+    # failed before) ignores the cached result; scenes already in it are skipped, not reloaded.
+    options = params.storage_options
+    present = set(committed_scenes(cube, options))
+    ingest = _unless_gone(tasks.ingest_scenes, fresh=not present >= {r.id for r in refs})
+    outcomes = ingest(
+        cube, refs, grid, params.region, resampling, params.tile_size, options, params.dask_address
+    )
+    record = tasks.record_from(outcomes, cube, committed_scenes(cube, options))
     _ingest_artifacts(refs, record)
     return record
 
@@ -276,7 +277,7 @@ def _run_stages(params: PipelineParams) -> dict[str, Any]:
     stages, out = set(params.stages), {}
     cube = f"{root}/cube.zarr"
     if "ingest" in stages:
-        out["ingest"] = ingest_stage(params, cube, tile_size=params.tile_size)
+        out["ingest"] = ingest_stage(params, cube)
     else:
         from hyperkd.pipeline.cube.io import committed_scenes
 

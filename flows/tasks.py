@@ -37,10 +37,6 @@ NETWORK_RETRIES = {
 }
 
 
-class SceneFailedError(RuntimeError):
-    """One scene could not be ingested; the rest of the region goes on."""
-
-
 @task(
     cache_policy=CACHE,
     persist_result=True,
@@ -85,32 +81,38 @@ def region_grid(scene: SceneRef, region: str) -> Any:
     )
 
 
-@task(cache_policy=CACHE, persist_result=True, retries=1, retry_delay_seconds=2)
-def ingest_scene(
+@task(cache_policy=CACHE, persist_result=True)
+def ingest_scenes(
     cube: str,
-    scene: SceneRef,
+    scenes: list[SceneRef],
     grid: Any,
     region: str,
     resampling: str,
     tile_size: int,
-    storage_options: dict[str, Any] | None = None,
-) -> str:
-    """Write one scene into the cube; a failure fails this task run alone."""
+    storage_options: dict[str, Any],
+    dask_address: str | None,
+) -> list[tuple[str, str, str]]:
+    """Write the scenes into the cube: loads in parallel (local threads, or the dask cluster at
+    ``dask_address``), one writer committing them in order. A failed scene fails alone.
+
+    Returns ``(scene id, status, reason)`` per scene, status ``written``, ``skipped``,
+    ``empty`` or ``failed``.
+    """
     import pystac
 
-    from hyperkd.pipeline.ingest.region import IngestParams
-    from hyperkd.pipeline.ingest.region import ingest_scene as ingest
+    from hyperkd.pipeline.ingest.parallel import ingest_planned
+    from hyperkd.pipeline.ingest.region import IngestParams, PlannedScene
     from hyperkd.pipeline.stac.sources import resolve_source
 
-    item, source = pystac.Item.from_dict(scene.item), resolve_source(scene.source)
-    params = IngestParams(resampling=resampling, tile_size=tile_size)
-    outcome = ingest(
-        cube, item, source, grid, params, paired_enmap=scene.paired_enmap, region=region,
-        storage_options=storage_options,
+    planned = [
+        PlannedScene(pystac.Item.from_dict(s.item), resolve_source(s.source), s.paired_enmap)
+        for s in scenes
+    ]
+    outcomes = ingest_planned(
+        cube, planned, grid, IngestParams(resampling=resampling, tile_size=tile_size),
+        region=region, storage_options=storage_options, dask_address=dask_address,
     )  # fmt: skip
-    if outcome.status == "failed":
-        raise SceneFailedError(f"scene {scene.id}: {outcome.reason}")
-    return outcome.status
+    return [(o.scene_id, o.status, o.reason) for o in outcomes]
 
 
 @task(cache_policy=CACHE, persist_result=True)
@@ -283,22 +285,11 @@ def write_report(run_dir: str, evaluation: RunRecord) -> str:
     return str(report(ReportConfig(run=run_dir))["html"])
 
 
-def record_of(
-    refs: list[SceneRef], states: list[Any], cube: str, committed: tuple[str, ...]
+def record_from(
+    outcomes: list[tuple[str, str, str]], cube: str, committed: tuple[str, ...]
 ) -> IngestRecord:
-    """Fold the mapped scene task states into one record (failures with their reasons)."""
-    written, skipped, failed = [], [], []
-    for ref, state in zip(refs, states, strict=True):
-        if state.is_completed():
-            (written if state.result() == "written" else skipped).append(ref.id)
-        else:
-            failed.append((ref.id, _reason(state)))
-    return IngestRecord(cube, committed, tuple(written), tuple(skipped), tuple(failed))
-
-
-def _reason(state: Any) -> str:
-    try:
-        state.result()
-    except Exception as exc:  # the task's own exception, already redacted by the pipeline
-        return str(exc).splitlines()[0]
-    return state.message or state.name
+    """Fold the scenes' outcomes into one record (failures with their reasons)."""
+    written = tuple(sid for sid, status, _ in outcomes if status == "written")
+    skipped = tuple(sid for sid, status, _ in outcomes if status in ("skipped", "empty"))
+    failed = tuple((sid, why) for sid, status, why in outcomes if status == "failed")
+    return IngestRecord(cube, committed, written, skipped, failed)

@@ -17,10 +17,15 @@ async def _task_states(flow_run_id: object) -> dict[str, str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    # Task states reach the server as events: wait (briefly) until each one is final.
     async with get_client() as client:
-        runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
+        for _ in range(50):
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            if all(r.state is not None and r.state.is_final() for r in runs):
+                break
+            await asyncio.sleep(0.2)
     return {r.name: r.state.name for r in runs if r.state is not None}
 
 
@@ -85,3 +90,70 @@ def test_demo_runs_twice_with_its_output_deleted(
     assert main(argv) == 0, capsys.readouterr().err
     assert "report:" in capsys.readouterr().out
     assert list(out.rglob("report.html"))
+
+
+_RUN = """
+import asyncio, json, sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from hyperkd.flows.flows import hyperkd_pipeline
+from hyperkd.flows.params import PipelineParams
+
+params = PipelineParams.model_validate_json(sys.argv[1])
+state = hyperkd_pipeline(params, return_state=True)
+assert state.is_completed(), state.message
+
+async def names():
+    async with get_client() as client:
+        for _ in range(50):  # task states arrive as events: wait until each is final
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            if all(r.state is not None and r.state.is_final() for r in runs):
+                break
+            await asyncio.sleep(0.2)
+    return sorted(r.state.name for r in runs)
+
+print(json.dumps(asyncio.run(names())))
+"""
+
+
+def test_a_second_machine_gets_cached_states_from_shared_s3_results(
+    prefect_harness: None, s3_server: dict[str, str], s3_bucket: str, tmp_path: Path
+) -> None:
+    """Two processes, each with a fresh PREFECT_HOME (no local results), one Prefect API and
+    one S3 location: the second finds every task's result where the first left it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    from hyperkd.pipeline.cube.io import committed_scenes
+    from hyperkd.pipeline.synthetic.factory import RegionSpec
+    from hyperkd.pipeline.synthetic.products import write_region
+
+    catalog = write_region(tmp_path / "region", RegionSpec(size_px=64, seed=6)).catalog
+    options = {"endpoint_url": s3_server["endpoint_url"]}  # credentials: the environment
+    params = PipelineParams(
+        region="demo", sources=(str(catalog),), start="2024-06-01", end="2024-08-31",
+        out=f"{s3_bucket}/out", stages=("ingest",), tile_size=32, patch_size=8,
+        storage_options=options,
+    )  # fmt: skip
+
+    def run(home: str) -> list[str]:
+        env = dict(os.environ, PREFECT_API_URL=str(PREFECT_API_URL.value()),
+                   PREFECT_HOME=str(tmp_path / home))  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", _RUN, params.model_dump_json()],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first = run("home-a")
+    assert "Completed" in first and "Cached" not in first, first
+    assert len(committed_scenes(f"{s3_bucket}/out/demo/cube.zarr", options)) == 6
+    second = run("home-b")
+    assert second and set(second) == {"Cached"}, second
+    assert not (tmp_path / "home-b" / "storage").exists()

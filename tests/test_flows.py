@@ -40,10 +40,15 @@ async def _task_states(flow_run_id: object) -> list[str]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    # Task states reach the server as events: wait (briefly) until each one is final.
     async with get_client() as client:
-        runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
+        for _ in range(50):
+            runs = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            if all(r.state is not None and r.state.is_final() for r in runs):
+                break
+            await asyncio.sleep(0.2)
     return sorted(r.state.name for r in runs if r.state is not None)
 
 
