@@ -4,6 +4,7 @@ test SIGKILLs it there."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -66,6 +67,16 @@ def _assert_complete(demo: Path, out: Path) -> int:
     return tree["enmap"].sizes["time"] + tree["hls"].sizes["time"]
 
 
+def _committed_and_published(out: Path) -> tuple[set[str], set[str]]:
+    """Scene ids in the root document, and scene items the cube's STAC collection links."""
+    root = json.loads((out / "zarr.json").read_text())["attributes"]["hyperkd:scenes"]
+    collection = json.loads((out / "collection.json").read_text())
+    items = {ln["href"].rsplit("/", 1)[-1].removesuffix(".json") for ln in collection["links"]
+             if ln["rel"] == "item"}  # fmt: skip
+    assert all((out / "items" / f"{i}.json").is_file() for i in items)
+    return {s["id"] for s in root}, items
+
+
 @pytest.mark.parametrize(
     ("stage", "committed"),
     [
@@ -82,9 +93,13 @@ def test_kill_and_resume(demo, tmp_path, stage, committed):
         assert not (out / "zarr.json").exists()
     else:
         assert _assert_complete(demo, out) == committed
+        scenes, published = _committed_and_published(out)
+        assert published <= scenes  # the STAC records lag the commit, never lead it
     assert (out / ".hyperkd.lock").exists()  # the dead writer's lock is still there
     done = subprocess.run(_cmd(demo, out), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"{6 - (committed or 0)} written, {committed or 0} skipped" in done.stdout
     assert _assert_complete(demo, out) == 6
+    scenes, published = _committed_and_published(out)
+    assert published == scenes and len(scenes) == 6
     assert not (out / ".hyperkd.lock").exists()
