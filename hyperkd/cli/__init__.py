@@ -69,7 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hyperkd {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Every sub-command shows its options' defaults (hyperkd.cli.common.HelpFormatter).
+    from functools import partial
+
+    from hyperkd.cli.common import HelpFormatter
+
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        parser_class=partial(argparse.ArgumentParser, formatter_class=HelpFormatter),
+    )
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser

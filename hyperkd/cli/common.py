@@ -17,7 +17,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default is None or action.default is False or "%(default)" in text:
+        empty = isinstance(action.default, list | tuple | str) and not action.default
+        if action.default is None or action.default is False or empty or "%(default)" in text:
             return text
         if action.default == argparse.SUPPRESS or "default" in text:  # said in words already
             return text

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 from pathlib import Path
+from typing import Any
+
+from hyperkd import defaults
+from hyperkd.cli.common import HelpFormatter, add_storage_options, storage_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     ablate = subparsers.add_parser(
         "ablate",
+        formatter_class=HelpFormatter,
         help="masking x loss ablation grid (+ no-teacher) at an equal budget, resumable",
         description="Train and evaluate every masking {random, gabor, wavelet} x loss {mse, mse+ssim, "
         "mse+ssim+kld} cell plus a no-teacher student with the same seeds and budget; writes "
@@ -32,40 +38,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     ablate.add_argument(
         "--teacher-preset",
-        default="prithvi-eo-1.0-100m",
+        default=defaults.OFFICIAL_TEACHER_PRESET,
+        choices=defaults.TEACHER_PRESETS,
         help="architecture of an official .pt teacher",
     )
     ablate.add_argument("--out", required=True, metavar="DIR", help="ablation directory")
     ablate.add_argument(
         "--preset", default="tiny", choices=("tiny", "small", "base"), help="student preset"
     )
-    ablate.add_argument(
-        "--steps", type=int, default=200, help="optimizer steps per cell (default 200)"
-    )
-    ablate.add_argument("--batch-size", type=int, default=8, help="tiles per step (default 8)")
-    ablate.add_argument(
-        "--lr", type=float, default=1e-3, help="peak learning rate, every cell (default 1e-3)"
-    )
-    ablate.add_argument("--seed", type=int, default=0, help="seed of every cell (default 0)")
-    ablate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ablate.add_argument("--steps", type=int, default=200, metavar="N",
+                        help="optimizer steps per cell (default 200)")  # fmt: skip
+    ablate.add_argument("--batch-size", type=int, default=8, metavar="N",
+                        help="tiles per step (default 8)")  # fmt: skip
+    ablate.add_argument("--lr", type=float, default=1e-3, metavar="LR",
+                        help="peak learning rate, every cell (default 1e-3)")  # fmt: skip
+    ablate.add_argument("--seed", type=int, default=0, metavar="N",
+                        help="seed of every cell (default 0)")  # fmt: skip
+    ablate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="default: CUDA when present")  # fmt: skip
+    add_storage_options(ablate)
     ablate.set_defaults(handler=run_ablate)
 
     down = subparsers.add_parser(
         "downstream",
+        formatter_class=HelpFormatter,
         help="linear probe + short fine-tune of a frozen encoder on a labelled tile store",
         description="Land cover, crop type or SOC from a student's encoder, against raw spectra, a "
         "randomly initialised encoder and the no-teacher student; writes OUT/downstream_<task>.json/.md.",
     )
     down.add_argument("--checkpoint", required=True, metavar="CKPT", help="student run directory")
-    down.add_argument("--task", required=True, choices=("landcover", "crop", "soc"))
-    down.add_argument(
-        "--data", required=True, metavar="URL", help="tile store holding the task's label"
-    )
-    down.add_argument("--out", required=True, metavar="DIR")
+    down.add_argument("--task", required=True, choices=("landcover", "crop", "soc"),
+                      help="the label to predict")  # fmt: skip
+    tiles = down.add_mutually_exclusive_group(required=True)
+    tiles.add_argument("--tiles", metavar="URL", help="tile store holding the task's label")
+    # The old spelling, kept working but not shown: --tiles is a tile store in every command.
+    tiles.add_argument("--data", dest="tiles", help=argparse.SUPPRESS)
+    down.add_argument("--out", required=True, metavar="DIR", help="where the results go")
     down.add_argument(
         "--finetune-steps",
         type=int,
         default=50,
+        metavar="N",
         help="fine-tune steps per encoder (0 = probe only)",
     )
     base = down.add_mutually_exclusive_group()
@@ -87,31 +100,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="LABEL=CODES",
         help="use only pixels of these classes of another label, e.g. landcover=5 (SOC on bare soil)",
     )
-    down.add_argument(
-        "--max-train-pixels", type=int, default=50_000, help="labelled train pixels for the probes"
-    )
-    down.add_argument(
-        "--max-eval-pixels", type=int, default=100_000, help="labelled test pixels scored"
-    )
-    down.add_argument("--batch-size", type=int, default=8)
-    down.add_argument("--seed", type=int, default=0)
-    down.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    down.add_argument("--max-train-pixels", type=int, default=50_000, metavar="N",
+                      help="labelled train pixels for the probes")  # fmt: skip
+    down.add_argument("--max-eval-pixels", type=int, default=100_000, metavar="N",
+                      help="labelled test pixels scored")  # fmt: skip
+    down.add_argument("--batch-size", type=int, default=8, metavar="N", help="tiles per batch")
+    down.add_argument("--seed", type=int, default=0, metavar="N", help="seed of samples and probes")
+    down.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                      help="default: CUDA when present")  # fmt: skip
+    add_storage_options(down)
     down.set_defaults(handler=run_downstream)
 
     report = subparsers.add_parser(
         "report",
+        formatter_class=HelpFormatter,
         help="self-contained HTML (+ markdown) report of a run directory",
         description="Writes DIR/report.html (figures embedded), DIR/report.md and DIR/report_files/*.png; "
-        "the run directory layout is documented in docs/run.md.",
+        "the run directory layout is documented in docs/run.md. DIR may also be a student run "
+        "made by `hyperkd train`: its config.json names the tile store and the teacher.",
     )
-    report.add_argument("--run", required=True, metavar="DIR", help="run directory (docs/run.md)")
-    report.add_argument(
-        "--tiles", type=int, default=3, dest="n_tiles", help="tiles shown (default 3)"
-    )
-    report.add_argument(
-        "--pixels", type=int, default=4, dest="n_pixels", help="sample spectra (default 4)"
-    )
-    report.add_argument("--seed", type=int, default=0)
+    report.add_argument("--run", required=True, metavar="DIR",
+                        help="run directory (docs/run.md) or a student run directory")  # fmt: skip
+    report.add_argument("--n-tiles", type=int, default=3, metavar="N", help="tiles shown")
+    report.add_argument("--n-pixels", type=int, default=4, metavar="N", help="sample spectra")
+    report.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the masks shown")
+    add_storage_options(report)
     report.set_defaults(handler=run_report)
 
 
@@ -129,6 +142,7 @@ def run_ablate(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         device=args.device,
+        storage_options=storage_options(args.storage_options) or None,
     )
     run_ablation(cfg)
     print((Path(cfg.out) / "ablation.md").read_text(), end="")
@@ -158,7 +172,7 @@ def run_downstream(args: argparse.Namespace) -> int:
     cfg = DownstreamConfig(
         checkpoint=args.checkpoint,
         task=args.task,
-        data=args.data,
+        data=args.tiles,
         out=args.out,
         finetune_steps=args.finetune_steps,
         baseline_checkpoint=baseline,
@@ -168,6 +182,7 @@ def run_downstream(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         only=only,
+        storage_options=storage_options(args.storage_options) or None,
     )
     result = evaluate_task(cfg)
     print(markdown_table(result))
@@ -177,8 +192,52 @@ def run_downstream(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from hyperkd.model.report.page import ReportConfig, write_report
 
+    options = storage_options(args.storage_options) or None
+    adopt_student_run(Path(args.run))
     paths = write_report(
-        ReportConfig(run=args.run, n_tiles=args.n_tiles, n_pixels=args.n_pixels, seed=args.seed)
-    )
+        ReportConfig(run=args.run, n_tiles=args.n_tiles, n_pixels=args.n_pixels, seed=args.seed,
+                     storage_options=options)
+    )  # fmt: skip
     print(f"report: {paths['html']} (markdown: {paths['markdown']})")
     return 0
+
+
+def adopt_student_run(run: Path) -> None:
+    """Give a student run directory made by ``hyperkd train`` the run layout the report reads.
+
+    A folder with ``run.json`` is left alone. A student run (``config.json`` of kind
+    ``student``) gets ``run.json`` naming the tile store and teacher its ``config.json``
+    recorded, and ``student/`` holding links to its own ``config.json``, weights and
+    ``metrics.jsonl`` (file links: a folder linking to itself would loop). Nothing of the
+    run is changed.
+    """
+    config = _read(run / "config.json")
+    if (run / "run.json").is_file() or config is None:
+        return  # a run directory, or not a run at all (the report says which)
+    if config.get("kind") != "student":
+        raise ValueError(
+            f"{run} is a {config.get('kind', 'unknown')} run: the report needs a student run "
+            "or a run directory (docs/run.md)"
+        )
+    spec: dict[str, Any] = config.get("run") or {}
+
+    def located(value: str | None) -> str | None:  # config.json holds paths relative to the run
+        if value is None or "://" in value:
+            return value
+        return str((run / value).resolve())
+
+    (run / "student").mkdir(exist_ok=True)
+    for name in ("config.json", "model.safetensors", "metrics.jsonl"):
+        link = run / "student" / name
+        if (run / name).is_file() and not link.exists():
+            link.symlink_to(Path("..") / name)
+    manifest = {"tiles": located(spec.get("tiles")), "student": "student",
+                "teacher": located(spec.get("teacher"))}  # fmt: skip
+    (run / "run.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

@@ -13,8 +13,10 @@ import argparse
 from dataclasses import dataclass
 from typing import Any
 
-STUDENT_PRESETS = ("tiny", "small", "base")
-TEACHER_PRESETS = ("tiny", "prithvi-eo-1.0-100m", "prithvi-eo-2.0-300m")
+from hyperkd import defaults
+
+STUDENT_PRESETS = defaults.STUDENT_PRESETS
+TEACHER_PRESETS = defaults.TEACHER_PRESETS
 MASKINGS = ("random", "gabor", "wavelet")
 LOSSES = ("mse", "mse+ssim", "mse+ssim+kld")
 
@@ -50,9 +52,12 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
         "--blr",
         type=float,
         default=1.5e-4,
+        metavar="LR",
         help="base lr; lr = blr * effective batch / 256 (default 1.5e-4)",
     )
-    parser.add_argument("--lr", type=float, default=None, help="absolute lr, overrides --blr")
+    parser.add_argument(
+        "--lr", type=float, default=None, metavar="LR", help="absolute lr, overrides --blr"
+    )
     parser.add_argument(
         "--warmup",
         type=float,
@@ -61,10 +66,18 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
         help="warm-up share of the steps (default 0.05)",
     )
     parser.add_argument(
-        "--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)"
+        "--weight-decay",
+        type=float,
+        default=0.05,
+        metavar="F",
+        help="AdamW weight decay (default 0.05)",
     )
     parser.add_argument(
-        "--clip-grad", type=float, default=1.0, help="max gradient norm, 0 = off (default 1.0)"
+        "--clip-grad",
+        type=float,
+        default=1.0,
+        metavar="NORM",
+        help="max gradient norm, 0 = off (default 1.0)",
     )
     parser.add_argument(
         "--log-every",
@@ -104,12 +117,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the official weights. Writes DIR/model.safetensors in Prithvi's checkpoint layout.",
     )
     teacher.add_argument("--tiles", required=True, metavar="URL", help="tile store")
-    teacher.add_argument("--out", required=True, metavar="DIR", help="run directory")
+    _add_out_or_run(teacher, "teacher")
+    teacher.add_argument("--preset", choices=TEACHER_PRESETS, default=defaults.PRETRAIN_TEACHER_PRESET,
+                         help=f"architecture (default {defaults.PRETRAIN_TEACHER_PRESET})")  # fmt: skip
     teacher.add_argument(
-        "--preset", choices=TEACHER_PRESETS, default="tiny", help="architecture (default tiny)"
-    )
-    teacher.add_argument(
-        "--mask-ratio", type=float, default=0.75, help="masked share of patches (default 0.75)"
+        "--mask-ratio",
+        type=float,
+        default=0.75,
+        metavar="F",
+        help="masked share of patches (default 0.75)",
     )
     _add_training_args(teacher)
     teacher.set_defaults(handler=run_train_teacher)
@@ -121,18 +137,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the MSE + SSIM + KLD loss; the teacher is a train-teacher run or an official Prithvi .pt.",
     )
     train.add_argument("--tiles", required=True, metavar="URL", help="tile store")
-    train.add_argument("--out", required=True, metavar="DIR", help="run directory")
+    _add_out_or_run(train, "student")
     train.add_argument(
         "--teacher", metavar="CKPT", help="teacher run directory or Prithvi .pt (needed for kld)"
     )
-    train.add_argument("--teacher-preset", choices=TEACHER_PRESETS, default="prithvi-eo-1.0-100m",
-                       help="architecture of a .pt teacher (default prithvi-eo-1.0-100m)")  # fmt: skip
-    train.add_argument(
-        "--preset", choices=STUDENT_PRESETS, default="tiny", help="student size (default tiny)"
-    )
+    train.add_argument("--teacher-preset", choices=TEACHER_PRESETS, default=defaults.OFFICIAL_TEACHER_PRESET,
+                       help=f"architecture of a .pt teacher (default {defaults.OFFICIAL_TEACHER_PRESET})")  # fmt: skip
+    train.add_argument("--preset", choices=STUDENT_PRESETS, default=defaults.STUDENT_PRESET,
+                       help=f"student size (default {defaults.STUDENT_PRESET})")  # fmt: skip
     train.add_argument("--masking", choices=MASKINGS, default="gabor", help="default gabor")
     train.add_argument(
-        "--mask-ratio", type=float, default=0.75, help="masked share of patches (default 0.75)"
+        "--mask-ratio",
+        type=float,
+        default=0.75,
+        metavar="F",
+        help="masked share of patches (default 0.75)",
     )
     train.add_argument(
         "--sample-masking", action="store_true", help="draw guided masks with a temperature"
@@ -141,19 +160,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--mask-temperature",
         type=float,
         default=1.0,
+        metavar="T",
         help="guided sampling temperature (default 1)",
     )
     train.add_argument(
         "--loss", choices=LOSSES, default="mse+ssim+kld", help="default mse+ssim+kld"
     )
     train.add_argument(
-        "--lambda", dest="recon_weight", type=float, default=1.0, help="weight of MSE + (1 - SSIM)"
+        "--lambda",
+        dest="recon_weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="weight of MSE + (1 - SSIM)",
     )
     train.add_argument(
-        "--beta", dest="kd_weight", type=float, default=1.0, help="weight of the KLD"
+        "--beta", dest="kd_weight", type=float, default=1.0, metavar="W", help="weight of the KLD"
     )
     train.add_argument(
-        "--tau", dest="temperature", type=float, default=1.0, help="KLD softmax temperature"
+        "--tau",
+        dest="temperature",
+        type=float,
+        default=1.0,
+        metavar="T",
+        help="KLD softmax temperature",
     )
     _add_training_args(train)
     train.set_defaults(handler=run_train)
@@ -165,13 +195,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "write DIR/metrics.json with psnr, ssim and sam on reflectance scale.",
     )
     evaluate.add_argument(
-        "--checkpoint", required=True, metavar="CKPT", help="student run directory"
+        "--checkpoint", metavar="CKPT", help="student run directory (default: RUN/student)"
     )
-    evaluate.add_argument("--tiles", required=True, metavar="URL", help="tile store")
-    evaluate.add_argument("--split", default="test", help="default test")
-    evaluate.add_argument("--out", required=True, metavar="DIR", help="where metrics.json goes")
+    evaluate.add_argument(
+        "--tiles", metavar="URL", help="tile store (default: the one RUN/run.json names)"
+    )
+    evaluate.add_argument("--split", default="test", metavar="SPLIT", help="default test")
+    _add_out_or_run(evaluate, "evaluate")
     evaluate.add_argument("--masking", choices=MASKINGS, default="random", help="default random")
-    evaluate.add_argument("--mask-ratio", type=float, default=0.75, help="default 0.75")
+    evaluate.add_argument(
+        "--mask-ratio", type=float, default=0.75, metavar="F", help="default 0.75"
+    )
     evaluate.add_argument("--batch-size", type=int, default=8, metavar="N", help="default 8")
     evaluate.add_argument("--seed", type=int, default=0, metavar="N", help="mask seed (default 0)")
     evaluate.add_argument(
@@ -179,8 +213,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--teacher-preset", choices=TEACHER_PRESETS, default="prithvi-eo-1.0-100m",
                           help="architecture of a .pt teacher (default prithvi-eo-1.0-100m)")  # fmt: skip
-    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                          help="default: CUDA when present")  # fmt: skip
     evaluate.set_defaults(handler=run_evaluate)
+
+
+def _add_out_or_run(parser: argparse.ArgumentParser, part: str) -> None:
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", metavar="DIR", help="output directory")
+    where.add_argument(
+        "--run",
+        metavar="DIR",
+        help=f"a run directory (docs/run.md): write DIR/{part} and DIR/run.json",
+    )
+
+
+def resolve_run(args: argparse.Namespace, part: str) -> None:
+    """``--run DIR``: ``--out`` becomes ``DIR/<part>``; ``evaluate`` also takes its checkpoint
+    (``DIR/student``) and tile store (from ``DIR/run.json``) from the run directory."""
+    import json
+    from pathlib import Path
+
+    if args.run is None:
+        if part == "evaluate" and (args.checkpoint is None or args.tiles is None):
+            raise ValueError("evaluate needs --checkpoint and --tiles (or --run DIR)")
+        return
+    run = Path(args.run)
+    args.out = str(run / part)
+    if part != "evaluate":
+        return
+    manifest = run / "run.json"
+    if args.tiles is None:
+        if not manifest.is_file():
+            raise ValueError(f"{run} has no run.json naming the tile store: pass --tiles")
+        args.tiles = json.loads(manifest.read_text())["tiles"]
+    args.checkpoint = args.checkpoint or str(run / "student")
+
+
+def _write_manifest(args: argparse.Namespace) -> None:
+    """``--run DIR``: ``DIR/run.json`` names the tile store, the student and the teacher."""
+    import json
+    from pathlib import Path
+
+    from hyperkd.model.train.runs import write_run_manifest
+
+    run = Path(args.run)
+    old = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    student = str(run / "student") if (run / "student" / "config.json").is_file() else None
+    teacher = getattr(args, "teacher", None) or old.get("teacher")
+    if (run / "teacher" / "config.json").is_file() and teacher is None:
+        teacher = str(run / "teacher")
+    write_run_manifest(run, tiles=args.tiles, student=student, teacher=teacher)
 
 
 def _train_config(args: argparse.Namespace) -> Any:
@@ -223,6 +306,7 @@ def run_train_teacher(args: argparse.Namespace) -> int:
     from hyperkd.model.train.config import TeacherPretrainConfig
     from hyperkd.model.train.runs import run_teacher_pretrain
 
+    resolve_run(args, "teacher")
     command = TrainCommand(
         "train-teacher",
         TeacherPretrainConfig(
@@ -233,6 +317,8 @@ def run_train_teacher(args: argparse.Namespace) -> int:
         ),
     )
     _fit(run_teacher_pretrain, command.config)
+    if args.run is not None:
+        _write_manifest(args)
     print(f"teacher written to {args.out}/model.safetensors")
     return 0
 
@@ -243,6 +329,7 @@ def run_train(args: argparse.Namespace) -> int:
     from hyperkd.model.train.losses import LossConfig
     from hyperkd.model.train.runs import run_distill
 
+    resolve_run(args, "student")
     if "kld" in args.loss and not args.teacher:
         raise ValueError(
             f"--loss {args.loss} needs --teacher (a train-teacher run or a Prithvi .pt)"
@@ -262,6 +349,8 @@ def run_train(args: argparse.Namespace) -> int:
         ),
     )
     _fit(run_distill, command.config)
+    if args.run is not None:
+        _write_manifest(args)
     print(f"student written to {args.out}/model.safetensors")
     return 0
 
@@ -271,6 +360,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from hyperkd.model.nets.masking import Masking
     from hyperkd.model.train.config import EvaluateConfig
 
+    resolve_run(args, "evaluate")
     command = TrainCommand(
         "evaluate",
         EvaluateConfig(
