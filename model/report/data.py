@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from hyperkd.model.data.dataset import TileDataset
+from hyperkd.model.evaluate.baselines import interpolation
 from hyperkd.model.evaluate.metrics import tile_metrics, to_reflectance
 from hyperkd.model.nets.masking import Masking
 from hyperkd.model.train.runs import load_student
@@ -30,12 +31,16 @@ class ReconstructionSample:
     """(n, C, T, T) reflectance (0-1)."""
     recon: np.ndarray
     """(n, C, T, T) reflectance: the decoder's prediction in masked patches, the tile elsewhere."""
+    interp: np.ndarray
+    """(n, C, T, T) reflectance: the interpolation baseline in masked patches, the tile elsewhere."""
     valid: np.ndarray
     """(n, T, T) bool."""
     masks: list[np.ndarray]
     """(h, h) bool per tile, True = masked."""
     psnr: list[float]
     """dB on the masked valid pixels, per tile."""
+    interp_psnr: list[float]
+    """The interpolation baseline's, on the same pixels."""
     significance: dict[str, list[np.ndarray]]
     """``gabor``/``wavelet`` -> (h, h) per tile."""
     pixel_true: np.ndarray
@@ -97,6 +102,11 @@ def sample_reconstructions(
     recon_r = to_reflectance(composite, info.student_mean, info.student_std)
     valid = batch["valid"]
     psnr = tile_metrics(recon_r, true_r, m_img * valid[:, None])["psnr"]
+    guess = interpolation(imgs, pm.mask, valid, c.patch_size, torch.zeros(c.in_chans))
+    interp_r = to_reflectance(
+        guess * m_img + imgs * (1 - m_img), info.student_mean, info.student_std
+    )
+    interp_psnr = tile_metrics(interp_r, true_r, m_img * valid[:, None])["psnr"]
 
     rng = np.random.default_rng(seed)
     pixel_true, pixel_recon, titles = [], [], []
@@ -122,9 +132,11 @@ def sample_reconstructions(
         masking=masking,
         true=true_r.numpy(),
         recon=recon_r.numpy(),
+        interp=interp_r.numpy(),
         valid=valid.numpy(),
         masks=[m.reshape(grid).numpy().astype(bool) for m in pm.mask],
         psnr=[float(v) for v in psnr],
+        interp_psnr=[float(v) for v in interp_psnr],
         significance={
             n: [s.numpy() for s in batch[f"significance_{n}"]] for n in ("gabor", "wavelet")
         },

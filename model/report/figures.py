@@ -107,13 +107,16 @@ def reconstruction_figure(
     masks: Sequence[np.ndarray],
     patch: int,
     titles: Sequence[str],
+    interp_rgb: Sequence[np.ndarray] | None = None,
+    interp_titles: Sequence[str] | None = None,
 ) -> bytes:
     """One row per tile: true RGB, the visible input (masked patches grey), the reconstruction
-    (prediction in masked patches, input elsewhere) with the visible patches outlined.
+    (prediction in masked patches, input elsewhere) with the visible patches outlined, and,
+    when given, the interpolation baseline the same way.
     ``*_rgb``: (H, W, 3) in [0, 1]; ``masks``: (h, w) bool, True = masked."""
-    n = len(true_rgb)
-    fig = _figure(10.5, 3.5 * n + 0.3)
-    axes = fig.subplots(n, 3, squeeze=False)
+    n, cols = len(true_rgb), 3 if interp_rgb is None else 4
+    fig = _figure(3.5 * cols, 3.5 * n + 0.3)
+    axes = fig.subplots(n, cols, squeeze=False)
     for row, (t, r, m, title) in enumerate(zip(true_rgb, recon_rgb, masks, titles, strict=True)):
         visible = t.copy()
         pixel_mask = np.kron(m, np.ones((patch, patch), dtype=bool)).astype(bool)
@@ -122,8 +125,13 @@ def reconstruction_figure(
         _image_axis(
             axes[row, 1], visible, f"student input\n{int(m.sum())} of {m.size} patches masked"
         )
-        _image_axis(axes[row, 2], r, "reconstruction (masked patches)\nvisible input outlined")
-        for ax in (axes[row, 0], axes[row, 2]):
+        _image_axis(axes[row, 2], r, "student reconstruction\nvisible input outlined")
+        outlined = [axes[row, 0], axes[row, 2]]
+        if interp_rgb is not None:
+            label = interp_titles[row] if interp_titles else ""
+            _image_axis(axes[row, 3], interp_rgb[row], f"interpolation baseline\n{label}")
+            outlined.append(axes[row, 3])
+        for ax in outlined:
             ax.add_collection(
                 LineCollection(mask_outline(~m.astype(bool), patch), colors=OUTLINE, linewidths=1.5)
             )

@@ -128,6 +128,17 @@ def summary_section(run_dir: Path, run: dict[str, Any], student: dict[str, Any] 
     return sec
 
 
+def _metric_row(name: str, m: dict[str, Any], sfx: str = "") -> list[str]:
+    return [
+        name,
+        _fmt(m.get(f"psnr{sfx}"), 2),
+        _fmt(m.get(f"psnr_range{sfx}"), 2),
+        _fmt(m.get(f"ssim{sfx}")),
+        _fmt(m.get(f"sam{sfx}"), 2),
+        _fmt(m.get(f"mse_norm{sfx}"), 4),
+    ]
+
+
 def metrics_section(metrics: dict[str, Any] | None) -> Section:
     sec = Section("Reconstruction metrics")
     if metrics is None:
@@ -135,21 +146,27 @@ def metrics_section(metrics: dict[str, Any] | None) -> Section:
             Text("No evaluate/metrics.json in this run (run hyperkd evaluate --out DIR/evaluate).")
         )
         return sec
-    rows = [
-        [
-            where,
-            _fmt(metrics.get(f"psnr{sfx}"), 2),
-            _fmt(metrics.get(f"ssim{sfx}")),
-            _fmt(metrics.get(f"sam{sfx}"), 2),
+    header = ["predictor", "PSNR (dB, peak 1)", "PSNR (dB, band range)", "SSIM", "SAM (degrees)",
+              "MSE (normalised)"]  # fmt: skip
+    rows = [_metric_row("student, masked patches", metrics)]
+    rows += [_metric_row(f"baseline: {k}", v) for k, v in metrics.get("baselines", {}).items()]
+    rows += [_metric_row("student, full reconstruction", metrics, "_full")]
+    teacher = metrics.get("teacher")
+    if teacher:
+        rows += [_metric_row("teacher (6 bands), masked patches", teacher)]
+        rows += [
+            _metric_row(f"teacher space baseline: {k}", v)
+            for k, v in teacher.get("baselines", {}).items()
         ]
-        for where, sfx in (("masked patches", ""), ("full reconstruction", "_full"))
-    ]
-    sec.blocks.append(Table(["pixels", "PSNR (dB)", "SSIM", "SAM (degrees)"], rows))
+    sec.blocks.append(Table(header, rows))
     masking = metrics.get("masking", {})
     sec.blocks.append(
         Text(
             f"{metrics.get('n_tiles', '?')} tiles of the {metrics.get('split', '?')} split, "
-            f"{masking.get('kind', '?')} masking at ratio {masking.get('ratio', '?')}; reflectance 0-1, PSNR peak 1.0."
+            f"{masking.get('kind', '?')} masking at ratio {masking.get('ratio', '?')}; every "
+            "baseline is scored on the same tiles and masks. Reflectance 0-1; PSNR with peak 1.0 "
+            "and with each band's train-split range as peak; SSIM with each band's range "
+            "(docs/run.md)."
         )
     )
     return sec
@@ -239,7 +256,7 @@ def picture_sections(
         masking=masking, storage_options=cfg.storage_options,
     )  # fmt: skip
     r, g, b = figures.rgb_bands(data.wavelengths)
-    true_rgb, recon_rgb, names = [], [], []
+    true_rgb, recon_rgb, interp_rgb, names, interp_names = [], [], [], [], []
     for i in range(len(data.tile_ids)):
         t = data.true[i][[r, g, b]].transpose(1, 2, 0)
         limits = figures.stretch_limits(t, data.valid[i])
@@ -249,14 +266,20 @@ def picture_sections(
                 data.recon[i][[r, g, b]].transpose(1, 2, 0), limits, data.valid[i]
             )
         )
+        interp_rgb.append(
+            figures.apply_stretch(
+                data.interp[i][[r, g, b]].transpose(1, 2, 0), limits, data.valid[i]
+            )
+        )
         names.append(f"tile {data.tile_ids[i]} ({data.split}), PSNR {data.psnr[i]:.1f} dB")
+        interp_names.append(f"PSNR {data.interp_psnr[i]:.1f} dB")
     rgb_note = (
         f"RGB from bands at {data.wavelengths[r]:.0f} / {data.wavelengths[g]:.0f} / {data.wavelengths[b]:.0f} nm, "
         f"2-98 % stretch of the true tile applied to both; {data.masking.kind} masking, ratio {data.masking.ratio}. "
         "PSNR on the masked patches."
     )
     recon_png = figures.reconstruction_figure(
-        true_rgb, recon_rgb, data.masks, data.patch_size, names
+        true_rgb, recon_rgb, data.masks, data.patch_size, names, interp_rgb, interp_names
     )
     spectra: Block = Text("No valid pixel inside a masked patch to plot.")
     if data.pixel_titles:
