@@ -9,6 +9,7 @@ import copy
 import datetime as dt
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import jsonschema
@@ -16,6 +17,7 @@ import numpy as np
 import pystac
 import pytest
 import xarray as xr
+import zarr
 from shapely.geometry import box, shape
 from stac_validate import validate
 
@@ -158,6 +160,14 @@ def test_tile_store_record_validates(demo):
     dims = collection["cube:dimensions"]
     assert dims["band"]["values"] == attrs["band_wavelength"]
     assert collection["cube:variables"]["student"]["dimensions"][1:] == ["band", "y", "x"]
+    # The asset's open arguments open the store with plain xarray, without a warning.
+    asset = pystac.Collection.from_file(str(tiles / "collection.json")).assets["zarr"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = xr.open_dataset(asset.get_absolute_href(), **asset.extra_fields["xarray:open_kwargs"])
+    student = zarr.open_group(str(tiles), mode="r")["student"]
+    assert ds.student.dims == tuple(collection["cube:variables"]["student"]["dimensions"])
+    np.testing.assert_array_equal(ds.student[:2].values, student[:2])
     (link,) = [ln for ln in collection["links"] if ln["rel"] == "derived_from"]
     assert link["href"] == f"{demo['cube']}/collection.json"
     assert Path(link["href"]).is_file()
