@@ -39,9 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="window edge in px, a multiple of the patch size (default: the student's tile size)",
     )
     embed.add_argument(
-        "--batch-size", type=int, default=EMBED_BATCH_SIZE, help="windows per forward pass"
+        "--batch-size",
+        type=int,
+        default=EMBED_BATCH_SIZE,
+        metavar="N",
+        help="windows per forward pass",
     )
-    embed.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    embed.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="default: CUDA when present")  # fmt: skip
     embed.add_argument(
         "--dask-address",
         default=None,
