@@ -72,6 +72,8 @@ PIPELINE = ["pipeline", "--source", "enmap-dlr", "--region", "demo", "--out", "/
         (["demo", "--steps", "0", "--out", "/tmp/never"], "--steps 0: must be at least 1"),
         (["report", "--run", "/tmp/never-a-run", "--storage-options", '{"secret": "x"}'],
          "must not hold credentials (secret)"),
+        (["tiles", "--cube", "/tmp/never-a-cube", "--out", "/tmp/never"],
+         "no hyperkd cube at /tmp/never-a-cube"),  # checked before any progress bar
         (["evaluate", "--checkpoint", "/tmp/x", "--out", "/tmp/never"], "evaluate needs --checkpoint and --tiles"),
     ],
 )  # fmt: skip

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Any
+
+from hyperkd.cli.common import add_storage_options, storage_options
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="ADDR",
         help="dask scheduler tcp://host:port, or 'local' for a LocalCluster",
     )
+    add_storage_options(parser)
     parser.set_defaults(handler=run_tiles)
 
 
@@ -134,20 +138,28 @@ def run_tiles(args: argparse.Namespace) -> int:
         seed=command.seed,
         shard=command.shard,
     )
-    with tqdm(total=None, unit="tile", desc="tiles", leave=False) as bar:
+    bars: list[Any] = []
 
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    def progress(done: int, total: int) -> None:
+        # The bar starts with the first tile, after build_tiles has checked its input.
+        if not bars:
+            bars.append(tqdm(total=total, unit="tile", desc="tiles", leave=False))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
 
+    try:
         summary = build_tiles(
             command.cube,
             command.out,
             cfg,
             labels=dict(command.labels),
             dask_address=command.dask_address,
+            storage_options=storage_options(args.storage_options),
             progress=progress,
         )
+    finally:
+        for bar in bars:
+            bar.close()
     splits = ", ".join(f"{k} {v}" for k, v in summary.splits.items())
     dropped = ", ".join(f"{k} {v}" for k, v in summary.dropped.items())
     state = (
