@@ -144,13 +144,13 @@ def deploy_schedules(
     The pools must exist (``prefect work-pool create NAME --type process``); the deployments
     keep their schedules while no process serves them, and a worker per pool runs them.
     """
-    from prefect import deploy
-
     runs = load_schedules(path)
-    found = deployments(runs, (cpu_pool, gpu_pool))
-    _check_pools({run.pool(cpu_pool, gpu_pool) for run in runs})
-    deploy(*found, build=False, push=False, print_next_steps_message=False)
-    return {run.name: run.pool(cpu_pool, gpu_pool) for run in runs}
+    pools = {run.name: run.pool(cpu_pool, gpu_pool) for run in runs}
+    _check_pools(set(pools.values()))
+    for deployment in deployments(runs, (cpu_pool, gpu_pool)):
+        # No image, no code upload: workers import the installed hyperkd (module entrypoint).
+        deployment.apply(work_pool_name=pools[deployment.name])
+    return pools
 
 
 def _check_pools(names: set[str]) -> None:
