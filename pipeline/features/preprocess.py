@@ -130,7 +130,9 @@ def open_enmap(url: str, storage_options: Mapping[str, Any] | None = None) -> xr
         store.zarr_store(read_only=True),
         group="enmap",
         consolidated=True,
-        chunks={},
+        # Whole spectra per task: one shard read per scene and tile (layout 2), not one task
+        # per 16-band chunk; other dims keep the stored chunking.
+        chunks={"band": -1},
         mask_and_scale=False,
         decode_coords="all",
     )
