@@ -28,7 +28,7 @@ import zarr.api.asynchronous as zarr_async
 
 from hyperkd.pipeline.redaction import clean_href
 from hyperkd.pipeline.store.integrity import StrictStore
-from hyperkd.pipeline.store.location import CubeStore
+from hyperkd.pipeline.tiles import read_store
 
 __all__ = ["TileReader"]
 
@@ -100,9 +100,8 @@ class TileReader:
     async def _open(self) -> dict[str, Any]:
         # This runs on the loop's thread, and fsspec caches filesystem instances per thread,
         # so an async filesystem made here is not the one zarr's own loop already uses.
-        store = CubeStore(self.url, self.storage_options)
         # An absent chunk raises instead of reading as fill values (nodata marked valid).
-        strict = StrictStore(store.zarr_store(read_only=True), clean_href(self.url))
+        strict = StrictStore(read_store(self.url, self.storage_options), clean_href(self.url))
         group = await zarr_async.open_group(store=strict, mode="r")
         missing = [name for name in self.names if not await group.contains(name)]
         if missing:
