@@ -217,8 +217,12 @@ def _cell(value: Any) -> str:
     return "" if value is None or value == "" else f"`{value}`"
 
 
-def markdown_table() -> str:
-    """The docs/cube.md array table."""
+def markdown_tables() -> dict[str, str]:
+    """The docs/cube.md tables by name (``arrays``)."""
+    return {"arrays": _arrays_table()}
+
+
+def _arrays_table() -> str:
     lines = [
         "| group | array | dims | dtype | units | nodata | chunks (shards) | meaning |",
         "|---|---|---|---|---|---|---|---|",
@@ -235,4 +239,5 @@ def markdown_table() -> str:
 
 
 if __name__ == "__main__":
-    print(markdown_table(), end="")
+    for name, table in markdown_tables().items():
+        print(f"<!-- schema:{name} -->\n{table}<!-- /schema -->\n")

@@ -129,7 +129,14 @@ INDEX_COLUMNS: tuple[Column, ...] = (
 )
 
 ROOT_ATTRS: tuple[tuple[str, str], ...] = (
-    ("hyperkd:tiles_version", f"layout version, currently `{TILES_VERSION}`"),
+    (
+        "hyperkd:kind",
+        "`tiles`: what the store is (written first, so a half-written store is known)",
+    ),
+    (
+        "hyperkd:tiles_version",
+        f"layout version, currently `{TILES_VERSION}` (`1`: no dims, not consolidated, still read)",
+    ),
     ("tile_size", "T, pixels"),
     ("patch_size", "P, pixels"),
     ("stride", "step between tile origins, pixels"),
@@ -162,7 +169,9 @@ ROOT_ATTRS: tuple[tuple[str, str], ...] = (
     ("dropped", "tiles dropped as `invalid` (below `min_valid`) and for `leakage`"),
     ("params_hash", "sha256 of the parameters, the cube's root document and the label files"),
 )
-REQUIRED_ATTRS = tuple(name for name, _ in ROOT_ATTRS if name not in ("dropped",))
+REQUIRED_ATTRS = tuple(
+    name for name, _ in ROOT_ATTRS if name not in ("dropped", "hyperkd:kind", "split_fractions")
+)
 
 
 def sizes(n: int, n_bands: int, tile_size: int, patch_size: int) -> dict[str, int]:
@@ -183,24 +192,29 @@ def _cell(value: Any) -> str:
     return f"`{value}`" if value != "" else ""
 
 
-def markdown_tables() -> str:
-    """The docs/tiles.md tables: arrays, index columns, root attributes."""
-    lines = ["| array | dims | dtype | nodata | units | content |", "|---|---|---|---|---|---|"]
+def markdown_tables() -> dict[str, str]:
+    """The docs/tiles.md tables by name: ``arrays``, ``index``, ``attributes``."""
+    arrays = ["| array | dims | dtype | nodata | units | content |", "|---|---|---|---|---|---|"]
     for a in TILE_ARRAYS:
-        lines.append(
+        arrays.append(
             f"| `{a.name}` | `({', '.join(a.dims)})` | {a.dtype} | {_cell(a.nodata)} | "
             f"{a.units} | {a.content} |"
         )
-    lines.append(
+    arrays.append(
         f"| `label_<name>` | `({', '.join(LABEL_DIMS)})` | int16 or float32 | `0` or `NaN` | | "
-        "optional labels: int16 class codes, 0 = unlabeled; or float32 continuous |"
+        "optional labels (`--labels NAME=RASTER`): int16 class codes, 0 = unlabeled; or "
+        "float32 continuous, NaN = no value |"
     )
-    lines += ["", "| column | dtype | meaning |", "|---|---|---|"]
-    lines += [f"| `{c.name}` | {c.dtype} | {c.meaning} |" for c in INDEX_COLUMNS]
-    lines += ["", "| attribute | meaning |", "|---|---|"]
-    lines += [f"| `{name}` | {meaning} |" for name, meaning in ROOT_ATTRS]
-    return "\n".join(lines) + "\n"
+    index = ["| column | dtype | meaning |", "|---|---|---|"]
+    index += [f"| `{c.name}` | {c.dtype} | {c.meaning} |" for c in INDEX_COLUMNS]
+    attrs = ["| attribute | meaning |", "|---|---|"]
+    attrs += [f"| `{name}` | {meaning} |" for name, meaning in ROOT_ATTRS]
+    return {
+        k: "\n".join(v) + "\n"
+        for k, v in (("arrays", arrays), ("index", index), ("attributes", attrs))
+    }
 
 
 if __name__ == "__main__":
-    print(markdown_tables(), end="")
+    for name, table in markdown_tables().items():
+        print(f"<!-- schema:{name} -->\n{table}<!-- /schema -->\n")
