@@ -28,13 +28,11 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from hyperkd.pipeline.cube.schema import ENMAP_NODATA, TEACHER_NODATA
 from hyperkd.pipeline.sensors import EnmapBands, HlsSensor, SpectralBand, alignment, hls_sensor
 
 TEACHER_DIM = "teacher_band"
 """Dim name of the teacher band axis (distinct from the cube's 224-long ``band``)."""
-TEACHER_NODATA = -9999
-"""Nodata of the teacher bands (the HLS convention)."""
-ENMAP_NODATA = -32768
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 # Weights below this fraction of a teacher band's largest weight are dropped: far Gaussian
 # tails would otherwise let a pixel whose in-range bands are all nodata get a "mean" made of
