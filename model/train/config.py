@@ -64,8 +64,10 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     resume: bool = False
-    compile: bool = False
-    """``torch.compile`` the task (CUDA mostly; CPU works but compiles slowly)."""
+    compile: bool | None = None
+    """``torch.compile`` the task; ``None``: on CUDA, where it pays (2.8x at batch 256 on an
+    H200, benchmarks/RESULTS.md), not on the CPU (slow to compile, and the SSIM kernel there
+    is already fused)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
     num_workers: int | None = None

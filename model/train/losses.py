@@ -144,7 +144,9 @@ def hyperkd_loss(
         ssim = weighted_ssim(recon, target_img, weight, tile_range(target_img)).mean()
         recon_term = recon_term + (1.0 - ssim)
         out["ssim"] = ssim.detach()
-    loss = config.recon_weight * recon_term
+    # Not ``1.0 * recon_term``: torch.compile (2.14) drops the grad of a loss written as
+    # 1.0 times a tensor whose detached copy is also returned.
+    loss = recon_term if config.recon_weight == 1 else config.recon_weight * recon_term
     if config.use_kd:
         if student_kd is None or teacher_kd is None:
             raise ValueError("the kld loss needs student and teacher features")

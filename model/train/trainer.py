@@ -259,7 +259,7 @@ def fit(
     model: nn.Module = task
     if env.world_size > 1:
         model = nn.parallel.DistributedDataParallel(task)
-    if config.compile:
+    if config.compile if config.compile is not None else env.device.type == "cuda":
         model = torch.compile(model)  # type: ignore[assignment]
     task.train()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.device.type == "cuda")
