@@ -80,7 +80,7 @@ def store(inputs: dict[str, str]) -> str:
 def test_store_opens_with_xarray_and_rioxarray_reads_its_grid(inputs: dict, store: str) -> None:
     import rioxarray  # noqa: F401
 
-    ds = xr.open_zarr(store, decode_coords="all")
+    ds = xr.open_zarr(store)  # plain: spatial_ref is a coordinate without decode_coords
     assert ds["embedding"].dims == ("time", "feature", "y", "x")
     assert ds["embedding"].shape == (2, 64, SIZE // PATCH, SIZE // PATCH)
     assert ds.attrs["hyperkd:embedded_scenes"] == ["scene-0", "scene-1"]

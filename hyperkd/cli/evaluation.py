@@ -95,6 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="take the no-teacher student from DIR/cells/no-teacher",
     )
     down.add_argument(
+        "--embeddings",
+        default=None,
+        metavar="URL",
+        help="also probe an embeddings store of the tile store's cube (hyperkd embed)",
+    )
+    down.add_argument(
         "--only",
         default=None,
         metavar="LABEL=CODES",
@@ -176,6 +182,7 @@ def run_downstream(args: argparse.Namespace) -> int:
         out=args.out,
         finetune_steps=args.finetune_steps,
         baseline_checkpoint=baseline,
+        embeddings=args.embeddings,
         max_train_pixels=args.max_train_pixels,
         max_eval_pixels=args.max_eval_pixels,
         batch_size=args.batch_size,

@@ -110,7 +110,12 @@ def _template(
         attrs=dict(attrs),
     )
     ds = ds.rio.write_crs(grid.crs).rio.write_transform(Affine(*grid.transform))
-    return ds.rio.write_coordinate_system()
+    ds = ds.rio.write_coordinate_system()
+    for name in ("embedding", "valid_fraction"):
+        # CF ``coordinates`` names spatial_ref too, so a plain ``xr.open_zarr`` makes it a
+        # coordinate and rioxarray finds the CRS without ``decode_coords="all"``.
+        ds[name].attrs["coordinates"] = "scene_id spatial_ref"
+    return ds
 
 
 def create_store(

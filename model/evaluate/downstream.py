@@ -71,6 +71,9 @@ class DownstreamConfig:
     finetune_steps: int = 50
     baseline_checkpoint: str | None = None
     """The no-teacher student's run directory, or None to skip that baseline."""
+    embeddings: str | None = None
+    """An embeddings store of the tile store's cube (``hyperkd embed``): its per-patch features
+    are probed too (method ``embeddings store``), on the same pixels."""
     max_train_pixels: int = 50_000
     max_eval_pixels: int = 100_000
     batch_size: int = 8
@@ -200,6 +203,27 @@ def _encoders(
     return methods, run_config, notes
 
 
+def _probe_store(
+    cfg: DownstreamConfig,
+    train: tuple[TileDataset, probes.PixelSample],
+    held_out: tuple[TileDataset, probes.PixelSample],
+    targets: probes.Targets,
+    score: Callable[..., dict[str, float]],
+) -> dict[str, Any]:
+    """A linear probe on an embeddings store's features at the sampled pixels."""
+    from hyperkd.model.embed.features import pixel_features
+
+    t0 = time.perf_counter()
+    x = [
+        pixel_features(str(cfg.embeddings), ds, s.tiles, s.pixels, cfg.storage_options)
+        for ds, s in (train, held_out)
+    ]
+    probe = targets.fit_probe(x[0], train[1].target)
+    pred = targets.decode_probe(probe.predict(x[1]))
+    row = {"method": "embeddings store", "mode": "linear probe", **score(held_out[1].target, pred)}
+    return row | {"seconds": time.perf_counter() - t0}
+
+
 def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
     """Evaluate every method on ``cfg.task``; writes the JSON and markdown results and returns them."""
     label, classes = TASKS[cfg.task]
@@ -282,6 +306,10 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
             }
         )
         _log.info("%s: %s", name, rows[-1])
+    if cfg.embeddings:
+        rows.append(
+            _probe_store(cfg, (train, train_sample), (eval_ds, eval_sample), targets, score)
+        )
     result = {
         "task": cfg.task,
         "name": result_name(cfg),
