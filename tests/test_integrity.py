@@ -210,3 +210,26 @@ def test_a_folder_holding_only_a_lock_is_a_cube_being_created(tmp_path: Path) ->
     (tmp_path / "new.zarr" / ".git").mkdir()
     with pytest.raises(ValueError, match="holds files that are not a hyperkd output"):
         check_output(tmp_path / "new.zarr", "cube")
+
+
+def test_verify_deep_and_the_guard_on_s3(
+    s3_server: dict[str, str], s3_bucket: str, stores: dict[str, Path], capsys
+) -> None:
+    """The same checks on object storage (moto's S3 server on loopback)."""
+    from hyperkd.pipeline.store.guard import OutputError, check_output
+    from hyperkd.pipeline.store.location import CubeStore
+
+    url = f"{s3_bucket}/tiles.zarr"
+    s3 = CubeStore(url, s3_server)
+    s3.fs.put(str(stores["tiles"]), s3.root, recursive=True)
+    options = json.dumps(s3_server)
+    assert main(["verify", url, "--deep", "--storage-options", options]) == 0
+    key = "student/c/1/0/0/0"
+    s3.fs.rm(s3.path(key))
+    capsys.readouterr()
+    assert main(["verify", url, "--deep", "--storage-options", options]) == 1
+    assert f"chunk {key} is missing" in capsys.readouterr().out
+    with pytest.raises(OutputError, match="holds a tiles store, not a cube"):
+        check_output(url, "cube", [], s3_server)
+    with pytest.raises(OutputError, match="overlaps the input"):
+        check_output(f"{s3_bucket}/tiles.zarr/inner", "tiles", [url], s3_server)

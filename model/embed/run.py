@@ -27,6 +27,7 @@ from hyperkd.model.embed import store as layout
 from hyperkd.model.embed.stac import collection
 from hyperkd.model.nets.backbone import StudentBackbone, load_student
 from hyperkd.pipeline.redaction import clean_href, redacted_logger
+from hyperkd.pipeline.store.guard import check_output
 from hyperkd.pipeline.store.location import CubeStore
 
 _log = redacted_logger(__name__)
@@ -210,6 +211,8 @@ def prepare_store(
     cfg: EmbedConfig, scenes: CubeScenes, model: StudentBackbone, window: int
 ) -> tuple[CubeStore, list[str]]:
     """Create the store, or check that the existing one holds this run; the scenes done."""
+    # Never create or clear a store over what is not an embeddings store, nor over an input.
+    check_output(cfg.out, "embeddings", [cfg.cube, cfg.checkpoint], cfg.storage_options)
     out = CubeStore(cfg.out, cfg.storage_options)
     identity = _identity(cfg, scenes, model, window)
     root = layout.read_root(out)

@@ -27,10 +27,14 @@ from hyperkd.pipeline.store.location import LOCK_KEY, CubeStore
 
 __all__ = ["KINDS", "OutputError", "check_output", "store_kind"]
 
-KINDS = ("cube", "tiles", "student", "teacher", "files")
+KINDS = ("cube", "tiles", "embeddings", "student", "teacher", "files")
 """``student``/``teacher``: training run folders; ``files``: a folder of result files."""
 
-_ZARR_KINDS = {"hyperkd:cube_version": "cube", "hyperkd:tiles_version": "tiles"}
+_ZARR_KINDS = {
+    "hyperkd:cube_version": "cube",
+    "hyperkd:tiles_version": "tiles",
+    "hyperkd:embeddings_version": "embeddings",
+}
 
 
 class OutputError(ValueError):
@@ -78,7 +82,7 @@ def store_kind(store: CubeStore) -> str | None:
             if key in attrs:
                 return kind
         kind = attrs.get("hyperkd:kind")
-        return str(kind) if kind in ("cube", "tiles") else "zarr"
+        return str(kind) if kind in ("cube", "tiles", "embeddings") else "zarr"
     run = store.read_json("config.json") or {}
     if run.get("kind") in ("student", "teacher"):
         return str(run["kind"])
@@ -117,6 +121,11 @@ def check_output(
     if store.is_local:
         if os.path.lexists(store.root) and not os.path.isdir(store.root):
             raise OutputError(f"output {text} exists and is not a folder; nothing was written")
+        parent = os.path.dirname(store.root)
+        while parent and not os.path.lexists(parent):
+            parent = os.path.dirname(parent)
+        if parent and not os.path.isdir(parent):
+            raise OutputError(f"output {text}: {parent} is a file, not a folder (Not a directory)")
     elif store.fs.isfile(store.root):
         raise OutputError(f"output {text} is an object, not a prefix; nothing was written")
     if not store.exists():
@@ -143,6 +152,7 @@ def _describe(kind: str) -> str:
     return {
         "cube": "cube",
         "tiles": "tile store",
+        "embeddings": "embeddings store",
         "student": "student run",
         "teacher": "teacher run",
         "files": "results folder",
