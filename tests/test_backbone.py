@@ -115,7 +115,7 @@ def test_timm_model_carries_the_run_normalisation_not_imagenet(run_dir: Path) ->
 def test_features_only_is_terratorchs_timm_path(run_dir: Path) -> None:
     """terratorch's ``BACKBONE_REGISTRY.build("timm_hyperkd_student_tiny", ...)`` calls exactly
     ``timm.create_model(name, features_only=True, ...)``; terratorch itself does not install
-    under constraints.txt (docs/backbone.md)."""
+    under constraints.txt (docs/design/0002-student-as-backbone.md)."""
     feats = timm.create_model(
         "hyperkd_student_tiny",
         pretrained=True,
