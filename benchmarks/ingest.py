@@ -13,7 +13,14 @@ of 224 int16 bands in detector order, plus its quality layers and a static STAC 
 Medians of ``--repeats`` runs (default 3), alternating the two. The last line is
 ``ingest/floor=<ratio>``; the goal is <= 1.5.
 
+``--scale-out``: scenes per minute of the parallel ingest (:mod:`hyperkd.pipeline.ingest.parallel`)
+on one 8-scene region (8 EnMAP acquisitions of ``--size`` px) with 1 and with 2 dask workers
+(a LocalCluster of single-threaded processes, started before the clock runs) and, as the
+baseline, the serial path (``ingest_scene`` per scene), alternating, into a fresh cube each
+run. The last line is ``2 workers/1 worker=<speed-up>``.
+
     .venv/bin/python benchmarks/ingest.py [--size 1000] [--repeats 3] [--pixel-interleaved]
+    .venv/bin/python benchmarks/ingest.py --scale-out [--size 256] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -83,9 +90,78 @@ def run_floor(image: Path, out: Path, tile: int) -> float:
     return time.perf_counter() - t0
 
 
+def run_scale_out(region: Path, out: Path, address: str | None, workers: int, tile: int) -> float:
+    """Seconds to ingest the region's EnMAP scenes into a new cube with ``workers`` loads on
+    the dask cluster at ``address``; ``address=None`` is the serial path (``ingest_scene`` per
+    scene, each scene's load on dask threads), the baseline."""
+    import pystac
+
+    from hyperkd.pipeline.ingest.parallel import ingest_planned
+    from hyperkd.pipeline.ingest.region import IngestParams, PlannedScene, ingest_scene, region_grid
+    from hyperkd.pipeline.stac.sources import static_source
+
+    source = static_source(str(region / "catalog.json"))
+    items = sorted(
+        (pystac.Item.from_file(str(p)) for p in region.rglob("ENMAP*.json")),
+        key=lambda i: i.datetime,
+    )
+    for item in items:
+        item.make_asset_hrefs_absolute()
+    planned = [PlannedScene(item, source) for item in items]
+    t0 = time.perf_counter()
+    grid = region_grid(items[0], source, None)
+    if address is None:
+        outcomes = [ingest_scene(str(out), s.item, s.source, grid, IngestParams(tile_size=tile))
+                    for s in planned]  # fmt: skip
+    else:
+        outcomes = ingest_planned(str(out), planned, grid, IngestParams(tile_size=tile),
+                                  dask_address=address, workers=workers)  # fmt: skip
+    elapsed = time.perf_counter() - t0
+    if [o.status for o in outcomes] != ["written"] * len(planned):
+        raise SystemExit(f"scale-out ingest failed: {outcomes}")
+    return elapsed
+
+
+def scale_out(size: int, repeats: int, tile: int) -> None:
+    from distributed import LocalCluster
+
+    from hyperkd.pipeline.synthetic.factory import RegionSpec
+    from hyperkd.pipeline.synthetic.products import write_region
+
+    with tempfile.TemporaryDirectory(prefix="hyperkd-bench-scale-") as tmp:
+        work = Path(tmp)
+        manifest = write_region(work / "region", RegionSpec(size_px=size, n_scenes=8))
+        region = manifest.catalog.parent
+        n = len(list(region.rglob("ENMAP*.json")))
+        print(f"region: {n} EnMAP scenes of 224 x {size} x {size} int16")
+        times: dict[int, list[float]] = {0: [], 1: [], 2: []}  # 0: the serial baseline
+        clusters = {w: LocalCluster(n_workers=w, threads_per_worker=1, dashboard_address=":0")
+                    for w in (1, 2)}  # fmt: skip
+        try:
+            for i in range(repeats):
+                for w in times:
+                    out = work / f"cube-{w}-{i}.zarr"
+                    address = clusters[w].scheduler_address if w else None
+                    times[w].append(run_scale_out(region, out, address, w, tile))
+                    shutil.rmtree(out)
+                    print(f"  {w or 'serial'} worker(s) run {i + 1}: {times[w][-1]:.2f} s",
+                          flush=True)  # fmt: skip
+        finally:
+            for cluster in clusters.values():
+                cluster.close()
+        med = {w: statistics.median(v) for w, v in times.items()}
+        for w, v in med.items():
+            label = f"{w} worker(s)" if w else "serial"
+            print(f"{label}: median {v:.2f} s, {60 * n / v:.1f} scenes/minute")
+        print(f"1 worker/serial={med[0] / med[1]:.2f}  2 workers/serial={med[0] / med[2]:.2f}")
+        print(f"2 workers/1 worker={med[1] / med[2]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1000, help="scene side in pixels (1000)")
+    parser.add_argument(
+        "--size", type=int, default=None, help="scene side in px (1000; 256 with --scale-out)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tile", type=int, default=128)
     parser.add_argument(
@@ -93,7 +169,14 @@ def main() -> None:
         action="store_true",
         help="rewrite the image as GDAL COG (DLR layout)",
     )
+    parser.add_argument(
+        "--scale-out", action="store_true", help="scenes/minute with 1 and 2 dask workers"
+    )
     args = parser.parse_args()
+    if args.scale_out:
+        scale_out(args.size or 256, args.repeats, args.tile)
+        return
+    args.size = args.size or 1000
     with tempfile.TemporaryDirectory(prefix="hyperkd-bench-ingest-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()

@@ -7,8 +7,11 @@ Defaults shown in ``--help`` come from :mod:`hyperkd.defaults`, the values the f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -78,3 +81,43 @@ def progress(total: int | None, desc: str, unit: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not sys.stderr.isatty())
+
+
+def progress_iter(items: Any, total: int | None, desc: str, unit: str) -> Any:
+    """``items`` with a bar that appears with the first item (so after the command checked its
+    input) and closes with the loop."""
+    bar = None
+    try:
+        for item in items:
+            if bar is None:
+                bar = progress(total, desc, unit)
+            yield item
+            bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+@contextlib.contextmanager
+def progress_of_files(count: Callable[[], int], total: int, desc: str, unit: str) -> Iterator[None]:
+    """A bar of ``count()`` (finished outputs on disk) out of ``total``, polled every second
+    while the block runs: progress for a long call that reports none itself."""
+    stop = threading.Event()
+
+    def poll() -> None:
+        bar = None
+        while not stop.wait(1.0):
+            if bar is None:
+                bar = progress(total, desc, unit)
+            bar.n = min(count(), total)
+            bar.refresh()
+        if bar is not None:
+            bar.close()
+
+    thread = threading.Thread(target=poll, name=f"progress-{desc}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

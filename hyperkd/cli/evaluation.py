@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from hyperkd import defaults
-from hyperkd.cli.common import HelpFormatter, add_storage_options, storage_options
+from hyperkd.cli.common import (
+    HelpFormatter,
+    add_storage_options,
+    progress_of_files,
+    storage_options,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -150,7 +155,15 @@ def run_ablate(args: argparse.Namespace) -> int:
         device=args.device,
         storage_options=storage_options(args.storage_options) or None,
     )
-    run_ablation(cfg)
+    from hyperkd.model.evaluate.ablate import grid
+
+    cells = Path(cfg.out) / "cells"
+
+    def finished() -> int:
+        return sum(1 for _ in cells.glob("*/evaluate/metrics.json"))
+
+    with progress_of_files(finished, len(grid()), "ablate", "cell"):
+        run_ablation(cfg)
     print((Path(cfg.out) / "ablation.md").read_text(), end="")
     return 0
 

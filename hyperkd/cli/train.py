@@ -360,6 +360,22 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batches_with_progress(config: Any) -> dict[str, Any]:
+    """The split's dataset and its batches (as ``evaluate`` would make them) behind a progress
+    bar that appears with the first batch, after ``evaluate`` has checked its inputs."""
+    import math
+
+    from hyperkd.cli.common import progress_iter
+    from hyperkd.model.data.loader import make_loader
+    from hyperkd.model.train.runs import open_tiles
+
+    dataset = open_tiles(config.tiles, config.split, config.storage_options)
+    loader = make_loader(dataset, config.batch_size, shuffle=False, drop_last=False, num_workers=0)
+    total = math.ceil(len(dataset) / config.batch_size)
+    batches = progress_iter(loader, total, f"evaluate {config.split}", "batch")
+    return {"dataset": dataset, "batches": batches}
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from hyperkd.model.evaluate.reconstruction import evaluate
     from hyperkd.model.nets.masking import Masking
@@ -381,7 +397,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             teacher_preset=args.teacher_preset,
         ),
     )
-    result = evaluate(command.config)
+    result = evaluate(command.config, **_batches_with_progress(command.config))
     print(f"{result['n_tiles']} {args.split} tiles, masked patches (PSNR peak 1 / band range, dB):")
     rows = [("student", result), *result["baselines"].items()]
     if "teacher" in result:

@@ -94,7 +94,7 @@ def _pool(dask_address: str | None, workers: int) -> Iterator[Callable[..., Any]
     with contextlib.ExitStack() as stack:
         if dask_address == "local":
             cluster = stack.enter_context(
-                LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
+                LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0")
             )
             dask_address = cluster.scheduler_address
         # Not the default scheduler: the writer's chunk writes stay in this process.
