@@ -283,3 +283,21 @@ def test_evaluate_refuses_non_finite_metrics(world: dict[str, Path], tmp_path: P
     assert main([*argv, str(tmp_path / "ev"), "--device", "cpu"]) == 2
     assert "not finite" in capsys.readouterr().err
     assert not (tmp_path / "ev" / "metrics.json").exists()
+
+
+def test_user_errors_are_one_line_and_bugs_are_not() -> None:
+    """The CLI's classification (root ignores permissions, so this is checked directly)."""
+    from hyperkd.cli import user_error
+    from hyperkd.pipeline.store.location import CubeLockedError
+
+    assert user_error(PermissionError(13, "Permission denied", "/data/out")) == (
+        "Permission denied: /data/out"
+    )
+    assert user_error(NotADirectoryError(20, "Not a directory", "/f.txt/t")) == (
+        "Not a directory: /f.txt/t"
+    )
+    locked = user_error(CubeLockedError("cube c is being written by h:1"))
+    assert locked is not None and "--lock-timeout" in locked
+    assert user_error(RecursionError("maximum recursion depth exceeded")) is not None
+    assert user_error(KeyError("teacher")) is None  # a bug: the traceback is kept
+    assert user_error(ZeroDivisionError()) is None
