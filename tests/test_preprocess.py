@@ -259,3 +259,21 @@ def test_preprocess_cli_bad_input_is_one_line(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no hyperkd cube" in err
     assert not (tmp_path / "none.zarr").exists()
+
+
+@pytest.mark.slow  # the Prefect server's start dominates when run alone
+def test_the_prefect_task_stores_the_products(prefect_harness: None, cube: str) -> None:
+    """The flows' preprocess step: a real Prefect task run, passing the cube's URL."""
+    from prefect import flow
+
+    from hyperkd.flows.tasks import preprocess_cube as preprocess_task
+
+    @flow
+    def preprocess_flow(url: str) -> dict:
+        return preprocess_task(url, "fingerprint", 8, None)
+
+    summary = preprocess_flow(cube)
+    assert summary["n_scenes"] == 2 and not summary["skipped"]
+    assert "enmap/significance_gabor_p8" in summary["variables"]
+    enmap = open_enmap(cube)
+    assert "significance_gabor_p8" in enmap and "significance_gabor_p16" not in enmap
