@@ -113,6 +113,7 @@ def evaluate(
         teacher = load_teacher(
             config.teacher, img_size=info.tile_size, preset=config.teacher_preset,
             teacher_mean=info.teacher_mean, teacher_std=info.teacher_std,
+            patch_size=info.patch_size, seed=config.seed,
         ).model.to(device)  # fmt: skip
     keys = ("student", "teacher") if teacher is not None else ("student",)
     if train_batches is None:

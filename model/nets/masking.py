@@ -12,6 +12,8 @@ are kept first (MAE's ``argsort(noise)`` convention), and the rest are masked.
   over its patches (Gumbel-top-k). High significance stays likely to be masked, but a tile is not
   masked the same way every epoch; ``temperature -> 0`` recovers the deterministic top-r%,
   ``temperature -> inf`` tends to random masking. [ASSUMPTION: the paper does not say.]
+  :func:`top_r_overlap` measures where a temperature sits between the two: the share of
+  masked patches that lie in the top-r set (1 for deterministic, about r for random).
 """
 
 from __future__ import annotations
@@ -120,3 +122,27 @@ class Masking:
             gumbel = -torch.log(-torch.log(uniform.clamp(1e-20, 1.0 - 1e-7)))
             score = z / self.temperature + gumbel  # Gumbel-top-k on the logits z / T
         return mask_from_noise(score.to(device), num_keep)  # low score kept, top r% masked
+
+
+def top_r_overlap(
+    masking: Masking,
+    significance: torch.Tensor,
+    *,
+    draws: int = 8,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Mean share of the masked patches that lie in each tile's top-r set (highest
+    significance), over ``draws`` mask draws of the tiles ``significance`` (B, h, w).
+
+    1.0 for deterministic guided masking; about ``ratio`` for random masking.
+    """
+    score = significance.reshape(significance.shape[0], -1).float()  # (B, L)
+    b, length = score.shape
+    k = num_masked(length, masking.ratio)
+    top = torch.zeros(b, length)
+    top.scatter_(1, torch.argsort(-score, dim=1, stable=True)[:, :k], 1.0)  # (B, L) top-r set
+    shares = []
+    for _ in range(draws):
+        mask = masking(b, length, significance=significance, generator=generator).mask  # (B, L)
+        shares.append(float((mask * top).sum() / mask.sum()))
+    return sum(shares) / len(shares)

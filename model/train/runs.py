@@ -66,13 +66,17 @@ def tile_store_summary(info: Any) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=float))
 
 
+RANDOM_TEACHER = "random:"
+"""Prefix of a ``--teacher`` that names a randomly initialised architecture (a control)."""
+
+
 def relative_paths(spec: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """A run spec with its local paths (``tiles``, ``teacher``, ``train.out``) made relative
     to the run directory, so ``config.json`` holds no absolute path; URLs stay as they are."""
 
     def rel(value: Any) -> Any:
-        if not isinstance(value, str) or "://" in value:
-            return value
+        if not isinstance(value, str) or "://" in value or value.startswith(RANDOM_TEACHER):
+            return value  # a URL, or a teacher that is no file
         return os.path.relpath(os.path.abspath(value), os.path.abspath(run_dir))
 
     out = dict(spec, tiles=rel(spec.get("tiles")))
@@ -113,6 +117,15 @@ def _patch_of(state: dict[str, torch.Tensor]) -> int:
     raise ValueError("teacher weights hold no patch_embed.proj.weight (Conv3d)")
 
 
+def random_teacher(preset: str, *, img_size: int, patch_size: int | None, seed: int) -> Teacher:
+    """A frozen teacher of architecture ``preset`` with random weights drawn from ``seed``."""
+    config = teacher_config(preset, img_size=img_size, patch_size=patch_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = PrithviMAE(config)
+    return Teacher(model)
+
+
 def load_teacher(
     spec: str,
     *,
@@ -120,6 +133,8 @@ def load_teacher(
     preset: str = "prithvi-eo-1.0-100m",
     teacher_mean: Sequence[float] | None = None,
     teacher_std: Sequence[float] | None = None,
+    patch_size: int | None = None,
+    seed: int = 0,
 ) -> Teacher:
     """A frozen teacher from a ``train-teacher`` run directory or an official Prithvi file.
 
@@ -127,7 +142,16 @@ def load_teacher(
     arbitrary unpickling), ``.safetensors`` with safetensors; their architecture is ``preset``.
     The teacher is rebuilt for ``img_size`` tiles (positional tables adapted), and its input
     normalisation must match the tile store's teacher statistics.
+
+    ``random:<preset>`` is the control teacher: the preset's architecture, randomly initialised
+    from ``seed`` (no weights, so it knows nothing), with ``patch_size`` for ``tiny``. Distilling
+    from it tells the effect of the teacher's knowledge apart from the KLD acting as a
+    regulariser.
     """
+    if spec.startswith(RANDOM_TEACHER):
+        return random_teacher(
+            spec.removeprefix(RANDOM_TEACHER), img_size=img_size, patch_size=patch_size, seed=seed
+        )
     path = Path(spec)
     if path.is_dir():
         run, state = read_run(path)
@@ -287,6 +311,8 @@ def run_distill(
             preset=config.teacher_preset,
             teacher_mean=getattr(info, "teacher_mean", None),
             teacher_std=getattr(info, "teacher_std", None),
+            patch_size=info.patch_size,
+            seed=config.train.seed,
         )
     task = DistillationTask(student, config.masking, config.loss, teacher)
     run_config = {
