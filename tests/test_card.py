@@ -133,3 +133,22 @@ def test_card_shows_metrics_beside_baselines(run_dir: Path, tmp_path: Path) -> N
         yaml.safe_load((copy / "README.md").read_text().split("---\n")[1])["metrics"]["psnr"]
         == 31.5
     )
+
+
+def test_card_command_adds_evaluation_metrics(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hyperkd.cli import main
+
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("config.json", "model.safetensors", "metrics.jsonl"):
+        (copy / name).write_bytes((run_dir / name).read_bytes())
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(EVALUATION))
+    assert main(["card", "--checkpoint", str(copy), "--metrics", str(metrics)]) == 0
+    assert "| psnr | 31.5 | 21 | 24 |" in (copy / "README.md").read_text()
+    assert oct((copy / "item.json").stat().st_mode & 0o777) == "0o644"
+    metrics.write_text("[1, 2]")
+    assert main(["card", "--checkpoint", str(copy), "--metrics", str(metrics)]) == 2
+    assert "holds no JSON object" in capsys.readouterr().err

@@ -66,6 +66,55 @@ def _counts(weights: Mapping[str, torch.Tensor]) -> tuple[int, int]:
     return total, total - decoder
 
 
+def _model_input(config: Mapping[str, Any]) -> Any:
+    """The MLM input: reflectance bands, their shape and one z-score per band."""
+    from pystac.extensions.mlm import InputStructure, ModelInput, ValueScaling
+
+    names, _, mean, std = _inputs(config)
+    size, patch = int(config["model"]["img_size"]), int(config["model"]["patch_size"])
+    model_input = ModelInput.create(
+        name="reflectance",
+        bands=names,
+        input=InputStructure.create(
+            shape=[-1, len(names), size, size],
+            dim_order=["batch", "channel", "height", "width"],
+            data_type="float32",
+        ),
+        description="surface reflectance (0..1, NaN = nodata), z-scored per band; any "
+        f"H, W divisible by {patch} px work (position table resampled)",
+    )
+    # One z-score per band: the schema's list form (pystac's setter takes a single object).
+    model_input.properties["value_scaling"] = [
+        ValueScaling.create(type="z-score", mean=m / SCALE, stddev=s / SCALE).to_dict()
+        for m, s in zip(mean, std, strict=True)
+    ]
+    return model_input
+
+
+def _add_assets(item: Any) -> None:
+    """Weights (the MLM model asset), config and card, all relative to the run directory."""
+    import pystac
+
+    item.add_asset(
+        "weights",
+        pystac.Asset(
+            href="./model.safetensors",
+            media_type="application/octet-stream; application=safetensors",
+            roles=["mlm:model", "mlm:weights"],
+            title="weights (safetensors)",
+            # Also on the asset: STAC 1.1's item schema only admits item-level bands then.
+            extra_fields={"mlm:artifact_type": "safetensors", "bands": item.properties["bands"]},
+        ),
+    )
+    item.add_asset(
+        "config",
+        pystac.Asset(href="./config.json", media_type="application/json", roles=["metadata"]),
+    )
+    item.add_asset(
+        "card", pystac.Asset(href="./README.md", media_type="text/markdown", roles=["metadata"])
+    )
+
+
 def mlm_item(
     config: Mapping[str, Any],
     weights: Mapping[str, torch.Tensor],
@@ -77,17 +126,14 @@ def mlm_item(
     import pystac
     from pystac.extensions.mlm import (
         Hyperparameters,
-        InputStructure,
         MLMExtension,
-        ModelInput,
         ModelOutput,
         ResultStructure,
-        ValueScaling,
     )
 
     model, spec = config.get("model", {}), config.get("run", {})
     kind, preset = _kind(config), model.get("preset", "?")
-    names, wavelengths, mean, std = _inputs(config)
+    names, wavelengths, _, _ = _inputs(config)
     size, patch = int(model["img_size"]), int(model["patch_size"])
     dim, tokens = int(model["embed_dim"]), (size // patch) ** 2
     total, encoder = _counts(weights)
@@ -103,23 +149,7 @@ def mlm_item(
         for n, w in zip(names, wavelengths, strict=True)
     ]
     item.stac_extensions.append(EO)
-    scaling = [
-        ValueScaling.create(type="z-score", mean=m / SCALE, stddev=s / SCALE)
-        for m, s in zip(mean, std, strict=True)
-    ]
-    model_input = ModelInput.create(
-        name="reflectance",
-        bands=names,
-        input=InputStructure.create(
-            shape=[-1, len(names), size, size],
-            dim_order=["batch", "channel", "height", "width"],
-            data_type="float32",
-        ),
-        description="surface reflectance (0..1, NaN = nodata), z-scored per band; any "
-        f"H, W divisible by {patch} px work (position table resampled)",
-    )
-    # One z-score per band: the schema's list form (pystac's setter takes a single object).
-    model_input.properties["value_scaling"] = [v.to_dict() for v in scaling]
+    model_input = _model_input(config)
     MLMExtension.ext(item, add_if_missing=True).apply(
         name=f"hyperkd-{kind}-{preset}",
         architecture="ViT masked autoencoder (MAE)"
@@ -160,24 +190,7 @@ def mlm_item(
     )
     if metrics:
         item.properties["hyperkd:metrics"] = dict(metrics)
-    item.add_asset(
-        "weights",
-        pystac.Asset(
-            href="./model.safetensors",
-            media_type="application/octet-stream; application=safetensors",
-            roles=["mlm:model", "mlm:weights"],
-            title="weights (safetensors)",
-            # Also on the asset: STAC 1.1's item schema only admits item-level bands then.
-            extra_fields={"mlm:artifact_type": "safetensors", "bands": item.properties["bands"]},
-        ),
-    )
-    item.add_asset(
-        "config",
-        pystac.Asset(href="./config.json", media_type="application/json", roles=["metadata"]),
-    )
-    item.add_asset(
-        "card", pystac.Asset(href="./README.md", media_type="text/markdown", roles=["metadata"])
-    )
+    _add_assets(item)
     return item.to_dict(include_self_link=False, transform_hrefs=False)
 
 
@@ -215,45 +228,32 @@ def _metric_rows(evaluation: Mapping[str, Any]) -> list[str]:
     return rows
 
 
-def model_card(
-    config: Mapping[str, Any],
-    weights: Mapping[str, torch.Tensor],
-    training: Mapping[str, Any] | None = None,
-    evaluation: Mapping[str, Any] | None = None,
-) -> str:
-    """``README.md``: YAML front matter, then data, bands, normalisation, metrics, limits, use."""
-    model, spec = config.get("model", {}), config.get("run", {})
-    names, wavelengths, mean, std = _inputs(config)
-    total, encoder = _counts(weights)
+TAGS = ("hyperspectral", "EnMAP", "masked-autoencoder", "knowledge-distillation",
+        "remote-sensing", "timm", "safetensors")  # fmt: skip
+
+
+def _front_matter(
+    training: Mapping[str, Any] | None, evaluation: Mapping[str, Any] | None
+) -> list[str]:
+    """YAML front matter: license, tags, and every scalar metric (training ones ``train_``)."""
     scalars: dict[str, float] = {}
     for source, prefix in ((training or {}, "train_"), (evaluation or {}, "")):
         for key, value in source.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 scalars[prefix + key] = float(value)
-    front = {
-        "license": LICENSE.lower(),
-        "library_name": "hyperkd",
-        "tags": [
-            "hyperspectral",
-            "EnMAP",
-            "masked-autoencoder",
-            "knowledge-distillation",
-            "remote-sensing",
-            "timm",
-            "safetensors",
-        ],
-        "metrics": scalars,
-    }
-    preset = model.get("preset", "?")
-    lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=False).rstrip(),
-        "---",
-        "",
+    front = {"license": LICENSE.lower(), "library_name": "hyperkd", "tags": list(TAGS),
+             "metrics": scalars}  # fmt: skip
+    return ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", ""]
+
+
+def _use(config: Mapping[str, Any], weights: Mapping[str, torch.Tensor]) -> list[str]:
+    model = config.get("model", {})
+    total, encoder = _counts(weights)
+    return [
         f"# {_title(config)}",
         "",
         f"{total:,} parameters ({encoder:,} in the encoder); {model.get('img_size')}-px tiles, "
-        f"{model.get('patch_size')}-px patches, {len(names)} input bands, "
+        f"{model.get('patch_size')}-px patches, {len(_inputs(config)[0])} input bands, "
         f"{model.get('embed_dim')}-wide tokens. Weights: `model.safetensors` (never pickle). "
         "Machine-readable: `item.json` (STAC, MLM extension).",
         "",
@@ -265,16 +265,26 @@ def model_card(
         "tokens = backbone.forward_features(reflectance)  # (B, C, H, W) -> (B, H/P * W/P, D)",
         "```",
         "",
-        f'As a timm model: `timm.create_model("hyperkd_student_{preset}", pretrained=True, '
-        'pretrained_cfg_overlay=dict(file="RUN/model.safetensors"))` after `import hyperkd.model`. '
-        "Embeddings of a whole cube: `hyperkd embed --checkpoint RUN --cube CUBE --out OUT`.",
+        f'As a timm model: `timm.create_model("hyperkd_student_{model.get("preset")}", '
+        'pretrained=True, pretrained_cfg_overlay=dict(file="RUN/model.safetensors"))` after '
+        "`import hyperkd.model`. Embeddings of a whole cube: "
+        "`hyperkd embed --checkpoint RUN --cube CUBE --out OUT`.",
         "",
+    ]
+
+
+def _data_and_bands(config: Mapping[str, Any]) -> list[str]:
+    spec = config.get("run", {})
+    names, wavelengths, mean, std = _inputs(config)
+    budget = {k: v for k, v in (spec.get("train") or {}).items()
+              if k in ("steps", "epochs", "batch_size", "seed")}  # fmt: skip
+    return [
         "## Training data",
         "",
         f"- tile store: `{spec.get('tiles')}` (relative to this folder when local)",
         f"- teacher: `{spec.get('teacher')}`" if spec.get("teacher") else "- teacher: none",
         f"- masking: `{json.dumps(spec.get('masking'))}`; loss: `{json.dumps(spec.get('loss'))}`",
-        f"- training: `{json.dumps({k: v for k, v in (spec.get('train') or {}).items() if k in ('steps', 'epochs', 'batch_size', 'seed')})}`",
+        f"- training: `{json.dumps(budget)}`",
         "",
         "## Bands, wavelengths and normalisation",
         "",
@@ -289,16 +299,14 @@ def model_card(
             for n, w, m, s in zip(names, wavelengths, mean, std, strict=True)
         ),
         "",
-        "## Metrics",
-        "",
     ]
+
+
+def _metrics(training: Mapping[str, Any] | None, evaluation: Mapping[str, Any] | None) -> list[str]:
+    lines = ["## Metrics", ""]
     if training:
-        lines.append(
-            "Training (last logged step): "
-            + ", ".join(f"{k} {_fmt(v)}" for k, v in training.items() if k != "epoch")
-            + "."
-        )
-        lines.append("")
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in training.items() if k != "epoch")
+        lines += [f"Training (last logged step): {shown}.", ""]
     rows = _metric_rows(evaluation or {})
     if rows:
         where = (evaluation or {}).get("split", "?")
@@ -306,8 +314,30 @@ def model_card(
                   "beside predictors that learn nothing, on the same tiles and masks:", "", *rows]  # fmt: skip
     else:
         lines.append("Not evaluated yet: `hyperkd evaluate`, then `hyperkd card --metrics`.")
-    lines += ["", "## Limitations", "", *(f"- {text}" for text in LIMITATIONS), ""]
-    lines += ["## Intended use", "", INTENDED_USE, ""]
+    return [*lines, ""]
+
+
+def model_card(
+    config: Mapping[str, Any],
+    weights: Mapping[str, torch.Tensor],
+    training: Mapping[str, Any] | None = None,
+    evaluation: Mapping[str, Any] | None = None,
+) -> str:
+    """``README.md``: YAML front matter, then data, bands, normalisation, metrics, limits, use."""
+    lines = [
+        *_front_matter(training, evaluation),
+        *_use(config, weights),
+        *_data_and_bands(config),
+        *_metrics(training, evaluation),
+        "## Limitations",
+        "",
+        *(f"- {text}" for text in LIMITATIONS),
+        "",
+        "## Intended use",
+        "",
+        INTENDED_USE,
+        "",
+    ]
     return "\n".join(lines)
 
 
