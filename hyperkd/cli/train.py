@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyperkd import defaults
+from hyperkd.cli.common import add_storage_options, storage_options
 
 STUDENT_PRESETS = defaults.STUDENT_PRESETS
 TEACHER_PRESETS = defaults.TEACHER_PRESETS
@@ -112,6 +113,7 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
         "--num-workers", type=int, default=None, metavar="N", help="loader workers (default: cores)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_storage_options(parser)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -144,10 +146,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--tiles", required=True, metavar="URL", help="tile store")
     _add_out_or_run(train, "student")
     train.add_argument(
-        "--teacher",
-        metavar="CKPT",
-        help="teacher run directory or Prithvi .pt (needed for kld); random:<preset> for a "
-        "randomly initialised teacher (control)",
+        "--teacher", metavar="CKPT", help="teacher run directory or Prithvi .pt (needed for kld)"
     )
     train.add_argument("--teacher-preset", choices=TEACHER_PRESETS, default=defaults.OFFICIAL_TEACHER_PRESET,
                        help=f"architecture of a .pt teacher (default {defaults.OFFICIAL_TEACHER_PRESET})")  # fmt: skip
@@ -223,6 +222,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="architecture of a .pt teacher (default prithvi-eo-1.0-100m)")  # fmt: skip
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                           help="default: CUDA when present")  # fmt: skip
+    add_storage_options(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
 
@@ -322,6 +322,7 @@ def run_train_teacher(args: argparse.Namespace) -> int:
             train=_train_config(args),
             preset=args.preset,
             mask_ratio=args.mask_ratio,
+            storage_options=storage_options(args.storage_options) or None,
         ),
     )
     _fit(run_teacher_pretrain, command.config)
@@ -354,6 +355,7 @@ def run_train(args: argparse.Namespace) -> int:
                 args.masking, args.mask_ratio, args.sample_masking, args.mask_temperature
             ),
             loss=LossConfig(args.loss, args.recon_weight, args.kd_weight, args.temperature),
+            storage_options=storage_options(args.storage_options) or None,
         ),
     )
     _fit(run_distill, command.config)
@@ -398,6 +400,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             teacher=args.teacher,
             teacher_preset=args.teacher_preset,
+            storage_options=storage_options(args.storage_options) or None,
         ),
     )
     result = evaluate(command.config, **_batches_with_progress(command.config))
