@@ -118,3 +118,44 @@ def test_layout2_shards_band_groups(tmp_path: Path) -> None:
     root["consolidated_metadata"]["metadata"]["enmap/reflectance"] = doc
     (Path(url) / "zarr.json").write_text(json.dumps(root))
     assert any("band group 32, expected 16" in p for p in verify_cube(url))
+
+
+def test_layout1_maps_are_used_when_their_parameters_match(layout1: str, tmp_path: Path) -> None:
+    """A layout 1 cube's one unkeyed map set (on ``py``/``px``) serves tiles of its patch size,
+    read as stored (not recomputed), and the cube is left untouched."""
+    import xarray as xr
+
+    from hyperkd.pipeline.cube.io import write_variables
+    from hyperkd.pipeline.features.preprocess import (
+        PARAMS_ATTR,
+        SCENES_ATTR,
+        PreprocessConfig,
+        open_enmap,
+        products,
+    )
+    from hyperkd.pipeline.tiles.build import TileConfig, build_tiles, verify_tiles
+
+    cfg = PreprocessConfig()
+    enmap = open_enmap(layout1)
+    teacher = products(enmap, cfg)["teacher_bands"]
+    teacher = teacher.drop_vars([c for c in teacher.coords if c not in teacher.dims])
+    g = 128 // 16
+    maps = {
+        name: xr.DataArray(
+            np.full((1, g, g), 0.25, np.float32),
+            dims=("time", "py", "px"),
+            attrs={PARAMS_ATTR: cfg.significance_params(), SCENES_ATTR: ["E0"]},
+        )
+        for name in ("significance_gabor", "significance_wavelet")
+    }
+    teacher = teacher.assign_attrs({PARAMS_ATTR: cfg.aggregation_params(), SCENES_ATTR: ["E0"]})
+    legacy = xr.Dataset({"teacher_bands": teacher, **maps})
+    write_variables(layout1, "enmap", legacy)
+    before = {p: p.read_bytes() for p in Path(layout1).rglob("*") if p.is_file()}
+    out = str(tmp_path / "tiles.zarr")
+    cfg_tiles = TileConfig(tile_size=32, patch_size=16, split_block_px=32, allow_empty_splits=True)
+    build_tiles(layout1, out, cfg_tiles)
+    assert verify_tiles(out) == []
+    root = zarr.open_group(out, mode="r")
+    np.testing.assert_array_equal(root["significance_gabor"][:], 0.25)  # the stored maps
+    assert {p: p.read_bytes() for p in Path(layout1).rglob("*") if p.is_file()} == before

@@ -256,13 +256,11 @@ def stored_products(
     agg, sig = cfg.aggregation_params(), cfg.significance_params()
     wanted = {names.teacher: agg, names.gabor: sig, names.wavelet: sig}
     legacy = dict(zip(SIGNIFICANCE_VARS, names.significance, strict=True))
-    for old, new in legacy.items():
-        if (
-            new not in enmap
-            and enmap.get(old) is not None
-            and enmap[old].attrs.get(PARAMS_ATTR) == sig
-        ):
-            enmap = enmap.rename({old: new}).rename_dims({"py": names.y, "px": names.x})
+    if all(
+        new not in enmap and old in enmap and enmap[old].attrs.get(PARAMS_ATTR) == sig
+        for old, new in legacy.items()
+    ):
+        enmap = enmap.rename(legacy).rename_dims({"py": names.y, "px": names.x})
     for name, params in wanted.items():
         if name not in enmap or enmap[name].attrs.get(PARAMS_ATTR) != params:
             return None
