@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -17,7 +18,6 @@ from hyperkd.pipeline.cube.io import (
     CubeLayout,
     CubeWriter,
     Grid,
-    SceneOrderError,
     SceneWrite,
     open_cube,
     verify_cube,
@@ -122,14 +122,23 @@ def test_append_keys_by_id_and_keeps_time_sorted(tmp_path):
         assert w.scene_ids("enmap") == {"E0", "E1"}
         with pytest.raises(ValueError, match="already in the cube"):
             w.append(_enmap(1))
-        with pytest.raises(SceneOrderError, match="only grows forward"):
-            w.append(_enmap(7, day=0 + 1))  # dated before E1
+        with pytest.raises(ValueError, match="same acquisition time as E1"):
+            w.append(_enmap(7, day=1))
         w.append(_enmap(2))
+        # Backfills: between E0 and E1, then before everything (every slot moves up).
+        w.append(dataclasses.replace(_enmap(7), time=dt.datetime(2022, 7, 1, 18, tzinfo=dt.UTC)))
+        w.append(dataclasses.replace(_enmap(3), time=dt.datetime(2022, 6, 1, tzinfo=dt.UTC)))
     ds = open_cube(url)["enmap"]
-    assert list(ds.scene_id.values) == ["E0", "E1", "E2"]
+    assert list(ds.scene_id.values) == ["E3", "E0", "E7", "E1", "E2"]
+    assert np.all(np.diff(ds.time.values) > np.timedelta64(0))
+    raw = xr.open_zarr(url, group="enmap", mask_and_scale=False)
+    for t, i in enumerate((3, 0, 7, 1, 2)):  # every slot holds its own scene's values
+        np.testing.assert_array_equal(raw.reflectance[t].values, _enmap(i).reflectance)
+        np.testing.assert_array_equal(raw.valid[t].values, _enmap(i).valid)
     assert verify_cube(url) == []
-    # The refused scene left no chunks behind.
-    assert not (tmp_path / "cube.zarr" / "enmap" / "reflectance" / "c" / "3").exists()
+    # The staged slot of the inserts left no chunks behind.
+    assert not (tmp_path / "cube.zarr" / "enmap" / "reflectance" / "c" / "5").exists()
+    assert "hyperkd:pending" not in json.loads((tmp_path / "cube.zarr" / "zarr.json").read_text())["attributes"]
 
 
 def test_readers_see_only_the_committed_view(tmp_path):

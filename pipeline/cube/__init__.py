@@ -5,7 +5,6 @@ writer, its reader and its verifier.
 from hyperkd.pipeline.cube.io import (
     CubeLayout,
     CubeWriter,
-    SceneOrderError,
     SceneWrite,
     committed_scenes,
     open_cube,
@@ -19,7 +18,6 @@ __all__ = [
     "CubeLayout",
     "CubeWriter",
     "Grid",
-    "SceneOrderError",
     "SceneWrite",
     "committed_scenes",
     "open_cube",

@@ -20,6 +20,7 @@ import contextlib
 import copy
 import os
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,11 +40,14 @@ from hyperkd.pipeline.cube.layout import (
 )
 from hyperkd.pipeline.cube.schema import CUBE_VERSION, GROUPS, READABLE_VERSIONS
 from hyperkd.pipeline.cube.stac import publish_cube
+from hyperkd.pipeline.cube.timeline import PROGRESS, Edit, copy_slot, insert_index, plan_edit
 from hyperkd.pipeline.cube.verify import verify_cube
 from hyperkd.pipeline.store.integrity import WRITE_EVERY_CHUNK
 from hyperkd.pipeline.store.location import CubeLock, CubeStore
 
 ROOT_DOC = "zarr.json"
+PENDING = "hyperkd:pending"
+"""Root attribute of a committed but unfinished time-axis edit (see ``timeline``)."""
 PAUSE_ENV = "HYPERKD_TEST_PAUSE_AT"
 """Fault injection for the kill tests: at the named stage the writer touches the file named by
 ``HYPERKD_TEST_PAUSE_FILE`` and sleeps, so a test can SIGKILL it there. Unset in normal use."""
@@ -55,10 +59,6 @@ class NotACubeError(ValueError):
 
 class EmptySceneError(ValueError):
     """A scene that would add fewer valid pixels than required: reported, not committed."""
-
-
-class SceneOrderError(ValueError):
-    """A scene older than the newest committed one: the time axis only grows forward."""
 
 
 _pause_counts: dict[str, int] = {}
@@ -170,6 +170,8 @@ class CubeWriter:
         for path, doc in self.nodes.items():
             if doc.get("node_type") == "array" and self.store.read_json(f"{path}/zarr.json") != doc:
                 self.store.write_json(f"{path}/zarr.json", doc)
+        if PENDING in self.attrs:  # a killed backfill/replacement: roll it forward first
+            self._finish_edit(self.attrs[PENDING])
         for group in GROUPS:
             for name in self.store.listdir(group):
                 if name != "zarr.json" and f"{group}/{name}" not in self.nodes:
@@ -187,9 +189,12 @@ class CubeWriter:
         ]
 
     def _drop_uncommitted(self, group: str) -> None:
+        """Delete every chunk at a time index at or beyond the committed length."""
         n = self.length(group)
         for path in self._time_arrays(group):
-            self.store.delete_tree(f"{path}/c/{n}")
+            for name in self.store.listdir(f"{path}/c"):
+                if name.isdigit() and int(name) >= n:
+                    self.store.delete_tree(f"{path}/c/{name}")
 
     # -- queries -----------------------------------------------------------------------------
     def length(self, group: str) -> int:
@@ -203,9 +208,9 @@ class CubeWriter:
     def scene_ids(self, group: str | None = None) -> set[str]:
         return {s["id"] for s in self.scenes if group is None or s["group"] == group}
 
-    def last_time(self, group: str) -> int | None:
-        times = [encode_time(s["datetime"]) for s in self.scenes if s["group"] == group]
-        return max(times) if times else None
+    def records(self, group: str) -> list[dict[str, Any]]:
+        """The group's scene records, in time-axis order."""
+        return [s for s in self.scenes if s["group"] == group]
 
     @property
     def grid(self) -> Grid:
@@ -286,37 +291,88 @@ class CubeWriter:
         }
         self._commit([])
 
-    def append(self, scene: SceneWrite) -> None:
-        """Write one scene at the end of its group's time axis and commit it.
+    def append(self, scene: SceneWrite, *, replaces: str | None = None) -> None:
+        """Add one scene at its place on its group's time axis (by time, then id) and commit.
 
-        Raises :class:`SceneOrderError` for a scene not newer than the group's newest; on any
-        error the scene's chunks are removed again and nothing is committed.
+        ``replaces``: the id of a committed scene of the same group that this one supersedes
+        (a reprocessed product); it leaves the axis and its record moves into the new
+        record's ``replaces`` list. A scene newer than the newest is appended in place; any
+        other is an edit (:mod:`hyperkd.pipeline.cube.timeline`). On any error before the
+        first commit the scene's chunks are removed again and nothing changes.
         """
-        import dask.array as da
-
         group = scene.group
         if scene.scene_id in self.scene_ids(group):
             raise ValueError(f"scene {scene.scene_id} is already in the cube")
-        t = encode_time(scene.time)
-        last = self.last_time(group)
-        if last is not None and t <= last:
-            raise SceneOrderError(
-                f"scene {scene.scene_id} is not newer than the cube's newest {group} scene; "
-                "the time axis only grows forward (ingest older scenes into a new cube)"
-            )
+        records = self.records(group)
+        ids = [r["id"] for r in records]
+        if replaces is not None and replaces not in ids:
+            raise ValueError(f"scene {replaces} to replace is not in the cube's {group} group")
+        removed = ids.index(replaces) if replaces is not None else None
+        rest = [r for i, r in enumerate(records) if i != removed]
+        when = encode_time(scene.time)
+        same = next((r["id"] for r in rest if encode_time(r["datetime"]) == when), None)
+        if same is not None:  # the axis is a coordinate: its values stay unique
+            raise ValueError(f"scene {scene.scene_id} has the same acquisition time as {same}")
+        index = insert_index(rest, (when, scene.scene_id))
         n = self.length(group)
-        grown = {}
+        record = self._record_of(scene)
+        if removed is None and index == n:
+            self._write_staged(scene, n, n + 1)
+            self.nodes.update(self._resized(group, n + 1))
+            self.attrs["hyperkd:scenes"] = [*self.scenes, record]
+            self._commit(self._time_arrays(group))
+            self.lock.refresh()
+            return
+        if removed is not None:
+            old = records[removed]
+            kept = {k: old.get(k) for k in ("id", "datetime", "processing_version", "ingested_at")}
+            record["replaces"] = [kept, *old.get("replaces", [])]
+        edit = plan_edit(n, index, removed)
+        self._write_staged(scene, edit.staged, max(n, edit.staged + 1))
+        journal = {
+            "id": uuid.uuid4().hex,
+            "group": group,
+            "edit": edit.as_json(),
+            "scenes": [*rest[:index], record, *rest[index:]],
+            "relabel": {replaces: scene.scene_id} if replaces and group == "enmap" else {},
+        }
+        # Hide the slots from `keep` on: readers see a sorted prefix while slots move.
+        self.nodes.update(self._resized(group, edit.keep))
+        self.attrs["hyperkd:scenes"] = self._with_group(group, records[: edit.keep])
+        self.attrs[PENDING] = journal
+        self._commit(self._time_arrays(group))
+        self._finish_edit(journal)
+
+    def _record_of(self, scene: SceneWrite) -> dict[str, Any]:
+        iso = str(np.datetime64(encode_time(scene.time), "us")) + "Z"
+        return dict(scene.record) | {"id": scene.scene_id, "group": scene.group, "datetime": iso}
+
+    def _resized(self, group: str, length: int) -> dict[str, dict[str, Any]]:
+        """Copies of the group's time-axis array docs with ``length`` scenes."""
+        docs = {}
         for path in self._time_arrays(group):
             doc = copy.deepcopy(self.nodes[path])
-            doc["shape"] = [n + 1, *doc["shape"][1:]]
-            grown[path] = doc
+            doc["shape"] = [length, *doc["shape"][1:]]
+            docs[path] = doc
+        return docs
+
+    def _with_group(self, group: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [*(s for s in self.scenes if s["group"] != group), *records]
+
+    def _write_staged(self, scene: SceneWrite, slot: int, size: int) -> None:
+        """Write the scene's chunks at ``slot`` through handles sized ``size`` (uncommitted)."""
+        import dask.array as da
+
+        group = scene.group
         self._drop_uncommitted(group)
         try:
-            arr = {p.split("/", 1)[1]: self._array(p, d) for p, d in grown.items()}
-            arr["time"][n] = t
-            arr["scene_id"][n] = scene.scene_id
+            arr = {
+                p.split("/", 1)[1]: self._array(p, d) for p, d in self._resized(group, size).items()
+            }
+            arr["time"][slot] = encode_time(scene.time)
+            arr["scene_id"][slot] = scene.scene_id
             for name, label in scene.labels.items():
-                arr[name][n] = label
+                arr[name][slot] = label
             refl, valid = (
                 _as_dask(scene.reflectance, arr["reflectance"]),
                 _as_dask(scene.valid, arr["valid"]),
@@ -329,19 +385,46 @@ class CubeWriter:
             da.store(
                 [refl[None], valid[None]],
                 [_PausingTarget(arr["reflectance"], "scene-chunks"), arr["valid"]],
-                regions=[(slice(n, n + 1),), (slice(n, n + 1),)],
+                regions=[(slice(slot, slot + 1),), (slice(slot, slot + 1),)],
                 lock=False,
             )
-            self._check_valid(arr["valid"], n, scene.scene_id)
+            self._check_valid(arr["valid"], slot, scene.scene_id)
             self.lock.check()
         except BaseException:
             self._drop_uncommitted(group)
             raise
-        self.nodes.update(grown)
-        iso = str(np.datetime64(t, "us")) + "Z"
-        record = dict(scene.record) | {"id": scene.scene_id, "group": group, "datetime": iso}
-        self.attrs["hyperkd:scenes"] = [*self.scenes, record]
-        self._commit(list(grown))
+
+    def _finish_edit(self, journal: Mapping[str, Any]) -> None:
+        """Run (or resume) the slot copies of a committed edit, then commit the whole axis."""
+        group, edit = str(journal["group"]), Edit.from_json(journal["edit"])
+        size = max(edit.staged + 1, edit.length)
+        arrays = [self._array(p, d) for p, d in self._resized(group, size).items()]
+        progress = self.store.read_json(PROGRESS) or {}
+        done = int(progress.get("done", 0)) if progress.get("edit") == journal["id"] else 0
+        for i, (src, dst) in enumerate(edit.moves[done:], start=done):
+            for array in arrays:
+                copy_slot(array, src, dst)
+            self.lock.check()
+            self.store.write_json(PROGRESS, {"edit": journal["id"], "done": i + 1})
+            _pause_point("edit-copy")
+        changed = self._time_arrays(group)
+        relabel = dict(journal.get("relabel") or {})
+        if relabel:  # HLS scenes paired with a replaced EnMAP scene follow it
+            changed.append("hls/paired_enmap")
+            pairs = self._array("hls/paired_enmap", self.nodes["hls/paired_enmap"])
+            values = np.asarray(pairs[...], dtype=object)
+            for i, value in enumerate(values):
+                if value in relabel:
+                    pairs[i] = relabel[value]
+            hls = [r | {"paired_enmap": relabel.get(r.get("paired_enmap"), r.get("paired_enmap"))}
+                   for r in self.records("hls")]  # fmt: skip
+            self.attrs["hyperkd:scenes"] = self._with_group("hls", hls)
+        self.nodes.update(self._resized(group, edit.length))
+        self.attrs["hyperkd:scenes"] = self._with_group(group, list(journal["scenes"]))
+        del self.attrs[PENDING]
+        self._commit(changed)
+        self._drop_uncommitted(group)
+        self.store.delete_tree(PROGRESS)
         self.lock.refresh()
 
     def _check_valid(self, valid: Any, n: int, scene_id: str) -> None:
@@ -469,7 +552,6 @@ __all__ = [
     "EmptySceneError",
     "Grid",
     "NotACubeError",
-    "SceneOrderError",
     "SceneWrite",
     "open_cube",
     "verify_cube",

@@ -76,7 +76,7 @@ def verify_cube(
         _check_values(problems, store, group, nodes, scenes, grid)
     if len(grids) == 2 and grids["enmap"] != grids["hls"]:
         problems.append("enmap and hls groups are on different grids")
-    problems += _check_pairs(store, nodes)
+    problems += _check_pairs(store, nodes, attrs.get("hyperkd:pending"))
     for i, rec in enumerate(scenes):
         missing = [k for k in SCENE_FIELDS if k not in rec]
         if missing:
@@ -88,10 +88,16 @@ def verify_cube(
     return problems
 
 
-def _check_pairs(store: CubeStore, nodes: Mapping[str, Any]) -> list[str]:
-    """Every HLS scene's ``paired_enmap`` names an EnMAP scene of the cube."""
+def _check_pairs(
+    store: CubeStore, nodes: Mapping[str, Any], pending: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Every HLS scene's ``paired_enmap`` names an EnMAP scene of the cube, or one that an
+    unfinished time-axis edit (``hyperkd:pending``, docs/cube.md) hides or replaces."""
     try:
         enmap = {str(v) for v in _read(store, "enmap/scene_id", nodes["enmap/scene_id"])}
+        if pending and pending.get("group") == "enmap":
+            enmap |= {str(r["id"]) for r in pending.get("scenes", [])}
+            enmap |= set((pending.get("relabel") or {}).keys())
         pairs = [str(v) for v in _read(store, "hls/paired_enmap", nodes["hls/paired_enmap"])]
         hls = [str(v) for v in _read(store, "hls/scene_id", nodes["hls/scene_id"])]
     except (KeyError, OSError, ValueError):

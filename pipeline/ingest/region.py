@@ -30,7 +30,9 @@ from hyperkd.pipeline.ingest.loading import RESAMPLING, enmap_grid, load_enmap, 
 from hyperkd.pipeline.redaction import clean_href, redact, redacted_logger
 from hyperkd.pipeline.stac.items import (
     cloud_cover,
+    datatake_of,
     enmap_bands_of,
+    newness,
     processor_version,
     scene_datetime,
 )
@@ -134,6 +136,7 @@ def _record(item: pystac.Item, keys: Sequence[str], params: IngestParams) -> dic
         "collection": item.collection_id,
         "hrefs": {k: clean_href(item.assets[k].get_absolute_href() or "") for k in keys},
         "processing_version": processor_version(item),
+        "datatake": datatake_of(item.id),
         "cloud_cover": cloud_cover(item),
         "footprint": item.geometry,  # lon/lat GeoJSON; the scene's STAC item clips it to the cube
         "ingested_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -187,6 +190,10 @@ def _write_one(
         group = _group_of(item)
         if item.id in writer.scene_ids(group):
             return SceneOutcome(item.id, group, "skipped", "already in the cube")
+        prior = _same_datatake(writer, group, item)
+        if prior is not None and _newness(prior) >= newness(item.id, processor_version(item)):
+            why = f"{prior['id']} (the same datatake, processed the same or later) is in the cube"
+            return SceneOutcome(item.id, group, "skipped", why)
         if paired_enmap and paired_enmap not in writer.scene_ids("enmap"):
             # Its EnMAP pair failed or was empty: never point paired_enmap outside the cube.
             why = f"its EnMAP pair {paired_enmap} is not in the cube"
@@ -197,13 +204,25 @@ def _write_one(
             warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
             # odc-geo multiplies affines with `*`, which affine 3 marks as pending deprecation.
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module=r"odc\.")
-            writer.append((load or _scene_write)(item, source, writer.grid, params, paired_enmap))
+            scene = (load or _scene_write)(item, source, writer.grid, params, paired_enmap)
+            # A reprocessed product takes its predecessor's place; the old id stays in provenance.
+            writer.append(scene, replaces=prior["id"] if prior is not None else None)
     except EmptySceneError as exc:  # nothing was committed
         return SceneOutcome(item.id, group, "empty", str(exc), time.monotonic() - t0)
     except Exception as exc:  # a scene's failure is reported, never fatal to the run
         reason = redact(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else exc)
         return SceneOutcome(item.id, group, "failed", reason, time.monotonic() - t0)
     return SceneOutcome(item.id, group, "written", "", time.monotonic() - t0)
+
+
+def _same_datatake(writer: CubeWriter, group: str, item: pystac.Item) -> dict[str, Any] | None:
+    """The committed scene of ``item``'s datatake/granule, another processing of it."""
+    key = datatake_of(item.id)
+    return next((r for r in writer.records(group) if datatake_of(r["id"]) == key), None)
+
+
+def _newness(record: dict[str, Any]) -> tuple[tuple[int, ...], str]:
+    return newness(record["id"], record.get("processing_version"))
 
 
 def ingest_scene(
@@ -278,7 +297,8 @@ class PlannedScene:
 def plan_scenes(result: SearchResult, sources: Sequence[Source]) -> list[PlannedScene]:
     """The ingest order: every EnMAP scene, then every paired HLS scene, each by time.
 
-    Each group's time axis only grows forward, so this order is also the write order. An HLS
+    Each scene goes to its place on its group's time axis, so any order gives the same cube;
+    time order keeps every write an append (no slot moves). An HLS
     scene paired with two EnMAP scenes keeps its first (earliest) pair; unpaired HLS scenes
     are not ingested.
     """

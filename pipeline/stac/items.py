@@ -19,6 +19,10 @@ from hyperkd.pipeline.sensors import EnmapBands
 from hyperkd.pipeline.stac.sources import SensorProfile, profile_of
 
 _VERSION_IN_ID = re.compile(r"_V(\d{2})(\d{2})(\d{2})_")
+_ENMAP_PRODUCT = re.compile(r"^(?P<datatake>.+)_V\d{6}_\d{8}T\d{6}Z$")
+"""EnMAP ids end in ``_V<version>_<processing time>``; what precedes is the datatake/tile."""
+_HLS_PRODUCT = re.compile(r"^(?P<datatake>HLS\.[LS]30\..+)\.v(?P<version>\d+(?:\.\d+)*)$")
+"""HLS ids end in ``.v<version>`` (``HLS.L30.T13SDA.2024120T173913.v2.0``)."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,28 @@ def processor_version(item: pystac.Item) -> str | None:
             return str(value)
     match = _VERSION_IN_ID.search(item.id)
     return ".".join(match.groups()) if match else None
+
+
+def datatake_of(scene_id: str) -> str:
+    """What a reprocessed product shares with its predecessor: the id without its processor
+    version (and, for EnMAP, its processing time). Other ids are their own datatake."""
+    for pattern in (_ENMAP_PRODUCT, _HLS_PRODUCT):
+        match = pattern.match(scene_id)
+        if match:
+            return match.group("datatake")
+    return scene_id
+
+
+def newness(scene_id: str, version: str | None) -> tuple[tuple[int, ...], str]:
+    """Sort key of products of one datatake: processor version (numeric), then the id (whose
+    EnMAP tail is the processing time). ``version`` falls back to the id's own."""
+    text = version
+    hls = _HLS_PRODUCT.match(scene_id)
+    if not text:
+        match = _VERSION_IN_ID.search(scene_id)
+        text = ".".join(match.groups()) if match else (hls.group("version") if hls else "")
+    numbers = tuple(int(n) for n in re.findall(r"\d+", text or ""))
+    return numbers, scene_id
 
 
 def enmap_bands_of(item: pystac.Item, profile: SensorProfile | None = None) -> EnmapBands:
