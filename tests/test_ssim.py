@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
 from hyperkd.model.train.losses import ssim_map, tile_range, weighted_ssim
-from hyperkd.model.train.ssim import _stencil_blur, blur_matrix, gaussian_window
+from hyperkd.model.train.ssim import _stencil_blur, _stencil_blur_t, blur_matrix, gaussian_window
 
 
 def _old_gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Tensor:
@@ -143,10 +143,29 @@ def test_weighted_ssim_matches_scikit_image() -> None:
         )
 
 
-def test_stencil_blur_for_compile_equals_the_matrix_blur() -> None:
-    t = torch.randn(2, 3, 17, 23, dtype=torch.float64)
-    g = gaussian_window(11, 1.5, t.device).double()
-    torch.testing.assert_close(_stencil_blur(t, g), blur_matrix(17, g) @ t @ blur_matrix(23, g).T)
+@pytest.mark.parametrize("shape", [(17, 23), (6, 9), (4, 4)])
+def test_stencil_blurs_for_compile_equal_the_matrix_blurs(shape: tuple[int, int]) -> None:
+    h, w = shape
+    t = torch.randn(2, 3, h, w, dtype=torch.float64)
+    g = gaussian_window(min(11, 2 * min(h, w) - 1), 1.5, t.device).double()
+    m_h, m_w = blur_matrix(h, g), blur_matrix(w, g)
+    torch.testing.assert_close(_stencil_blur(t, g), m_h @ t @ m_w.T)
+    torch.testing.assert_close(_stencil_blur_t(t, g), m_h.T @ t @ m_w)  # the backward's
+
+
+@pytest.mark.slow
+def test_torch_form_under_compile_equals_eager() -> None:
+    """The CUDA path as torch.compile traces it (stencils, fused), run on the CPU."""
+    x, y, weight, dr = _case(2, 3, 24, 20, seed=11)
+    go = torch.ones(2)
+
+    def term(a, b, c, d):  # type: ignore[no-untyped-def]
+        return weighted_ssim(a, b, c, d, kernel="torch")
+
+    eager_out, eager_grad = _value_and_grad(term, x, y, weight, dr, go)
+    out, grad = _value_and_grad(torch.compile(term), x, y, weight, dr, go)
+    torch.testing.assert_close(out, eager_out, atol=1e-6, rtol=0)
+    torch.testing.assert_close(grad, eager_grad, atol=1e-7, rtol=1e-4)
 
 
 def test_ssim_map_matches_depthwise_convolution() -> None:

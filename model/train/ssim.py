@@ -102,11 +102,35 @@ def _stencil_blur(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _stencil_blur_t(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The transpose of :func:`_stencil_blur` (``g`` symmetric), as a stencil too.
+
+    Per dim: correlate the zero-padded input with ``g`` (the adjoint of correlating a padded
+    frame), then fold the two pads back onto the pixels the reflection copied them from.
+    """
+    r = g.numel() // 2
+    for dim in (-1, -2):
+        n = t.shape[dim]
+        pad = (2 * r, 2 * r) if dim == -1 else (0, 0, 2 * r, 2 * r)
+        zp = torch.nn.functional.pad(t, pad)
+        frame = sum(g[k] * zp.narrow(dim, k, n + 2 * r) for k in range(g.numel()))
+        body = frame.narrow(dim, r, n)
+        left = frame.narrow(dim, 0, r).flip(dim)  # onto pixels 1..r
+        right = frame.narrow(dim, r + n, r).flip(dim)  # onto pixels n-1-r..n-2
+        zeros = [0] * (2 * (-dim - 1))
+        t = (
+            body
+            + torch.nn.functional.pad(left, (*zeros, 1, n - r - 1))
+            + torch.nn.functional.pad(right, (*zeros, n - r - 1, 1))
+        )
+    return t
+
+
 def _blur(t: torch.Tensor, g: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """Blur (or its transpose) of the last two dims of ``t``, reflect-padded."""
     h, w = t.shape[-2:]
-    if torch.compiler.is_compiling() and not transpose:
-        return _stencil_blur(t, g)
+    if torch.compiler.is_compiling():
+        return _stencil_blur_t(t, g) if transpose else _stencil_blur(t, g)
     m_h, m_w = blur_matrix(h, g), blur_matrix(w, g)
     if transpose:
         return m_h.T @ t @ m_w  # the adjoint of m_h @ t @ m_w.T
