@@ -98,8 +98,9 @@ def ingest_stage(
     # A cached search names the catalog's scene files: it holds while the catalog is there.
     search = _unless_gone(tasks.search_scenes, *local_catalogs(params.sources))
     refs = search(
-        params.sources, params.region, start, end, params.max_cloud, params.pair_window_days
-    )
+        params.sources, params.region, start, end, params.max_cloud, params.pair_window_days,
+        params.allow_hrefs,
+    )  # fmt: skip
     if not refs:
         logger.info("no scenes in %s between %s and %s", params.region, start, end)
         return IngestRecord(cube, ())

@@ -51,6 +51,10 @@ class RegionParams(BaseModel):
     end: str = Field(description="YYYY-MM-DD, 'today' or '-Nd'")
     max_cloud: float | None = Field(default=None, ge=0, le=100)
     pair_window_days: int = Field(default=10, ge=0)
+    allow_hrefs: tuple[str, ...] = Field(
+        default=(),
+        description="asset href globs to read beyond the href policy (--allow-href)",
+    )
 
     @field_validator("start", "end")
     @classmethod

@@ -50,6 +50,7 @@ def search_scenes(
     end: dt.date,
     max_cloud: float | None,
     window_days: int,
+    allow_hrefs: tuple[str, ...] = (),
 ) -> list[SceneRef]:
     """STAC search + pairing, in ingest order: EnMAP scenes first, then paired HLS, each by time."""
     from hyperkd.pipeline.ingest.region import plan_scenes
@@ -59,7 +60,9 @@ def search_scenes(
     from hyperkd.pipeline.stac.sources import resolve_source
 
     resolved = tuple(resolve_source(s) for s in sources)
-    query = SearchQuery(sources, parse_region(region), start, end, max_cloud, window_days)
+    query = SearchQuery(
+        sources, parse_region(region), start, end, max_cloud, window_days, allow_hrefs
+    )
     return [
         SceneRef(s.item.id, s.group, scene_datetime(s.item).isoformat(), s.source.url if s.source.kind == "static" else s.source.name,
                  s.item.to_dict(), s.paired_enmap, cloud_cover(s.item))

@@ -124,3 +124,22 @@ def test_policy_units() -> None:
     assert api.refusal("https://download.geoservice.dlr.de/x.TIF") is None
     assert api.refusal("https://sub.download.geoservice.dlr.de.evil.org/x") is not None
     assert HrefPolicy.for_catalog(None, ["/vsicurl/*"]).refusal("/vsicurl/https://x/y") is None
+
+
+def test_the_flow_parameter_reaches_the_search(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from hyperkd.flows.params import PipelineParams
+    from hyperkd.flows.tasks import search_scenes
+    from hyperkd.pipeline.stac.hrefs import HrefRefusedError
+
+    catalog = str(_catalog(tmp_path / "cat", "http://127.0.0.1:9/x.tif"))
+    params = PipelineParams(
+        region="0,10,0.3,10.3", sources=(catalog,), start="2024-06-01", end="2024-06-30",
+        out=str(tmp_path / "out"), allow_hrefs=("http://127.0.0.1:*",),
+    )  # fmt: skip
+    args = (params.sources, params.region, dt.date(2024, 6, 1), dt.date(2024, 6, 30), None, 10)
+    with pytest.raises(HrefRefusedError, match="refused"):
+        search_scenes.fn(*args)
+    refs = search_scenes.fn(*args, params.allow_hrefs)
+    assert [r.id for r in refs] == ["E1"]

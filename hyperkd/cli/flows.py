@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hyperkd import defaults
 from hyperkd.cli.common import add_parser, add_storage_options, storage_options, validated
+from hyperkd.cli.stac import add_allow_href_argument
 
 STAGES = "ingest,tiles,teacher,student,evaluate,report"
 
@@ -101,6 +102,7 @@ def pipeline_params(args: argparse.Namespace):  # -> PipelineParams
         start=args.start,
         end=args.end,
         max_cloud=args.max_cloud,
+        allow_hrefs=tuple(args.allow_href),
         out=args.out,
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()),
         tile_size=args.tile_size,
@@ -166,6 +168,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-cloud", type=float, default=None, metavar="PCT",
                    help="largest scene cloud cover in percent (default: any)")  # fmt: skip
     p.add_argument("--out", required=True, metavar="URL", help="root URL for cube, tiles and runs")
+    add_allow_href_argument(p)
     add_storage_options(p)
     p.add_argument("--results", default=None, metavar="URL",
                    help=f"fsspec URL of Prefect's task results, shared by every machine "
