@@ -63,16 +63,18 @@ def build_inputs(work: Path, size: int, scenes: int, preset: str) -> tuple[str, 
     return cube, str(run)
 
 
-def time_floor(checkpoint: str, n_windows: int, batch: int) -> float:
-    """Seconds for ``n_windows`` windows through ``embed`` on in-memory batches."""
+def time_floor(checkpoint: str, n_windows: int, batch: int, device: str) -> float:
+    """Seconds for ``n_windows`` windows through ``embed`` on in-memory batches (on the
+    device already), results copied back to the host like the real run does."""
     import torch
 
     from hyperkd.model import load_student
 
-    backbone = load_student(checkpoint)
+    backbone = load_student(checkpoint, device=device)
     g = torch.Generator().manual_seed(0)
     x = 0.05 + 0.4 * torch.rand(batch, backbone.config.in_chans, TILE, TILE, generator=g)
-    valid = torch.ones(batch, TILE, TILE, dtype=torch.bool)
+    x = x.to(device)
+    valid = torch.ones(batch, TILE, TILE, dtype=torch.bool, device=device)
     with torch.no_grad():
         backbone.embed(x[:1], valid[:1])  # warm-up
         t = time.perf_counter()
@@ -84,12 +86,12 @@ def time_floor(checkpoint: str, n_windows: int, batch: int) -> float:
     return time.perf_counter() - t
 
 
-def time_embed(checkpoint: str, cube: str, out: Path, batch: int) -> tuple[float, int]:
+def time_embed(checkpoint: str, cube: str, out: Path, batch: int, device: str) -> tuple[float, int]:
     from hyperkd.model.embed import EmbedConfig, embed_cube
 
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    result = embed_cube(EmbedConfig(checkpoint, cube, str(out), batch_size=batch, device="cpu"))
+    result = embed_cube(EmbedConfig(checkpoint, cube, str(out), batch_size=batch, device=device))
     return time.perf_counter() - t, int(result["patches"])
 
 
@@ -100,6 +102,7 @@ def main() -> None:
     parser.add_argument("--preset", default="small", choices=("tiny", "small", "base"))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--workdir", default=None, help="keep inputs here (reused)")
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="hyperkd-embed-bench-"))
@@ -109,13 +112,15 @@ def main() -> None:
     per_window = (TILE // PATCH) ** 2
     floors, embeds = [], []
     for _ in range(args.repeats):  # turns, so drift in machine load hits both alike
-        seconds, patches = time_embed(checkpoint, cube, work / "emb.zarr", args.batch_size)
+        out = work / f"emb-{args.preset}-{args.device}.zarr"
+        seconds, patches = time_embed(checkpoint, cube, out, args.batch_size, args.device)
         assert patches == n_windows * per_window, (patches, n_windows)
         embeds.append(patches / seconds)
-        floors.append(n_windows * per_window / time_floor(checkpoint, n_windows, args.batch_size))
+        floor_s = time_floor(checkpoint, n_windows, args.batch_size, args.device)
+        floors.append(n_windows * per_window / floor_s)
     floor, embed = statistics.median(floors), statistics.median(embeds)
     print(
-        f"preset {args.preset}, {args.scenes} scenes of {args.size} px, {n_windows} windows of "
+        f"{args.device}: preset {args.preset}, {args.scenes} scenes of {args.size} px, {n_windows} windows of "
         f"{TILE} px, batch {args.batch_size}, {args.repeats} repeats (medians)"
     )
     print(f"floor (forward on in-memory batches): {floor:,.0f} patches/s")
