@@ -239,6 +239,9 @@ def test_the_guard_lets_a_store_of_its_own_kind_be_replaced(
     check_output(world["cube"], "cube", [world["demo"]])
     check_output(world["student"], "student", [world["tiles"]])
     check_output(f"memory://{world['cube']}", "tiles", [world["cube"]])  # another protocol
+    with pytest.raises(ValueError, match="overlaps") as refused:  # no secret in the message
+        check_output("memory://b/t.zarr?sig=SECRET", "tiles", ["memory://b/t.zarr/x?sig=SECRET"])
+    assert "SECRET" not in str(refused.value)
 
 
 def test_lock_timeout_is_one_line(world: dict[str, Path], tmp_path: Path, capsys) -> None:

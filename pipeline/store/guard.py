@@ -23,6 +23,7 @@ import posixpath
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from hyperkd.pipeline.redaction import clean_href
 from hyperkd.pipeline.store.location import LOCK_KEY, CubeStore
 
 __all__ = ["KINDS", "OutputError", "check_output", "store_kind"]
@@ -111,23 +112,24 @@ def check_output(
     if kind not in KINDS:
         raise ValueError(f"unknown output kind {kind!r}; expected one of {KINDS}")
     text = os.fspath(out)
+    name = clean_href(text)  # what messages show: no query strings, no user:password
     clash = _overlap(text, [None if i is None else os.fspath(i) for i in inputs])
     if clash is not None:
         raise OutputError(
-            f"output {text} overlaps the input {clash} (equal, inside or containing it); "
+            f"output {name} overlaps the input {clean_href(clash)} (equal, inside or containing it); "
             "choose an output outside every input"
         )
     store = CubeStore(text, storage_options)
     if store.is_local:
         if os.path.lexists(store.root) and not os.path.isdir(store.root):
-            raise OutputError(f"output {text} exists and is not a folder; nothing was written")
+            raise OutputError(f"output {name} exists and is not a folder; nothing was written")
         parent = os.path.dirname(store.root)
         while parent and not os.path.lexists(parent):
             parent = os.path.dirname(parent)
         if parent and not os.path.isdir(parent):
-            raise OutputError(f"output {text}: {parent} is a file, not a folder (Not a directory)")
+            raise OutputError(f"output {name}: {parent} is a file, not a folder (Not a directory)")
     elif store.fs.isfile(store.root):
-        raise OutputError(f"output {text} is an object, not a prefix; nothing was written")
+        raise OutputError(f"output {name} is an object, not a prefix; nothing was written")
     if not store.exists():
         return
     found = store_kind(store)
@@ -143,7 +145,7 @@ def check_output(
         "run": "a training run",
     }.get(found, f"a {found} {'run' if found in ('student', 'teacher') else 'store'}")
     raise OutputError(
-        f"output {text} holds {what}, not a {_describe(kind)}; refusing to write there "
+        f"output {name} holds {what}, not a {_describe(kind)}; refusing to write there "
         "(nothing was touched): choose a new or empty path"
     )
 
