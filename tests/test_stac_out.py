@@ -150,6 +150,9 @@ def test_search_finds_the_cubes_scenes(demo, capsys):
     n_enmap = sum(i["properties"]["hyperkd:group"] == "enmap" for i in items)
     assert f"{n_enmap} EnMAP scenes, {len(items) - n_enmap} HLS scenes" in out
     assert f"{n_enmap} of {n_enmap} EnMAP scenes paired" in out
+    # The cube folder itself works as a source too.
+    assert main(["search", "--source", str(demo["cube"]), "--region", "demo", *DATES]) == 0
+    assert capsys.readouterr().out == out
 
 
 def test_tile_store_record_validates(demo):

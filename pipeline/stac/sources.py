@@ -172,7 +172,8 @@ def load_source(name: str) -> Source:
 
 
 def resolve_source(text: str) -> Source:
-    """A source from a catalog name, or a path/URL to a static ``catalog.json``.
+    """A source from a catalog name, or a path/URL to a static ``catalog.json`` (or a folder
+    holding one, or a hyperkd cube folder with its ``collection.json``).
 
     A static source may also be a STAC ItemCollection JSON (a saved search page).
     """
@@ -182,8 +183,9 @@ def resolve_source(text: str) -> Source:
     if text.startswith(("http://", "https://")):
         return static_source(text)
     path = Path(text).expanduser()
-    if path.is_dir() and (path / "catalog.json").is_file():
-        return static_source(str((path / "catalog.json").resolve()))
+    for root_doc in ("catalog.json", "collection.json"):  # collection.json: a hyperkd store
+        if path.is_dir() and (path / root_doc).is_file():
+            return static_source(str((path / root_doc).resolve()))
     if path.is_file() and path.suffix == ".json":
         return static_source(str(path.resolve()))
     if path.suffix == ".json" or "/" in text:
