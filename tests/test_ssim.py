@@ -200,3 +200,13 @@ def test_unknown_kernel_is_refused() -> None:
     x = torch.rand(1, 1, 8, 8)
     with pytest.raises(ValueError, match="kernel"):
         weighted_ssim(x, x, torch.ones(1, 1, 8, 8), 1.0, kernel="fast")
+
+
+def test_a_second_backward_through_the_cpu_kernel_is_refused() -> None:
+    """The CPU form scales its stored gradient in place, so it refuses to be reused."""
+    x, y, weight, dr = _case(1, 2, 12, 12, seed=2)
+    x.requires_grad_(True)
+    out = weighted_ssim(x, y, weight, dr).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError):
+        out.backward()

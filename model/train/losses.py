@@ -94,8 +94,8 @@ def masked_patch_mse(
 
 def tile_range(target: torch.Tensor) -> torch.Tensor:
     """Per (tile, band) dynamic range of a (B, C, H, W) target, (B, C, 1, 1), at least 1e-3."""
-    flat = target.detach().float().flatten(2)
-    return (flat.amax(dim=2) - flat.amin(dim=2)).clamp_min(1e-3)[..., None, None]
+    low, high = torch.aminmax(target.detach().float().flatten(2), dim=2)  # one pass
+    return (high - low).clamp_min(1e-3)[..., None, None]
 
 
 def feature_kld(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import torch
 
+from hyperkd.model.data.buffers import BufferPool
 from hyperkd.model.train import ssim_cpu
 
 __all__ = ["gaussian_window", "ssim_map", "weighted_ssim"]
 
 WINDOW, SIGMA = 11, 1.5
 K1, K2 = 0.01, 0.03
+_GRAD_BUFFERS = BufferPool()
 
 
 def gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Tensor:
@@ -169,7 +171,8 @@ class _WeightedSSIM(torch.autograd.Function):
         wsum = weight.sum(dim=(2, 3)).clamp_min(1e-8)  # (B, 1)
         if kernel == "cpu":
             # The kernel returns the gradient with the value (see ssim_cpu.forward_planes).
-            grad = torch.empty((b * c, h, w) if ctx.needs_input_grad[0] else (0, 1, 1))
+            shape = (b * c, h, w) if ctx.needs_input_grad[0] else (0, 1, 1)
+            grad = _GRAD_BUFFERS.empty(shape, torch.float32)  # warm pages, not 57 MB of faults
             sums = torch.empty(b * c, dtype=torch.float64)
             ssim_cpu.run_planes(
                 ssim_cpu.forward_planes,
@@ -193,9 +196,12 @@ class _WeightedSSIM(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         if len(ctx.saved_tensors) == 2:  # type: ignore[attr-defined]
             grad, wsum = ctx.saved_tensors  # type: ignore[attr-defined]
+            if getattr(ctx, "consumed", False):  # the gradient was scaled in place below
+                raise RuntimeError("the fused SSIM loss supports one backward pass per forward")
+            ctx.consumed = True  # type: ignore[attr-defined]
             c = grad.shape[1]
             scale = grad_out.float()[:, None] / (c * wsum)  # (B, 1): d out_b / d (S * weight)
-            return grad * scale[:, :, None, None], None, None, None, None, None
+            return grad.mul_(scale[:, :, None, None]), None, None, None, None, None
         x, y, weight, c1, c2, g, wsum, m = ctx.saved_tensors  # type: ignore[attr-defined]
         c = x.shape[1]
         scale = grad_out.float()[:, None] / (c * wsum)
