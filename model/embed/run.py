@@ -242,6 +242,22 @@ def prepare_store(
     return out, list(attrs.get(layout.DONE_ATTR, []))
 
 
+def _write_batch(
+    group: Any, job: list[Window], emb: np.ndarray, frac: np.ndarray, patch: int
+) -> int:
+    """Each window's (D, h, w) embeddings and (h, w) valid fractions into its chunk; the
+    number of patches written."""
+    n = 0
+    for win, e, f in zip(job, emb, frac, strict=True):
+        rows, cols = (
+            slice(win.y0 // patch, win.y1 // patch),
+            slice(win.x0 // patch, win.x1 // patch),
+        )
+        layout.write_window(group, win.t, rows, cols, e, f)
+        n += e.shape[1] * e.shape[2]
+    return n
+
+
 def embed_cube(
     cfg: EmbedConfig, *, on_scene: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
@@ -263,24 +279,23 @@ def embed_cube(
     group = zarr.open_group(out.zarr_store(), mode="r+", zarr_format=3)
     todo = [t for t, sid in enumerate(scenes.scene_ids) if sid not in done]
     p, n_patches = model.patch_size, 0
+    h, w = scenes.height, scenes.width
+    jobs = [job for t in todo for job in batches(windows(t, h, w, window, p), cfg.batch_size)]
     with reader(cfg, scenes) as submit:
-        for t in todo:
-            jobs = batches(windows(t, scenes.height, scenes.width, window, p), cfg.batch_size)
-            pending = submit(jobs[0]) if jobs else None
-            for i, job in enumerate(jobs):
-                read = pending.result()
-                pending = submit(jobs[i + 1]) if i + 1 < len(jobs) else None
-                emb, frac = encode(model, read, device)
-                for w, e, f in zip(job, emb, frac, strict=True):
-                    rows, cols = slice(w.y0 // p, w.y1 // p), slice(w.x0 // p, w.x1 // p)
-                    layout.write_window(group, t, rows, cols, e, f)
-                    n_patches += e.shape[1] * e.shape[2]
-            layout.commit_scene(out, scenes.scene_ids[t])
-            _log.info(
-                "embedded scene %s (%d of %d)", scenes.scene_ids[t], t + 1, len(scenes.scene_ids)
-            )
-            if on_scene is not None:
-                on_scene(scenes.scene_ids[t])
+        # One queue over every scene: the read-ahead does not stall at scene boundaries.
+        pending = submit(jobs[0]) if jobs else None
+        for i, job in enumerate(jobs):
+            read = pending.result()
+            pending = submit(jobs[i + 1]) if i + 1 < len(jobs) else None
+            n_patches += _write_batch(group, job, *encode(model, read, device), p)
+            t = job[0].t
+            if i + 1 == len(jobs) or jobs[i + 1][0].t != t:  # the scene's last batch
+                layout.commit_scene(out, scenes.scene_ids[t])
+                _log.info(
+                    "embedded scene %s (%d of %d)", scenes.scene_ids[t], t + 1, len(scenes.times)
+                )
+                if on_scene is not None:
+                    on_scene(scenes.scene_ids[t])
     return {
         "out": clean_href(cfg.out),
         "scenes": len(scenes.scene_ids),
