@@ -33,8 +33,12 @@ SEED = 0
 
 DEMO_SIZE = "medium"
 """Side of the demo region (``demo`` and ``demo-data``): 512 EnMAP pixels at 30 m."""
-DEMO_STEPS = 150
-"""Teacher and student steps of ``hyperkd demo``."""
+DEMO_STEPS = None
+"""``hyperkd demo --steps``: one step count for teacher and student; None = the two below."""
+DEMO_TEACHER_STEPS = 600
+"""Teacher steps of ``hyperkd demo`` (six bands: cheap)."""
+DEMO_STUDENT_STEPS = 2000
+"""Student steps of ``hyperkd demo``: the budget that fits 10 minutes on 2 CPU cores."""
 DEMO_OUT = "demo-out"
 
 CPU_POOL = "hyperkd-cpu"

@@ -32,12 +32,12 @@ class DemoConfig:
     out: Path
     size: str = defaults.DEMO_SIZE
     seed: int = defaults.SEED
-    steps: int = defaults.DEMO_STEPS
+    steps: int | None = defaults.DEMO_STEPS
 
 
 def _demo(args: argparse.Namespace) -> int:
     cfg = DemoConfig(Path(args.out), args.size, args.seed, args.steps)
-    if cfg.steps <= 0:
+    if cfg.steps is not None and cfg.steps <= 0:
         raise ValueError(f"--steps {cfg.steps}: must be at least 1")
     _quiet_prefect()
     from hyperkd.flows.demo import demo
@@ -148,7 +148,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="demo region: 64 / 256 / 512 / 1024 EnMAP pixels at 30 m")  # fmt: skip
     p.add_argument("--seed", type=int, default=defaults.SEED, metavar="N", help="random seed")
     p.add_argument("--steps", type=int, default=defaults.DEMO_STEPS, metavar="N",
-                   help="training steps for teacher and student")  # fmt: skip
+                   help=f"training steps for teacher and student (default {defaults.DEMO_TEACHER_STEPS} "
+                   f"/ {defaults.DEMO_STUDENT_STEPS})")  # fmt: skip
     p.set_defaults(handler=_demo)
 
     p = add_parser(

@@ -201,13 +201,15 @@ class StudentMAE(nn.Module):
 def student_config(preset: str, *, img_size: int, patch_size: int, in_chans: int) -> MAEConfig:
     """A student preset for a tile store's tile size, patch size and band count.
 
-    - ``tiny``: 64 wide, 4 blocks, decoder 32 x 2; tests and the CPU demo.
+    - ``tiny``: 64 wide, 4 blocks, decoder 128 x 2; tests and the CPU demo. The decoder is
+      wider than the encoder because it predicts P*P*C values per patch (8*8*218 in the demo);
+      at 32 wide it underfits (benchmarks/SCIENCE.md).
     - ``small``: ViT-S (384 x 12, 6 heads), decoder 256 x 4.
     - ``base``: the paper's ViT-B (768 x 12, 12 heads), decoder 512 x 8 (16 heads).
     The distilled block is 8 of 12, or the same 2/3 depth for ``tiny``.
     """
     sizes = {
-        "tiny": dict(embed_dim=64, depth=4, num_heads=4, decoder_embed_dim=32, decoder_depth=2, decoder_num_heads=4, kd_block=3),
+        "tiny": dict(embed_dim=64, depth=4, num_heads=4, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4, kd_block=3),
         "small": dict(embed_dim=384, depth=12, num_heads=6, decoder_embed_dim=256, decoder_depth=4, decoder_num_heads=8, kd_block=8),
         "base": dict(embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, kd_block=8),
     }  # fmt: skip
