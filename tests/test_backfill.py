@@ -37,7 +37,7 @@ def regions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("backfill")
     out = {}
     for name, version in (("v1", "01.03.02"), ("v2", "01.04.02")):
-        write_region(base / name, RegionSpec(size_px=24, n_scenes=3, processor_version=version))
+        write_region(base / name, RegionSpec(size_px=16, n_scenes=3, processor_version=version))
         out[name] = base / name / "catalog.json"
     return out
 
@@ -153,40 +153,56 @@ def test_kill_mid_backfill_leaves_a_sound_prefix_and_resumes(
     _assert_same(_content(out), _content(reference))
 
 
-def test_a_reprocessed_product_replaces_its_predecessor(regions, tmp_path) -> None:
-    out = tmp_path / "cube.zarr"
-    _ingest(regions["v1"], out, ALL)
-    old = _ids(out, "enmap")
+@pytest.fixture(scope="module")
+def replaced(regions, reference, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference cube after an uninterrupted ingest of the reprocessed (v01.04.02) region."""
+    out = tmp_path_factory.mktemp("replaced") / "cube.zarr"
+    shutil.copytree(reference, out)
     printed = _ingest(regions["v2"], out, ALL)
     assert "3 written" in printed  # the EnMAP scenes; the HLS granules are the same
-    new = _ids(out, "enmap")
+    return out
+
+
+def test_a_reprocessed_product_replaces_its_predecessor(
+    regions, reference, replaced, tmp_path
+) -> None:
+    old, new = _ids(reference, "enmap"), _ids(replaced, "enmap")
     assert all("_V010402_" in i for i in new) and len(new) == 3
-    assert verify_cube(str(out)) == []
-    root = json.loads((out / "zarr.json").read_text())["attributes"]["hyperkd:scenes"]
+    assert [i.split("_V")[0] for i in old] == [i.split("_V")[0] for i in new]  # same slots
+    assert verify_cube(str(replaced)) == []
+    root = json.loads((replaced / "zarr.json").read_text())["attributes"]["hyperkd:scenes"]
     enmap = [r for r in root if r["group"] == "enmap"]
     assert [r["replaces"][0]["id"] for r in enmap] == old  # the old ids stay in provenance
     assert [r["replaces"][0]["processing_version"] for r in enmap] == ["01.03.02"] * 3
-    pairs = set(xr.open_zarr(str(out), group="hls").paired_enmap.values)
+    pairs = set(xr.open_zarr(str(replaced), group="hls").paired_enmap.values)
     assert pairs == set(new)  # HLS scenes follow their replaced EnMAP pair
-    # An older version never replaces a newer one.
-    assert "0 written" in _ingest(regions["v1"], out, ALL)
-    assert _ids(out, "enmap") == new
-
-
-@pytest.mark.parametrize("stage", ["after-commit:1", "edit-copy:0"])
-def test_kill_mid_replacement_resumes_to_the_same_cube(regions, stage, tmp_path) -> None:
-    ref = tmp_path / "ref.zarr"
-    _ingest(regions["v1"], ref, ALL)
+    # An older version never replaces a newer one, and nothing changes.
     out = tmp_path / "cube.zarr"
-    shutil.copytree(ref, out)
-    _ingest(regions["v2"], ref, ALL)
+    shutil.copytree(replaced, out)
+    assert "0 written" in _ingest(regions["v1"], out, ALL)
+    _assert_same(_content(out), _content(replaced))
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "edit-copy:0",  # the first replacement's slot copied, not yet committed
+        pytest.param("after-commit:1", marks=pytest.mark.slow),  # the edit's hiding commit
+    ],
+)
+def test_kill_mid_replacement_resumes_to_the_same_cube(
+    regions, reference, replaced, stage, tmp_path
+) -> None:
+    out = tmp_path / "cube.zarr"
+    shutil.copytree(reference, out)
     _kill(_cmd(regions["v2"], out, ALL), stage, tmp_path)
     assert verify_cube(str(out)) == []
     _ingest(regions["v2"], out, ALL)
     assert verify_cube(str(out)) == []
-    _assert_same(_content(out), _content(ref))
+    _assert_same(_content(out), _content(replaced))
 
 
+@pytest.mark.slow
 def test_concurrent_ingests_of_two_periods_equal_the_serial_cube(
     regions, reference, tmp_path
 ) -> None:
