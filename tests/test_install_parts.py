@@ -1,6 +1,6 @@
 """Installable in parts: the pipeline (search, ingest, preprocess, tiles, verify, open_cube)
-never imports torch, timm or prefect, and a model/flow command without its extra fails with
-one line naming the extra.
+never imports torch, timm, numba or prefect, and a model/flow command without its extra fails
+with one line naming the extra.
 
 The "not installed" state is made real for one subprocess: a ``sys.meta_path`` finder raises
 ``ModuleNotFoundError`` for the extras' packages, exactly as an interpreter without them does.
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-EXTRA_PACKAGES = ("torch", "torchvision", "timm", "safetensors", "matplotlib", "prefect")
+EXTRA_PACKAGES = ("torch", "torchvision", "timm", "safetensors", "matplotlib", "numba", "prefect")
 
 SCRIPT = r"""
 import contextlib, importlib.abc, io, json, sys

@@ -13,6 +13,7 @@ EXTRA_OF = {
     "timm": "model",
     "safetensors": "model",
     "matplotlib": "model",
+    "numba": "model",
     "prefect": "flows",
 }
 """Top-level package -> the extra that installs it (pyproject.toml ``optional-dependencies``)."""
