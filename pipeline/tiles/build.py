@@ -357,7 +357,7 @@ def _scenes_with_products(enmap: xr.Dataset, pcfg: Any) -> list[xr.Dataset]:
     """The cube's scenes with teacher bands and significance maps under the names the tile
     writer reads: the cube's stored ones when it has them for ``pcfg``, else computed here, in
     memory (the cube is only read)."""
-    from hyperkd.pipeline.features.preprocess import product_names, products, stored_products
+    from hyperkd.pipeline.features.products import product_names, products, stored_products
 
     names = product_names(pcfg)
     found = stored_products(enmap, pcfg)
