@@ -182,7 +182,7 @@ def test_out_holding_something_else_is_refused_untouched(inputs: dict, tmp_path:
     precious = tmp_path / "notes"
     precious.mkdir()
     (precious / "thesis.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not an embeddings store"):
+    with pytest.raises(ValueError, match="refusing to write there"):
         embed_cube(_config(inputs, str(precious)))
     assert sorted(p.name for p in precious.iterdir()) == ["thesis.txt"]
     with pytest.raises(ValueError, match="overlaps the input"):

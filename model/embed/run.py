@@ -211,8 +211,6 @@ def prepare_store(
     cfg: EmbedConfig, scenes: CubeScenes, model: StudentBackbone, window: int
 ) -> tuple[CubeStore, list[str]]:
     """Create the store, or check that the existing one holds this run; the scenes done."""
-    # Never create or clear a store over what is not an embeddings store, nor over an input.
-    check_output(cfg.out, "embeddings", [cfg.cube, cfg.checkpoint], cfg.storage_options)
     out = CubeStore(cfg.out, cfg.storage_options)
     identity = _identity(cfg, scenes, model, window)
     root = layout.read_root(out)
@@ -268,7 +266,8 @@ def embed_cube(
     """
     import zarr
 
-    layout.check_out(CubeStore(cfg.out, cfg.storage_options), [cfg.cube, cfg.checkpoint])
+    # Never create or clear a store over what is not an embeddings store, nor over an input.
+    check_output(cfg.out, "embeddings", [cfg.cube, cfg.checkpoint], cfg.storage_options)
     device = _device(cfg.device)
     model = load_student(cfg.checkpoint, storage_options=cfg.storage_options, device=device)
     window = cfg.window or model.config.img_size

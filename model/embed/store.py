@@ -19,7 +19,6 @@ scenes hold NaN or complete chunks; the next run recomputes every scene not comm
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -145,34 +144,6 @@ def create_store(
             consolidated=True,
             zarr_format=3,
             encoding=encoding,
-        )
-
-
-def _location(url: str) -> str:
-    text = str(url)
-    if "://" not in text or text.startswith("file://"):
-        return os.path.realpath(os.path.abspath(text.removeprefix("file://")))
-    return text.split("?", 1)[0].rstrip("/")
-
-
-def check_out(out: CubeStore, inputs: Sequence[str]) -> None:
-    """Refuse an output that overlaps an input, or that holds anything but an embeddings store
-    (a ``ValueError``, one line; nothing is touched)."""
-    target = _location(out.url)
-    for inp in inputs:
-        source = _location(inp)
-        if target == source or target.startswith(source + "/") or source.startswith(target + "/"):
-            raise ValueError(f"--out {out.url} overlaps the input {inp}; choose another --out")
-    if out.is_local and os.path.lexists(out.root) and not os.path.isdir(out.root):
-        raise ValueError(f"--out {out.url} exists and is not a folder; nothing was written")
-    names = out.listdir()
-    if not names:
-        return
-    attrs = (out.read_json(ROOT_DOC) or {}).get("attributes", {})
-    if VERSION_ATTR not in attrs:
-        raise ValueError(
-            f"--out {out.url} holds something that is not an embeddings store; refusing to "
-            "write there (nothing was touched): choose a new or empty path"
         )
 
 
