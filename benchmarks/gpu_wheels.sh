@@ -6,22 +6,25 @@
 # and carry ".whl" with it.
 #
 #   bash benchmarks/gpu_wheels.sh            # DRY_RUN=1: only list what would be fetched
+#   WHEELS=core bash benchmarks/gpu_wheels.sh   # only what the in-GPU stages need (no tile
+#                                               # store: rasterio, pyproj, dask... stay behind)
 set -eu
 PY=${PY:-.venv/bin/python}
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
 mkdir -p .whl
 # The distributions whose modules the benchmark loads, minus what the image holds.
 "$PY" - >.whl/needed.txt <<'EOF'
-import argparse, importlib.metadata as md, re, sys, tempfile
+import argparse, importlib.metadata as md, os, re, sys, tempfile
 from pathlib import Path
 
 sys.path[:0] = ["tests", "benchmarks"]
 import train_step  # noqa: E402
 from hyperkd.model.train import trainer  # noqa: E402,F401
 
-with tempfile.TemporaryDirectory() as d:  # the store build loads rioxarray & co lazily
-    args = argparse.Namespace(fed_size=32, fed_scenes=1, bands=4, patch=8, tile=32)
-    train_step.build_tile_store(Path(d) / "t.zarr", args)
+if os.environ.get("WHEELS") != "core":
+    with tempfile.TemporaryDirectory() as d:  # the store build loads rioxarray & co lazily
+        args = argparse.Namespace(fed_size=32, fed_scenes=1, bands=4, patch=8, tile=32)
+        train_step.build_tile_store(Path(d) / "t.zarr", args)
 image = set(re.findall(r"[\w.-]+", Path("/work/.library/device/KINDS.md").read_text().split(
     "Packages:")[1].split("\n")[0]))
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()  # noqa: E731
