@@ -56,12 +56,14 @@ def load_scene(
     params: IngestParams,
     paired_enmap: str,
     quiet: bool = True,
+    scheduler: str = "synchronous",
 ) -> SceneWrite:
     """One scene read into memory on ``grid``: the :class:`SceneWrite` with numpy arrays.
 
     Runs on a worker (a thread, or a dask worker process): arguments and result are plain,
-    picklable values. Inside, the scene computes on dask's synchronous scheduler, so the
-    parallelism is the number of scenes in flight, nothing hidden. ``quiet=False`` leaves the
+    picklable values. Inside, the scene computes on ``scheduler``: ``synchronous`` on a dask
+    worker (its threads are the parallelism), ``threads`` on the local pool (a scene's own
+    reads overlap too: measured 2x faster per scene on 2 cores). ``quiet=False`` leaves the
     warning filters alone (``catch_warnings`` is not thread-safe: the thread pool sets them
     once, around all its threads).
     """
@@ -69,7 +71,7 @@ def load_scene(
 
     with _quiet() if quiet else contextlib.nullcontext():
         scene = _scene_write(pystac.Item.from_dict(item), source, grid, params, paired_enmap)
-        refl, valid = dask.compute(scene.reflectance, scene.valid, scheduler="synchronous")
+        refl, valid = dask.compute(scene.reflectance, scene.valid, scheduler=scheduler)
     return replace(scene, reflectance=refl, valid=valid)
 
 
@@ -87,7 +89,7 @@ def _pool(dask_address: str | None, workers: int) -> Iterator[Callable[..., Any]
     """``submit(fn, *args) -> future`` on local threads or on a dask cluster."""
     if dask_address is None:
         with _quiet(), ThreadPoolExecutor(workers, thread_name_prefix="ingest") as ex:
-            yield lambda fn, *args: ex.submit(fn, *args, False)
+            yield lambda fn, *args: ex.submit(fn, *args, False, "threads")
         return
     from distributed import Client, LocalCluster
 
