@@ -12,6 +12,11 @@ Readers that use consolidated metadata (xarray does) only ever see committed sce
 that do not see committed scenes or fewer. A killed writer leaves chunks at index ``N`` that no
 metadata points to; the next writer deletes them before reuse and rewrites any lagging
 ``zarr.json`` (:meth:`CubeWriter.reconcile`). Appends are serialised by :class:`CubeLock`.
+
+A scene that is not the newest of its group (a backfill), or that replaces an older
+processing of its datatake, is placed by an edit of the later slots: staged beyond the axis,
+hidden behind one commit, copied slot by slot, shown by the next commit
+(:mod:`hyperkd.pipeline.cube.timeline`); a killed edit is rolled forward by the next writer.
 """
 
 from __future__ import annotations
