@@ -37,11 +37,14 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(p.name, f"{p.total_memory / 2**30:.0f} GiB", p.multi_processor_count, "SMs")
 import hyperkd.model.train.tasks  # noqa: F401
+try:  # can this machine build a tile store (rioxarray, rasterio...)? Else: in-GPU stages only
+    import rioxarray, hyperkd.pipeline.tiles.build, hyperkd.model.train.trainer  # noqa: E401,F401
+    print("fed: ok")
+except ImportError as exc:
+    print("fed: no,", exc)
 EOF
 }
-fed_ok() { # can this machine build a tile store (rioxarray, rasterio...)? Else: in-GPU stages only
-    "$PY" -c "import rioxarray, hyperkd.pipeline.tiles.build, hyperkd.model.train.trainer" 2>/dev/null
-}
+fed_ok() { grep -q "^fed: ok" "$OUT/gpu.txt"; }
 if ! probe; then
     "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
         --target /tmp/hyperkd-site . >"$OUT/install.log" 2>&1 || { note "repo: install failed"; exit 1; }
