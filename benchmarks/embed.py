@@ -110,13 +110,17 @@ def main() -> None:
     cube, checkpoint = build_inputs(work, args.size, args.scenes, args.preset)
     n_windows = args.scenes * (args.size // TILE) ** 2
     per_window = (TILE // PATCH) ** 2
-    floors, embeds = [], []
+    floors, embeds, cpu_floor, cpu_embed = [], [], [], []
     for _ in range(args.repeats):  # turns, so drift in machine load hits both alike
         out = work / f"emb-{args.preset}-{args.device}.zarr"
+        cpu = time.process_time()  # every thread of this process: robust to other load
         seconds, patches = time_embed(checkpoint, cube, out, args.batch_size, args.device)
+        cpu_embed.append(time.process_time() - cpu)
         assert patches == n_windows * per_window, (patches, n_windows)
         embeds.append(patches / seconds)
+        cpu = time.process_time()
         floor_s = time_floor(checkpoint, n_windows, args.batch_size, args.device)
+        cpu_floor.append(time.process_time() - cpu)
         floors.append(n_windows * per_window / floor_s)
     floor, embed = statistics.median(floors), statistics.median(embeds)
     print(
@@ -125,6 +129,8 @@ def main() -> None:
     )
     print(f"floor (forward on in-memory batches): {floor:,.0f} patches/s")
     print(f"embed (cube -> store, whole command):  {embed:,.0f} patches/s")
+    cpu_ratio = statistics.median(cpu_floor) / statistics.median(cpu_embed)
+    print(f"CPU seconds (all threads), floor/embed: {cpu_ratio:.2f}")
     print(f"embed/floor={embed / floor:.2f}")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
