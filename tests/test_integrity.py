@@ -207,6 +207,13 @@ def test_a_folder_holding_only_a_lock_is_a_cube_being_created(tmp_path: Path) ->
     (tmp_path / "new.zarr" / LOCK_KEY).write_text("{}")
     assert store_kind(CubeStore(str(tmp_path / "new.zarr"))) == "empty"
     check_output(tmp_path / "new.zarr", "cube")
+    (tmp_path / "new.zarr" / "enmap").mkdir()  # killed before the first commit
+    (tmp_path / "new.zarr" / "enmap" / "zarr.json").write_text(
+        json.dumps(
+            {"zarr_format": 3, "node_type": "group", "attributes": {"hyperkd:group": "enmap"}}
+        )
+    )
+    assert store_kind(CubeStore(str(tmp_path / "new.zarr"))) == "cube"
     (tmp_path / "new.zarr" / ".git").mkdir()
     with pytest.raises(ValueError, match="holds files that are not a hyperkd output"):
         check_output(tmp_path / "new.zarr", "cube")

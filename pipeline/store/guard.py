@@ -84,12 +84,23 @@ def store_kind(store: CubeStore) -> str | None:
                 return kind
         kind = attrs.get("hyperkd:kind")
         return str(kind) if kind in ("cube", "tiles", "embeddings") else "zarr"
+    if set(names) <= {"enmap", "hls"} and all(_half_created_group(store, n) for n in names):
+        return "cube"  # a run killed before the cube's first commit; the next one starts over
     run = store.read_json("config.json") or {}
     if run.get("kind") in ("student", "teacher"):
         return str(run["kind"])
     if "checkpoints" in names and store.exists("checkpoints/latest.json"):
         return "run"  # started, not finished: either training kind may resume it
     return None
+
+
+def _half_created_group(store: CubeStore, group: str) -> bool:
+    """Whether ``group`` is a cube group our writer began (its own ``zarr.json`` says so, or
+    it holds nothing but a torn write of it)."""
+    doc = store.read_json(f"{group}/zarr.json")
+    if doc is not None:
+        return (doc.get("attributes") or {}).get("hyperkd:group") == group
+    return all(_is_temp(n) for n in store.listdir(group))
 
 
 def _is_temp(name: str) -> bool:
