@@ -199,6 +199,17 @@ def test_verify_cube_checks_every_paired_enmap(stores: dict[str, Path], tmp_path
     )
 
 
+def test_a_training_run_killed_before_its_first_checkpoint_is_ours(tmp_path: Path) -> None:
+    from hyperkd.pipeline.store.guard import check_output
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 1}\n')
+    check_output(tmp_path / "run", "student")
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="holds files that are not a hyperkd output"):
+        check_output(tmp_path / "run", "student")
+
+
 def test_a_folder_holding_only_a_lock_is_a_cube_being_created(tmp_path: Path) -> None:
     from hyperkd.pipeline.store.guard import check_output, store_kind
     from hyperkd.pipeline.store.location import LOCK_KEY, CubeStore

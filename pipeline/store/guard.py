@@ -91,6 +91,8 @@ def store_kind(store: CubeStore) -> str | None:
         return str(run["kind"])
     if "checkpoints" in names and store.exists("checkpoints/latest.json"):
         return "run"  # started, not finished: either training kind may resume it
+    if set(names) <= {"metrics.jsonl", "checkpoints"}:
+        return "run"  # killed before its first checkpoint: only the trainer's own files
     return None
 
 
