@@ -79,7 +79,7 @@ def score(args: argparse.Namespace, run: Path, masking: str, seed: int) -> dict[
     from hyperkd.model.nets.masking import Masking
     from hyperkd.model.train.config import EvaluateConfig
 
-    out = run / f"evaluate-{masking}-{seed}"
+    out = run.parent / f"{run.name}-evaluate-{masking}-{seed}"  # never inside the run it reads
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
     config = EvaluateConfig(
@@ -117,6 +117,7 @@ def main() -> None:
     psnr: dict[str, dict[int, float]] = {}
     gabor: dict[str, dict[int, float]] = {}
     other: dict[str, dict[str, list[float]]] = {}
+    baselines: dict[str, tuple[float, float]] = {}  # same masks for every student
     for name in args.students:
         psnr[name], gabor[name], other[name] = {}, {}, {"ssim": [], "sam": []}
         for seed in args.seeds:
@@ -126,7 +127,12 @@ def main() -> None:
             psnr[name][seed] = statistics.mean(d["psnr"] for d in draws)
             for key in ("ssim", "sam"):
                 other[name][key].append(statistics.mean(d[key] for d in draws))
-            gabor[name][seed] = score(args, run, "gabor", 0)["psnr"]
+            on_gabor = score(args, run, "gabor", 0)
+            gabor[name][seed] = on_gabor["psnr"]
+            baselines = {
+                k: (statistics.mean(d["baselines"][k]["psnr"] for d in draws), v["psnr"])
+                for k, v in on_gabor["baselines"].items()
+            }
             print(f"{name} seed {seed}: PSNR {psnr[name][seed]:.3f} dB", flush=True)
 
     base = args.students[0]
@@ -143,6 +149,8 @@ def main() -> None:
             f"| {statistics.mean(other[name]['sam']):.2f} "
             f"| {mean_sd(list(gabor[name].values()))} | {mean_sd(diff)} |"
         )
+    for name, (on_random, on_gabor) in baselines.items():
+        print(f"| baseline: {name} | {on_random:.2f} | | | {on_gabor:.2f} | |")
     print(" ".join(f"{n}/psnr={statistics.mean(psnr[n].values()):.3f}" for n in args.students))
 
 

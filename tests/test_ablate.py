@@ -47,10 +47,19 @@ def test_grid_is_the_papers() -> None:
 def test_ablate_writes_every_cell_with_equal_budget(ablation: Path) -> None:
     with (ablation / "ablation.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [r["cell"] for r in rows] == [c.name for c in grid()] + [NO_TEACHER]
+    baselines = ["baseline: train_mean", "baseline: visible_mean", "baseline: interpolation"]
+    assert [r["cell"] for r in rows] == [c.name for c in grid()] + [NO_TEACHER] + baselines
     for r in rows:
         assert float(r["psnr"]) > 0 and 0 < float(r["sam"]) < 90 and -1 <= float(r["ssim"]) <= 1
-        assert r["steps"] == "2" and r["seed"] == "0" and r["eval_split"] in ("test", "val")
+        assert r["eval_split"] in ("test", "val") and r["n_tiles"] == rows[0]["n_tiles"]
+    rows, base = rows[:-3], {r["cell"]: r for r in rows[-3:]}
+    assert all(r["steps"] == "2" and r["seed"] == "0" for r in rows)
+    # the baselines are scored on the cells' masks: as in every cell's own metrics.json
+    cell = json.loads(
+        (ablation / "cells" / rows[0]["cell"] / "evaluate" / "metrics.json").read_text()
+    )
+    interp = float(base["baseline: interpolation"]["psnr"])
+    assert interp == pytest.approx(cell["baselines"]["interpolation"]["psnr"], abs=1e-3)
     no_teacher = rows[-1]
     same = next(r for r in rows if r["cell"] == NO_TEACHER_AS)
     assert no_teacher["trained_as"] == NO_TEACHER_AS and no_teacher["psnr"] == same["psnr"]
@@ -66,7 +75,9 @@ def test_ablate_writes_every_cell_with_equal_budget(ablation: Path) -> None:
     }
     assert len(budget) == 1
     for cell, s in zip(grid(), settings, strict=True):
-        run = json.loads((ablation / "cells" / cell.name / "config.json").read_text())["run"]
+        run = json.loads((ablation / "cells" / cell.name / "student" / "config.json").read_text())[
+            "run"
+        ]
         assert (
             (run["masking"]["kind"], run["loss"]["terms"])
             == (cell.masking, cell.loss)
@@ -79,13 +90,15 @@ def test_ablate_writes_every_cell_with_equal_budget(ablation: Path) -> None:
         assert metrics["masking"]["kind"] == "random"
     table = (ablation / "ablation.md").read_text()
     assert "| cell | masking | loss | PSNR (dB) | SSIM | SAM (°) | wall time (s) |" in table
-    assert table.count("\n| ") == 1 + 10
+    assert table.count("\n| ") == 1 + 10 + 3  # header, cells, no-teacher, baselines
 
 
 def test_ablate_rerun_skips_finished_cells(
     ablation: Path, demo: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stamps = {p: p.stat().st_mtime_ns for p in (ablation / "cells").glob("*/model.safetensors")}
+    stamps = {
+        p: p.stat().st_mtime_ns for p in (ablation / "cells").glob("*/student/model.safetensors")
+    }
     argv = [
         "ablate",
         "--tiles",
@@ -109,7 +122,7 @@ def test_ablate_resumes_a_half_finished_cell(ablation: Path, demo: dict[str, str
     cell = ablation / "cells" / "random-mse"
     metrics = cell / "evaluate" / "metrics.json"
     before = json.loads(metrics.read_text())
-    weights = (cell / "model.safetensors").stat().st_mtime_ns
+    weights = (cell / "student" / "model.safetensors").stat().st_mtime_ns
     metrics.unlink()
     argv = [
         "ablate",
@@ -122,7 +135,7 @@ def test_ablate_resumes_a_half_finished_cell(ablation: Path, demo: dict[str, str
     ]
     assert main([*argv, "--steps", "2", "--batch-size", "2", "--device", "cpu"]) == 0
     assert json.loads(metrics.read_text())["psnr"] == pytest.approx(before["psnr"])
-    assert (cell / "model.safetensors").stat().st_mtime_ns == weights
+    assert (cell / "student" / "model.safetensors").stat().st_mtime_ns == weights
 
 
 def test_ablate_kld_cells_need_a_teacher(
@@ -151,5 +164,5 @@ def test_ablate_on_real_potsdam_tiles(
     out = Path(run_ablation(run, steps=1))
     with (out / "ablation.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 10 and all(float(r["psnr"]) > 0 for r in rows)
+    assert len(rows) == 13 and all(float(r["psnr"]) > 0 for r in rows)
     assert {r["n_tiles"] for r in rows} == {rows[0]["n_tiles"]} and int(rows[0]["n_tiles"]) > 0

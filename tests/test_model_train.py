@@ -291,13 +291,15 @@ def test_evaluate_writes_reflectance_metrics(tmp_path: Path) -> None:
         checkpoint=str(tmp_path / "run"), tiles="memory", out=str(tmp_path / "eval")
     )
     batches = [collate([ds[i] for i in range(2)]), collate([ds[i] for i in range(2, 4)])]
-    result = evaluate(config, dataset=ds, batches=batches)
+    result = evaluate(config, dataset=ds, batches=batches, train_batches=lambda: batches)
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved == result and saved["n_tiles"] == 4
+    assert set(saved["baselines"]) == {"train_mean", "visible_mean", "interpolation"}
     for key in ("psnr", "ssim", "sam", "psnr_full", "ssim_full", "sam_full"):
         assert isinstance(saved[key], float) and saved[key] == saved[key]  # finite, not NaN
     assert 0 < saved["sam"] < 90 and saved["ssim"] <= 1
     # The same seed gives the same masks, hence the same numbers.
-    assert evaluate(config, dataset=ds, batches=batches)["psnr"] == result["psnr"]
+    again = evaluate(config, dataset=ds, batches=batches, train_batches=lambda: batches)
+    assert again["psnr"] == result["psnr"]
     with pytest.raises(ValueError, match="bands"):
         evaluate(config, dataset=FakeTiles(2, bands=5), batches=batches)

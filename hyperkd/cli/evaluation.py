@@ -174,7 +174,7 @@ def run_downstream(args: argparse.Namespace) -> int:
 
     baseline = args.baseline_checkpoint
     if args.ablation is not None:
-        baseline = str(Path(args.ablation) / "cells" / "no-teacher")
+        baseline = str(Path(args.ablation) / "cells" / "no-teacher" / "student")
         if not (Path(baseline) / "config.json").is_file():
             raise ValueError(
                 f"{args.ablation} holds no finished no-teacher cell (cells/no-teacher)"

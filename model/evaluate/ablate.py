@@ -8,7 +8,7 @@ without the teacher (gabor masking, ``mse+ssim``). Without a KLD term no teacher
 
 Equal budget: every cell trains the same preset for the same number of steps, batch size and
 learning rate, from the same seed (weights, data order and masking noise), through the trainer's
-library API (:func:`hyperkd.model.train.runs.run_distill`), into ``OUT/cells/<cell>/``. Each cell is
+library API (:func:`hyperkd.model.train.runs.run_distill`), into ``OUT/cells/<cell>/student/``. Each cell is
 then scored like ``hyperkd evaluate`` (:func:`hyperkd.model.evaluate.reconstruction.evaluate`) on the test split
 (``val`` if the store has no test tile) with *one* masking for all cells (random, ratio 0.75,
 seed ``seed``), so every cell reconstructs the same masked patches; results go to
@@ -46,6 +46,7 @@ NO_TEACHER_AS = "gabor-mse+ssim"
 """The grid cell that is the no-teacher student."""
 CSV_COLUMNS = (
     "cell", "masking", "loss", "trained_as", "psnr", "ssim", "sam", "psnr_full", "ssim_full", "sam_full",
+    "psnr_range", "mse_norm",
     "wall_s", "steps", "seed", "eval_split", "n_tiles",
 )  # fmt: skip
 
@@ -142,16 +143,18 @@ def run_cell(cfg: AblationConfig, cell: Cell, split: str) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(record_path, json.dumps({"settings": settings}, indent=1, sort_keys=True))
     t0 = time.perf_counter()
-    if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
+    # The run and its evaluation are siblings: an evaluation never writes inside its input.
+    run = folder / "student"
+    if not (run / "model.safetensors").is_file() or not (run / "config.json").is_file():
         train = TrainConfig(
-            out=str(folder),
+            out=str(run),
             steps=cfg.steps,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
             optim=OptimConfig(lr=cfg.lr),
             log_every=max(1, cfg.steps // 50),
             checkpoint_every=max(1, cfg.steps // 4),
-            resume=latest_checkpoint(folder) is not None,
+            resume=latest_checkpoint(run) is not None,
             device=cfg.device,
             num_workers=cfg.num_workers,
             progress=False,
@@ -167,9 +170,7 @@ def run_cell(cfg: AblationConfig, cell: Cell, split: str) -> dict[str, Any]:
             storage_options=cfg.storage_options,
         )
         if distill.train.resume is False:
-            (folder / "metrics.jsonl").unlink(
-                missing_ok=True
-            )  # a killed start's log, no checkpoint
+            (run / "metrics.jsonl").unlink(missing_ok=True)  # a killed start's log, no checkpoint
         _log.info("cell %s: training %d steps", cell.name, cfg.steps)
         run_distill(distill)
         record = {"settings": settings, "wall_s": time.perf_counter() - t0}
@@ -178,7 +179,7 @@ def run_cell(cfg: AblationConfig, cell: Cell, split: str) -> dict[str, Any]:
     train_s = float(record.get("wall_s", math.nan))
     metrics = evaluate(
         EvaluateConfig(
-            checkpoint=str(folder),
+            checkpoint=str(run),
             tiles=cfg.tiles,
             out=str(folder / "evaluate"),
             split=split,
@@ -225,10 +226,7 @@ def run_ablation(cfg: AblationConfig) -> list[dict[str, Any]]:
             "loss": cell.loss,
             "trained_as": trained_as,
         }
-        row |= {
-            k: m.get(k, math.nan)
-            for k in ("psnr", "ssim", "sam", "psnr_full", "ssim_full", "sam_full")
-        }
+        row |= {k: m.get(k, math.nan) for k in _METRICS}
         row |= {
             "wall_s": m["wall_s"],
             "steps": cfg.steps,
@@ -237,8 +235,20 @@ def run_ablation(cfg: AblationConfig) -> list[dict[str, Any]]:
             "n_tiles": m.get("n_tiles"),
         }
         rows.append(row)
+    # Every cell is scored on the same masks, so the baselines are one set of rows.
+    first = results[grid()[0].name].get("baselines", {})
+    for name, m in first.items():
+        rows.append(
+            {"cell": f"baseline: {name}", "masking": "", "loss": "", "trained_as": "",
+             "wall_s": math.nan, "steps": "", "seed": "", "eval_split": split,
+             "n_tiles": results[grid()[0].name].get("n_tiles")}
+            | {k: m.get(k, math.nan) for k in _METRICS}
+        )  # fmt: skip
     write_tables(out, rows, cfg)
     return rows
+
+
+_METRICS = ("psnr", "ssim", "sam", "psnr_full", "ssim_full", "sam_full", "psnr_range", "mse_norm")
 
 
 def write_tables(out: Path, rows: list[dict[str, Any]], cfg: AblationConfig) -> None:
@@ -258,15 +268,17 @@ def write_tables(out: Path, rows: list[dict[str, Any]], cfg: AblationConfig) -> 
         f"Tile store `{cfg.tiles}`; preset `{cfg.preset}`, {cfg.steps} steps of batch {cfg.batch_size}, "
         f"lr {cfg.lr:g}, seed {cfg.seed} for every cell. Metrics on the masked patches of the "
         f"{rows[0]['eval_split']} split ({rows[0]['n_tiles']} tiles), random masking 0.75 with the same "
-        "masks for every cell; reflectance 0-1.",
+        "masks for every cell, and so are the baselines (predictors that learn nothing) at the "
+        "bottom; reflectance 0-1.",
         "",
         "| cell | masking | loss | PSNR (dB) | SSIM | SAM (°) | wall time (s) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        wall = "" if math.isnan(r["wall_s"]) else f"{r['wall_s']:.1f}"
         lines.append(
             f"| {r['cell']} | {r['masking']} | {r['loss']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
-            f"{r['sam']:.2f} | {r['wall_s']:.1f} |"
+            f"{r['sam']:.2f} | {wall} |"
         )
     lines += [
         "",
