@@ -124,7 +124,10 @@ def test_report_holds_the_tables(run_dir: Path) -> None:
                     "## Significance maps", "## Training curves", "## Ablation", "## Downstream tasks"):  # fmt: skip
         assert heading in text
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
-    assert f"| masked patches | {metrics['psnr']:.2f} |" in text
+    assert f"| student, masked patches | {metrics['psnr']:.2f} |" in text
+    interp = metrics["baselines"]["interpolation"]["psnr"]
+    assert f"| baseline: interpolation | {interp:.2f} |" in text  # beside the student
+    assert "| baseline: interpolation |" in text.split("## Ablation")[1]  # and the cells
     assert "| gabor-mse+ssim+kld | gabor | mse+ssim+kld |" in text and "| no-teacher |" in text
     assert "| no-teacher | linear probe |" in text  # the ablation's no-teacher cell as baseline
     assert "| raw-spectra | linear probe |" in text and "R²" in text
