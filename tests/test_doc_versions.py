@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PIN = re.compile(r"\b([A-Za-z][A-Za-z0-9_.-]*)==(\d+(?:\.\d+)+)(?:\+[\w.]+)?")
+# A pin followed by "/" lists alternatives another package accepts (``==4.8/4.9.*``): a
+# requirement quoted, not a claim about this environment.
+PIN = re.compile(r"\b([A-Za-z][A-Za-z0-9_.-]*)==(\d+(?:\.\d+)+)(?:\+[\w.]+)?(?![\w./*])")
 PHRASE = re.compile(r"\b([A-Za-z][A-Za-z0-9_.-]*)(?: is| version)? (\d+\.\d+\.\d+)\b")
 
 
@@ -41,6 +43,9 @@ def test_the_docs_name_some_versions_and_the_check_can_fail() -> None:
     names = {name for _, name, _ in _named_versions()}
     assert "torch" in names  # the README's install section pins it
     assert PHRASE.findall("The venv's s3fs is 0.4.2") == [("s3fs", "0.4.2")]
+    assert PIN.findall("`torch==2.14.1`, `antlr4-python3-runtime==4.8/4.9.*`") == [
+        ("torch", "2.14.1")
+    ]
 
 
 @pytest.mark.parametrize(("doc", "name", "named"), _named_versions())
