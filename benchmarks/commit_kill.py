@@ -88,8 +88,9 @@ def make(url, i):  # the append of scene i to url for this protocol, as a functi
             def run():
                 if i == 0:  # pre-size the axis for both scenes; unwritten = fill value
                     full = xr.concat([ds, ds.assign_coords(time=ds.time + np.timedelta64(1, "D"))], "time")
-                    full.to_zarr(url, mode="w", consolidated=True, zarr_format=3, encoding=enc,
-                                 compute=False)
+                    # dask-backed, so compute=False writes metadata (and coordinates) only
+                    full.chunk({"time": 1}).to_zarr(url, mode="w", consolidated=True,
+                                                    zarr_format=3, encoding=enc, compute=False)
                 ds.drop_vars("time").to_zarr(url, region={"time": slice(i, i + 1)})
         else:
             import icechunk
