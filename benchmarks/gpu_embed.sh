@@ -18,15 +18,15 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         --target /tmp/site .whl/*.whl || { echo "wheels: install failed"; exit 1; }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-if ! "$PY" -c "import hyperkd.model.embed" >/dev/null 2>&1; then  # the repo, as in gpu_train_step.sh
+if ! "$PY" -P -c "import hyperkd.model.embed" >/dev/null 2>&1; then  # the repo, as in gpu_train_step.sh
     "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
         --target /tmp/hyperkd-site . >"$OUT/install.log" 2>&1 || { echo "repo: install failed"; exit 1; }
     export PYTHONPATH=/tmp/hyperkd-site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD/tests${PYTHONPATH:+:$PYTHONPATH}
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_embed.py \
+timeout 150 "$PY" -P -m pytest -q -p no:cacheprovider -m gpu tests/test_embed.py \
     >"$OUT/embed_test.txt" 2>&1
 echo "test: $(tail -n 1 "$OUT/embed_test.txt")"
-timeout 300 "$PY" benchmarks/embed.py --device cuda --preset base --size 1024 --scenes 2 \
+timeout 150 "$PY" benchmarks/embed.py --device cuda --preset base --size 1024 --scenes 2 \
     --batch-size 64 --repeats 3 >"$OUT/embed_bench.txt" 2>&1
 tail -n 4 "$OUT/embed_bench.txt"

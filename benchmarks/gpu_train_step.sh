@@ -30,7 +30,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 probe() { # the device, and whether the repo imports (one interpreter start: they are slow)
-    "$PY" - >"$OUT/gpu.txt" 2>&1 <<'EOF'
+    "$PY" -P - >"$OUT/gpu.txt" 2>&1 <<'EOF'  # -P: the repo root would shadow the install
 import torch
 print("torch", torch.__version__, "cuda", torch.version.cuda)
 if torch.cuda.is_available():
