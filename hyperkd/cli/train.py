@@ -146,7 +146,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--tiles", required=True, metavar="URL", help="tile store")
     _add_out_or_run(train, "student")
     train.add_argument(
-        "--teacher", metavar="CKPT", help="teacher run directory or Prithvi .pt (needed for kld)"
+        "--teacher",
+        metavar="CKPT",
+        help="teacher run directory or Prithvi .pt (needed for kld); random:<preset> for a "
+        "randomly initialised teacher (control)",
     )
     train.add_argument("--teacher-preset", choices=TEACHER_PRESETS, default=defaults.OFFICIAL_TEACHER_PRESET,
                        help=f"architecture of a .pt teacher (default {defaults.OFFICIAL_TEACHER_PRESET})")  # fmt: skip
