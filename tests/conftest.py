@@ -6,6 +6,7 @@ Services are real: a moto S3 server on loopback, a Prefect test harness with a r
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -120,3 +121,23 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _prefect_console_writes_to_the_current_stderr() -> None:
+    """Point Prefect's rich console handlers at whatever ``sys.stderr`` is when they write.
+
+    Prefect configures logging once per process, binding its console handler to the
+    ``sys.stderr`` of that moment: under pytest, one test's capture stream, closed when that test
+    ends. A later flow run in the same process then fails on every log line ("I/O operation on
+    closed file"), and logging's error report recurses. With ``file = None`` rich looks the
+    stream up at each write.
+    """
+    if "prefect" not in sys.modules:
+        return
+    loggers = [logging.getLogger(), *map(logging.getLogger, logging.Logger.manager.loggerDict)]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            console = getattr(handler, "console", None)
+            if console is not None and hasattr(console, "file"):
+                console.file = None
