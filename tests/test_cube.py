@@ -138,7 +138,10 @@ def test_append_keys_by_id_and_keeps_time_sorted(tmp_path):
     assert verify_cube(url) == []
     # The staged slot of the inserts left no chunks behind.
     assert not (tmp_path / "cube.zarr" / "enmap" / "reflectance" / "c" / "5").exists()
-    assert "hyperkd:pending" not in json.loads((tmp_path / "cube.zarr" / "zarr.json").read_text())["attributes"]
+    assert (
+        "hyperkd:pending"
+        not in json.loads((tmp_path / "cube.zarr" / "zarr.json").read_text())["attributes"]
+    )
 
 
 def test_readers_see_only_the_committed_view(tmp_path):

@@ -33,6 +33,7 @@ __all__ = [
     "read_info",
 ]
 
+
 def _affine(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """``(x - mean) / std`` as ``x * scale + shift``, float32 ``(C, 1, 1)`` each."""
     m, s = np.asarray(mean, np.float64), np.asarray(std, np.float64)
