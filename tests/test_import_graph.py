@@ -136,3 +136,15 @@ def test_each_part_has_a_curated_public_api(package: str) -> None:
     assert len(set(exported)) == len(exported)
     for name in exported:
         assert hasattr(module, name), f"{package}.__all__ names {name}, which it lacks"
+
+
+def test_every_package_is_listed_for_installation() -> None:
+    # A subpackage missing from pyproject's list works in the editable install and is silently
+    # absent from a wheel.
+    import tomllib
+
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    packages = {name for name, path in _modules().items() if path.name == "__init__.py"}
+    assert packages - listed == set()
