@@ -44,9 +44,8 @@ def add_storage_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def storage_options(text: str | None) -> dict[str, Any]:
-    """``--storage-options`` as a dict; ``ValueError`` (one line) for anything else, and for
-    credentials, which belong in the environment, not on a command line."""
+def parse_storage_options(text: str | None) -> dict[str, Any]:
+    """``--storage-options`` as a dict; ``ValueError`` (one line) for anything else."""
     if not text:
         return {}
     try:
@@ -55,6 +54,15 @@ def storage_options(text: str | None) -> dict[str, Any]:
         raise ValueError(f"--storage-options is not valid JSON: {exc}") from None
     if not isinstance(options, dict):
         raise ValueError("--storage-options must be a JSON object")
+    return options
+
+
+def storage_options(text: str | None) -> dict[str, Any]:
+    """:func:`parse_storage_options`, refusing credentials too: they belong in the environment,
+    not on a command line that a flow stores and shows."""
+    options = parse_storage_options(text)
+    if not options:
+        return options
     from hyperkd.flows.params import no_credentials  # the one credential rule
 
     try:

@@ -8,10 +8,10 @@ bad input (nothing written).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING
 
+from hyperkd.cli.common import parse_storage_options
 from hyperkd.cli.stac import add_search_arguments, search_query_from_args
 
 if TYPE_CHECKING:
@@ -70,14 +70,7 @@ def config_from_args(args: argparse.Namespace) -> IngestConfig:
     from hyperkd.pipeline.ingest.region import IngestConfig, IngestParams
 
     query = search_query_from_args(args)
-    options = {}
-    if args.storage_options:
-        try:
-            options = json.loads(args.storage_options)
-        except ValueError as exc:
-            raise ValueError(f"--storage-options is not valid JSON: {exc}") from None
-        if not isinstance(options, dict):
-            raise ValueError("--storage-options must be a JSON object")
+    options = parse_storage_options(args.storage_options)
     load_band_table(args.bands)  # an unknown table fails here, before any search
     params = IngestParams(bands=args.bands, resampling=args.resampling, tile_size=args.tile_size)
     return IngestConfig(

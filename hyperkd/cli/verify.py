@@ -8,9 +8,10 @@ exits 1 when there is any (0 when the store is sound, 2 when ``URL`` is no store
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from hyperkd.cli.common import parse_storage_options
 
 
 @dataclass(frozen=True)
@@ -42,14 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    options: Any = {}
-    if args.storage_options:
-        try:
-            options = json.loads(args.storage_options)
-        except ValueError as exc:
-            raise ValueError(f"--storage-options is not valid JSON: {exc}") from None
-        if not isinstance(options, dict):
-            raise ValueError("--storage-options must be a JSON object")
+    options = parse_storage_options(args.storage_options)
     command = VerifyCommand(args.url, args.deep, options)
 
     from hyperkd.pipeline.cube.verify import verify_cube
