@@ -88,7 +88,10 @@ def time_floor(checkpoint: str, n_windows: int, batch: int, device: str) -> floa
 
 def time_embed(checkpoint: str, cube: str, out: Path, batch: int, device: str) -> tuple[float, int]:
     from hyperkd.model.embed import EmbedConfig, embed_cube
+    from hyperkd.pipeline.store.guard import check_output
 
+    # --workdir may be the user's folder: replace only an embeddings store (the last repeat's).
+    check_output(str(out), "embeddings", [cube, checkpoint])
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
     result = embed_cube(EmbedConfig(checkpoint, cube, str(out), batch_size=batch, device=device))
