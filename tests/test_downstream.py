@@ -202,3 +202,22 @@ def test_downstream_missing_label_is_one_line_error(
         f"hyperkd downstream: error: tile store {landcover_only} has no label_crop_type (labels: ['landcover'])"
     ]
     assert not (tmp_path / "out").exists()
+
+
+def test_downstream_shows_progress_after_checking_its_input(
+    demo: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    import sys
+
+    argv = ["downstream", "--checkpoint", demo["student"], "--task", "soc", "--tiles", demo["tiles"],
+            "--finetune-steps", "0", "--device", "cpu"]  # fmt: skip
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # the bar draws on terminals only
+    # refused inside the evaluation, after the tile store was opened
+    assert main([*argv, "--only", "nolabel=5", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no label_nolabel" in err and "%|" not in err, err
+    assert main([*argv, "--out", str(tmp_path / "ok")]) == 0
+    err = capsys.readouterr().err
+    # hyperkd, random-init and raw-spectra probes (no baseline, no fine-tune): 3 results
+    assert "downstream:   0%|" in err and "3/3 [" in err and "result/s" in err, err

@@ -107,6 +107,27 @@ def progress_iter(items: Any, total: int | None, desc: str, unit: str) -> Any:
 
 
 @contextlib.contextmanager
+def progress_of_steps(desc: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """``advance(done, total)`` for a call that reports its own progress; the bar appears on
+    the first report (the callee reports once it has checked its input) and closes after."""
+    bar: Any = None
+
+    def advance(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = progress(total, desc, unit)
+        bar.total = total
+        bar.n = min(done, total)
+        bar.refresh()
+
+    try:
+        yield advance
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+@contextlib.contextmanager
 def progress_of_files(count: Callable[[], int], total: int, desc: str, unit: str) -> Iterator[None]:
     """A bar of ``count()`` (finished outputs on disk) out of ``total``, polled every second
     while the block runs: progress for a long call that reports none itself."""

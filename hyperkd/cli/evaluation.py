@@ -19,6 +19,7 @@ from hyperkd.cli.common import (
     HelpFormatter,
     add_storage_options,
     progress_of_files,
+    progress_of_steps,
     storage_options,
 )
 
@@ -204,7 +205,8 @@ def run_downstream(args: argparse.Namespace) -> int:
         only=only,
         storage_options=storage_options(args.storage_options) or None,
     )
-    result = evaluate_task(cfg)
+    with progress_of_steps("downstream", "result") as advance:
+        result = evaluate_task(cfg, progress=advance)
     print(markdown_table(result))
     return 0
 

@@ -224,8 +224,14 @@ def _probe_store(
     return row | {"seconds": time.perf_counter() - t0}
 
 
-def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
-    """Evaluate every method on ``cfg.task``; writes the JSON and markdown results and returns them."""
+def run_downstream(
+    cfg: DownstreamConfig, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
+    """Evaluate every method on ``cfg.task``; writes the JSON and markdown results and returns them.
+
+    ``progress(done, total)``: called with ``(0, total)`` once the inputs are checked and the
+    encoders loaded, then after each result row (a probe or a fine-tune) is scored.
+    """
     label, classes = TASKS[cfg.task]
     check_output(cfg.out, "files", [cfg.checkpoint, cfg.data, cfg.baseline_checkpoint])
     device = _device(cfg.device)
@@ -272,6 +278,17 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
     targets = probes.Targets.from_train(train_sample.target, classes)
     score = probes.classification_metrics if classes else probes.regression_metrics
     rows: list[dict[str, Any]] = []
+    total = sum(1 + (e is not None and cfg.finetune_steps > 0) for e in methods.values())
+    total += bool(cfg.embeddings)
+
+    def scored(row: dict[str, Any]) -> None:
+        rows.append(row)
+        _log.info("%s: %s", row["method"], row)
+        if progress is not None:
+            progress(len(rows), total)
+
+    if progress is not None:
+        progress(0, total)
     for name, encoder in methods.items():
         t0 = time.perf_counter()
         fn: pixels.FeatureFn = (
@@ -282,8 +299,7 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
         probe = targets.fit_probe(x_train, train_sample.target)
         pred = targets.decode_probe(probe.predict(x_eval))
         row = {"method": name, "mode": "linear probe", **score(eval_sample.target, pred)}
-        rows.append(row | {"seconds": time.perf_counter() - t0})
-        _log.info("%s: %s", name, rows[-1])
+        scored(row | {"seconds": time.perf_counter() - t0})
         if encoder is None or cfg.finetune_steps == 0:
             continue
         t0 = time.perf_counter()
@@ -298,18 +314,15 @@ def run_downstream(cfg: DownstreamConfig) -> dict[str, Any]:
             "mode": f"fine-tune {cfg.finetune_steps} steps",
             **score(eval_sample.target, pred),
         }
-        rows.append(
+        scored(
             row
             | {
                 "seconds": time.perf_counter() - t0,
                 "finetune_loss_first_last": [losses[0], losses[-1]],
             }
         )
-        _log.info("%s: %s", name, rows[-1])
     if cfg.embeddings:
-        rows.append(
-            _probe_store(cfg, (train, train_sample), (eval_ds, eval_sample), targets, score)
-        )
+        scored(_probe_store(cfg, (train, train_sample), (eval_ds, eval_sample), targets, score))
     result = {
         "task": cfg.task,
         "name": result_name(cfg),
