@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from hyperkd.pipeline.cube.layout import CORE_VARIABLES, ArraySpec, array_doc
+from hyperkd.pipeline.cube.schema import time_chunks
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,11 @@ def plan_variables(
         fill = var.encoding.get("_FillValue", var.attrs.get("_FillValue"))
         fill = "" if text else _default_fill(dtype) if fill is None else fill
         chunks = tuple(
-            1 if d == "time" else min(tile, s) if d in ("y", "x") else max(s, 1)
+            time_chunks(var.ndim)[0]
+            if d == "time"
+            else min(tile, s)
+            if d in ("y", "x")
+            else max(s, 1)
             for d, s in var.sizes.items()
         )
         attrs = {k: _jsonable(v) for k, v in var.attrs.items() if k != "_FillValue"}

@@ -194,12 +194,25 @@ class CubeWriter:
         ]
 
     def _drop_uncommitted(self, group: str) -> None:
-        """Delete every chunk at a time index at or beyond the committed length."""
+        """Delete every chunk wholly at or beyond the committed length; in the one chunk of a
+        1-D per-scene array that straddles it, reset the uncommitted tail to the fill value."""
         n = self.length(group)
         for path in self._time_arrays(group):
+            step = int(self.nodes[path]["chunk_grid"]["configuration"]["chunk_shape"][0])
             for name in self.store.listdir(f"{path}/c"):
-                if name.isdigit() and int(name) >= n:
+                if name.isdigit() and int(name) * step >= n:
                     self.store.delete_tree(f"{path}/c/{name}")
+            if n % step:
+                self._clear_tail(path, n, n - n % step + step)
+
+    def _clear_tail(self, path: str, n: int, end: int) -> None:
+        """Set ``[n, end)`` of a 1-D array to its fill value when a killed run left values
+        there. One atomic chunk rewrite: indices below ``n`` (committed) keep their values."""
+        doc = copy.deepcopy(self.nodes[path])
+        doc["shape"] = [end]
+        array = self._array(path, doc)
+        if np.any(np.asarray(array[n:end]) != array.fill_value):
+            array[n:end] = array.fill_value
 
     # -- queries -----------------------------------------------------------------------------
     def length(self, group: str) -> int:

@@ -85,9 +85,20 @@ def _resolve(
     return tuple(out)
 
 
-COORD_CHUNK = 1
-"""Elements per chunk of the per-scene coordinates: one, so an append never rewrites a
-committed chunk (the commit protocol's step 1 writes only at the new time index)."""
+COORD_CHUNK = 4096
+"""Elements per chunk of the 1-D per-scene arrays (``time``, ``scene_id``, ...): one chunk for
+any cube of up to 4096 scenes per group, so opening a cube reads each in one request. An append
+rewrites that chunk (read, set index ``N``, replace in one write: zarr's local store renames a
+temp file, S3 applies a PUT whole); indices below ``N`` keep their values, so a reader of the
+committed view sees the same values before and after. Cubes written with one element per chunk
+(before 2026-11-28) keep that chunking when appended to."""
+
+
+def time_chunks(ndim: int) -> tuple[int, ...]:
+    """The ``time`` chunk sizes a valid cube may have for an array of ``ndim`` dims: one scene
+    per chunk, except 1-D per-scene arrays (:data:`COORD_CHUNK`; 1 in older cubes)."""
+    return (COORD_CHUNK, 1) if ndim == 1 else (1,)
+
 
 _ENMAP = ("enmap",)
 _HLS = ("hls",)
@@ -218,8 +229,22 @@ def _cell(value: Any) -> str:
 
 
 def markdown_tables() -> dict[str, str]:
-    """The docs/cube.md tables by name (``arrays``)."""
-    return {"arrays": _arrays_table()}
+    """The docs/cube.md tables by name (``arrays``, ``chunk_tokens``)."""
+    return {"arrays": _arrays_table(), "chunk_tokens": _tokens_table()}
+
+
+def _tokens_table() -> str:
+    rows = [
+        ("1", "one element"),
+        ("T", "the tile size (root attribute `hyperkd:tile_size`, default 128)"),
+        ("G", f"a band group: {BAND_GROUP} bands (all when fewer)"),
+        ("B", "all bands, rounded up to whole groups (the shard)"),
+        ("*", "the whole axis"),
+        ("K", f"{COORD_CHUNK} scenes: one chunk for up to {COORD_CHUNK} scenes per group"),
+    ]
+    lines = ["| token | chunk size |", "|---|---|"]
+    lines += [f"| `{t}` | {meaning} |" for t, meaning in rows]
+    return "\n".join(lines) + "\n"
 
 
 def _arrays_table() -> str:

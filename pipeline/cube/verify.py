@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 
 from hyperkd.pipeline.cube.layout import Grid
-from hyperkd.pipeline.cube.schema import GROUPS, READABLE_VERSIONS, band_group, group_arrays
+from hyperkd.pipeline.cube.schema import (
+    GROUPS,
+    READABLE_VERSIONS,
+    band_group,
+    group_arrays,
+    time_chunks,
+)
 from hyperkd.pipeline.sensors import hls_sensor
 from hyperkd.pipeline.store.integrity import deep_check
 from hyperkd.pipeline.store.location import CubeStore
@@ -141,8 +147,9 @@ def _check_arrays(
             problems.append(f"{path} lacks grid_mapping='spatial_ref'")
         chunks = tuple(d["chunk_grid"]["configuration"]["chunk_shape"])
         for dim, size, chunk in zip(dims, d["shape"], chunks, strict=True):
-            if dim == "time" and chunk != 1:
-                problems.append(f"{path}: time chunk is {chunk}, expected 1 (one scene per chunk)")
+            if dim == "time" and chunk not in time_chunks(len(dims)):
+                want = " or ".join(map(str, time_chunks(len(dims))))
+                problems.append(f"{path}: time chunk is {chunk}, expected {want}")
             if dim in ("y", "x") and tile and chunk != min(tile, size) and path[-2:] != f"/{dim}":
                 problems.append(f"{path}: {dim} chunk is {chunk}, expected tile size {tile}")
         if "band" in dims and not path.endswith(("/band", "/wavelength", "/fwhm", "/valid_band")):
