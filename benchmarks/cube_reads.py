@@ -1,10 +1,18 @@
 """Benchmark: bytes read and time of three cube access patterns, layout 1 vs layout 2, one run.
 
 Layout 1 (cube version 1) stored reflectance as one chunk per scene and tile with all bands,
-``(1, 224, T, T)``; layout 2 stores 16-band chunks inside full-band shards (``(1, 16, T, T)``
-in ``(1, 224, T, T)``, docs/cube.md). Both cubes are written here by the same ``CubeWriter``
-from the same scenes (layout 1 by switching the schema's reflectance chunking back), then read
-through plain ``xarray.open_zarr`` on a store that counts the bytes it returns:
+``(1, 224, T, T)``, and the 1-D per-scene coordinates one scene per chunk; layout 2 stores
+band-group chunks inside full-band shards (``(1, G, T, T)`` in ``(1, 224, T, T)``) and each
+per-scene coordinate in one chunk (docs/cube.md). Both cubes are written here by the same
+``CubeWriter`` from the same scenes (layout 1 by switching the schema back), then read through
+the library's two readers, each on a store that counts the requests and bytes it returns:
+
+- ``open_cube``: the public reader (lazy indexing, reflectance decoded to float32);
+- ``tiles``: the tile builder's and preprocess's reader
+  (:func:`hyperkd.pipeline.features.preprocess.open_enmap`: raw int16 through dask, whole
+  spectra per task, ``chunks={"band": -1}``).
+
+Patterns:
 
 - ``band map``: one band of one scene, the whole grid;
 - ``pixel series``: one pixel's full spectrum in every scene;
@@ -12,15 +20,14 @@ through plain ``xarray.open_zarr`` on a store that counts the bytes it returns:
 
 "ideal" is the raw int16 size of the values asked for (no compression, nothing extra read).
 Time is the median of ``--repeats`` reads (each on a fresh open, so nothing is cached; the
-layouts take turns so load on a shared machine hits both alike). Default: lazy indexing
-(what ``open_cube`` does); ``--dask stored`` reads through xarray's default dask chunks (one
-task per stored chunk), ``--dask spectra`` through whole-spectrum tasks (``chunks={"band":
--1}``, what the tile builder and preprocess use).
+layouts take turns so load on a shared machine hits both alike). ``open`` is the open itself
+(root document plus the coordinates xarray loads eagerly): requests and time.
 
 Scenes: real EnMAP L2A reflectance (the 32 x 32 px Potsdam windows of the sample data,
 mosaicked, rotated per scene) when ``HYPERKD_SAMPLE_DATA`` is set, else the scene factory.
 
-Last line: ``band_map_bytes_new/old=<r> spectrum_tile_time_new/old=<r> ...``.
+Last lines, one per reader: ``<reader>: band_map_bytes_new/old=<r> ...
+spectrum_tile_time_new/old=<r> ...``.
 """
 
 from __future__ import annotations
@@ -35,30 +42,51 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xarray as xr
-from zarr.storage import LocalStore, WrapperStore
+from zarr.storage import WrapperStore
 
 from hyperkd.pipeline.cube import schema
-from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, Grid, SceneWrite
+from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, Grid, SceneWrite, open_cube
+from hyperkd.pipeline.features.preprocess import open_enmap
 from hyperkd.pipeline.sensors import enmap_table
+from hyperkd.pipeline.store.location import CubeStore
+
+READERS = ("open_cube", "tiles")
 
 
 class CountingStore(WrapperStore):
-    """A read-only store that adds up the bytes every read returns."""
+    """A read-only store that adds up the requests and the bytes every read returns."""
 
     def __init__(self, store: Any) -> None:
         super().__init__(store)
         self.bytes = 0
+        self.requests = 0
+
+    def _with_store(self, store: Any) -> CountingStore:
+        return self  # xarray re-roots the store per group: keep counting in one place
 
     async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
         buf = await self._store.get(key, prototype, byte_range)
+        self.requests += 1
         self.bytes += len(buf) if buf is not None else 0
         return buf
 
     async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
         bufs = await self._store.get_partial_values(prototype, key_ranges)
+        self.requests += len(bufs)
         self.bytes += sum(len(b) for b in bufs if b is not None)
         return bufs
+
+
+_counting: list[CountingStore] = []
+_zarr_store = CubeStore.zarr_store
+
+
+def _counted_zarr_store(self: CubeStore, read_only: bool = False) -> Any:
+    """``CubeStore.zarr_store`` wrapped in a :class:`CountingStore`: both readers get their
+    store here, so what is measured is their own code path."""
+    store = CountingStore(_zarr_store(self, read_only=read_only))
+    _counting.append(store)
+    return store
 
 
 def real_scene(sample: Path, size: int) -> np.ndarray:
@@ -94,8 +122,9 @@ def scenes(n: int, size: int) -> list[np.ndarray]:
 
 
 def write_cube(url: str, data: list[np.ndarray], tile: int, layout: int) -> None:
-    """A cube of ``data`` in layout 2 (the writer's) or layout 1 (reflectance unsharded)."""
-    arrays = schema.CUBE_ARRAYS
+    """A cube of ``data`` in layout 2 (the writer's) or layout 1 (reflectance unsharded, all
+    bands per chunk; per-scene coordinates one scene per chunk)."""
+    arrays, coord_chunk = schema.CUBE_ARRAYS, schema.COORD_CHUNK
     if layout == 1:
         old = tuple(
             dataclasses.replace(a, chunks=("1", "*", "T", "T"), shards=None)
@@ -103,7 +132,7 @@ def write_cube(url: str, data: list[np.ndarray], tile: int, layout: int) -> None
             else a
             for a in arrays
         )
-        schema.CUBE_ARRAYS = old  # type: ignore[misc]
+        schema.CUBE_ARRAYS, schema.COORD_CHUNK = old, 1  # type: ignore[misc]
     try:
         bands = enmap_table().bands
         size = data[0].shape[-1]
@@ -115,19 +144,29 @@ def write_cube(url: str, data: list[np.ndarray], tile: int, layout: int) -> None
                 day = np.datetime64("2024-06-01") + np.timedelta64(t, "D")
                 writer.append(SceneWrite("enmap", f"scene-{t}", day, refl, valid))
     finally:
-        schema.CUBE_ARRAYS = arrays  # type: ignore[misc]
+        schema.CUBE_ARRAYS, schema.COORD_CHUNK = arrays, coord_chunk  # type: ignore[misc]
 
 
-def read_once(url: str, pattern: dict[str, Any], chunks: Any) -> tuple[int, float]:
-    """Bytes and seconds of one read of ``pattern`` (an ``isel``) of raw reflectance, on a
-    fresh open (so nothing is cached)."""
-    store = CountingStore(LocalStore(url, read_only=True))
-    ds = xr.open_zarr(store, group="enmap", consolidated=True, mask_and_scale=False, chunks=chunks)
+def open_reader(url: str, reader: str) -> tuple[Any, CountingStore]:
+    """The ``enmap`` group as ``reader`` opens it, and the store that counted the open."""
+    _counting.clear()
+    ds = open_cube(url)["enmap"].ds if reader == "open_cube" else open_enmap(url)
+    (store,) = _counting
+    return ds, store
+
+
+def read_once(url: str, pattern: dict[str, Any] | None, reader: str) -> tuple[int, int, float]:
+    """Requests, bytes and seconds of one read of ``pattern`` (an ``isel`` of reflectance) on
+    a fresh open (so nothing is cached); ``None``: of the open itself."""
+    start = time.perf_counter()
+    ds, store = open_reader(url, reader)
+    if pattern is None:
+        return store.requests, store.bytes, time.perf_counter() - start
     var = ds["reflectance"]
-    store.bytes = 0
+    store.bytes = store.requests = 0
     start = time.perf_counter()
     _ = var.isel(pattern).values
-    return store.bytes, time.perf_counter() - start
+    return store.requests, store.bytes, time.perf_counter() - start
 
 
 def main() -> None:
@@ -137,50 +176,56 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=128, help="tile size T (128)")
     parser.add_argument("--repeats", type=int, default=7, help="reads per pattern (7)")
     parser.add_argument(
-        "--dask",
-        choices=("stored", "spectra"),
-        default=None,
-        help="read through dask: xarray's default chunks (the stored chunks), or whole "
-        'spectra per task (chunks={"band": -1}, one shard per task); default: lazy indexing',
+        "--reader", choices=READERS, action="append", help="reader(s) to run (default: both)"
     )
     args = parser.parse_args()
+    readers = tuple(args.reader or READERS)
     data = scenes(args.scenes, args.size)
     t, s, n_time = args.tile, args.size, args.scenes
-    patterns = {
+    patterns: dict[str, tuple[dict[str, Any] | None, int]] = {
+        "open": (None, 0),
         "band map": ({"time": 0, "band": 100}, s * s * 2),
         "pixel series": ({"y": s // 2 + 3, "x": s // 3}, n_time * 224 * 2),
         "spectrum tile": ({"time": 0, "y": slice(0, t), "x": slice(0, t)}, 224 * t * t * 2),
     }
-    results: dict[tuple[str, int], tuple[int, float]] = {}
-    chunks = {None: None, "stored": {}, "spectra": {"band": -1}}[args.dask]
+    CubeStore.zarr_store = _counted_zarr_store  # type: ignore[method-assign]
+    runs: dict[tuple[str, str, int], list[tuple[int, int, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         urls = {layout: str(Path(tmp) / f"layout{layout}.zarr") for layout in (1, 2)}
         for layout, url in urls.items():
             write_cube(url, data, t, layout)
+        for reader in readers:  # warm up imports and caches outside the timed reads
+            for url in urls.values():
+                read_once(url, patterns["spectrum tile"][0], reader)
         # The layouts take turns (order alternating) so the shared machine's load hits both.
-        runs: dict[tuple[str, int], list[tuple[int, float]]] = {}
         for r in range(args.repeats):
-            for name, (pattern, _) in patterns.items():
-                for layout in (1, 2) if r % 2 == 0 else (2, 1):
-                    got = read_once(urls[layout], pattern, chunks)
-                    runs.setdefault((name, layout), []).append(got)
-        for key, got in runs.items():
-            results[key] = (got[-1][0], statistics.median(sec for _, sec in got))
-    print("\n| pattern | ideal bytes | layout | bytes read | / ideal | time (median) |")
-    print("|---|---|---|---|---|---|")
-    for name, (_, ideal) in patterns.items():
-        for layout in (1, 2):
-            nbytes, sec = results[name, layout]
-            print(
-                f"| {name} | {ideal} | {layout} | {nbytes} | {nbytes / ideal:.2f} | "
-                f"{sec * 1e3:.1f} ms |"
-            )
-    summary = []
-    for name in patterns:
-        key = name.replace(" ", "_")
-        (b1, t1), (b2, t2) = results[name, 1], results[name, 2]
-        summary.append(f"{key}_bytes_new/old={b2 / b1:.3f} {key}_time_new/old={t2 / t1:.2f}")
-    print("\n" + " ".join(summary))
+            for reader in readers:
+                for name, (pattern, _) in patterns.items():
+                    for layout in (1, 2) if r % 2 == 0 else (2, 1):
+                        got = read_once(urls[layout], pattern, reader)
+                        runs.setdefault((reader, name, layout), []).append(got)
+    CubeStore.zarr_store = _zarr_store  # type: ignore[method-assign]
+    results = {k: (g[-1][0], g[-1][1], statistics.median(x[2] for x in g)) for k, g in runs.items()}
+    print("\n| reader | pattern | ideal bytes | layout | requests | bytes read | / ideal | "
+          "time (median) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for reader in readers:
+        for name, (_, ideal) in patterns.items():
+            for layout in (1, 2):
+                req, nbytes, sec = results[reader, name, layout]
+                over = f"{nbytes / ideal:.2f}" if ideal else ""
+                print(
+                    f"| {reader} | {name} | {ideal or ''} | {layout} | {req} | {nbytes} | {over} | "
+                    f"{sec * 1e3:.1f} ms |"
+                )
+    print()
+    for reader in readers:
+        summary = []
+        for name in patterns:
+            key = name.replace(" ", "_")
+            (_, b1, t1), (_, b2, t2) = results[reader, name, 1], results[reader, name, 2]
+            summary.append(f"{key}_bytes_new/old={b2 / b1:.3f} {key}_time_new/old={t2 / t1:.2f}")
+        print(f"{reader}: " + " ".join(summary))
 
 
 if __name__ == "__main__":
