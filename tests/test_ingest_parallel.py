@@ -101,3 +101,112 @@ def test_a_failing_load_fails_its_scene_alone(catalog: Path, tmp_path: Path) -> 
     )
     assert [o.scene_id for o in summary.failed] == [victim.name.rsplit(".", 2)[0]]
     assert len(summary.written) == 8
+    # The later HLS scenes' chunks moved down over the failed scene's slot: the serial cube.
+    serial = ingest_region(_config(copy / "catalog.json", tmp_path / "serial.zarr"))
+    assert [o.status for o in serial.outcomes] == [o.status for o in summary.outcomes]
+    _assert_equal(tmp_path / "serial.zarr", tmp_path / "cube.zarr")
+
+
+def _assert_equal(want_cube: Path, got_cube: Path) -> None:
+    want, got = _arrays(want_cube), _arrays(got_cube)
+    assert sorted(got) == sorted(want)
+    for name, values in want.items():
+        if values.dtype.kind in "OSUT":
+            assert got[name].tolist() == values.tolist(), name
+        else:
+            assert got[name].tobytes() == values.tobytes(), name
+    assert _records(got_cube) == _records(want_cube)
+
+
+def _ingest_argv(catalog: Path, out: Path) -> list[str]:
+    return ["ingest", "--source", str(catalog), "--region", "demo", "--start", "2024-01-01",
+            "--end", "2024-12-31", "--out", str(out), "--tile-size", "32"]  # fmt: skip
+
+
+def test_cli_ingest_on_a_dask_cluster_equals_the_serial_cube(
+    catalog: Path, serial: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from distributed import LocalCluster
+
+    from hyperkd.cli import main
+
+    out = tmp_path / "cube.zarr"
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
+        argv = [*_ingest_argv(catalog, out), "--dask-address", cluster.scheduler_address]
+        assert main(argv) == 0
+    assert "summary: 9 written, 0 skipped" in capsys.readouterr().out
+    _assert_equal(serial, out)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--dask-address", "my-scheduler"], "dask address 'my-scheduler': expected tcp://"),
+        (["--dask-address", "tcp://127.0.0.1:9"], "cannot reach dask scheduler tcp://127.0.0.1:9"),
+        (["--workers", "0"], "--workers 0: must be at least 1"),
+    ],
+)
+def test_cli_ingest_refuses_a_bad_dask_address_before_any_work(
+    catalog: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch,
+    extra: list[str], message: str,
+) -> None:  # fmt: skip
+    from hyperkd.cli import main
+    from hyperkd.pipeline.ingest import parallel
+
+    monkeypatch.setattr(parallel, "CONNECT_TIMEOUT_S", 1.0)  # port 9 (discard) does not answer
+    out = tmp_path / "cube.zarr"
+    assert main([*_ingest_argv(catalog, out), *extra]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and message in captured.err, captured.err
+    assert captured.err.startswith("hyperkd ingest: error: ") and captured.out == ""
+    assert not out.exists()
+
+
+def test_pipeline_refuses_a_malformed_dask_address(capsys: pytest.CaptureFixture[str]) -> None:
+    from hyperkd.cli import main
+
+    argv = ["pipeline", "--source", "enmap-dlr", "--region", "demo", "--out", "/tmp/never",
+            "--start", "2024-01-01", "--end", "2024-02-01", "--dask-address", "http://x"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dask address 'http://x': expected" in err, err
+
+
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "before-commit:1",  # the first batch of worker-written scenes, before its commit
+        pytest.param("scene-chunks:3", marks=pytest.mark.slow),  # a worker mid-write
+    ],
+)
+def test_kill_9_during_a_parallel_ingest_then_resume(
+    catalog: Path, serial: Path, tmp_path: Path, stage: str
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hyperkd.pipeline.cube.io import verify_cube
+
+    out, marker = tmp_path / "cube.zarr", tmp_path / "paused"
+    argv = [sys.executable, "-m", "hyperkd", *_ingest_argv(catalog, out), "--workers", "2"]
+    env = dict(os.environ, HYPERKD_TEST_PAUSE_AT=stage, HYPERKD_TEST_PAUSE_FILE=str(marker))
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"ingest never reached {stage}: {proc.communicate()[1][-2000:]!r}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert verify_cube(str(out)) == []  # readable: only committed scenes, whole
+    committed = len(_records(out))
+    assert committed < 9
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{9 - committed} written, {committed} skipped" in done.stdout
+    assert verify_cube(str(out)) == []
+    _assert_equal(serial, out)

@@ -210,9 +210,14 @@ def _write_one(
     except EmptySceneError as exc:  # nothing was committed
         return SceneOutcome(item.id, group, "empty", str(exc), time.monotonic() - t0)
     except Exception as exc:  # a scene's failure is reported, never fatal to the run
-        reason = redact(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else exc)
-        return SceneOutcome(item.id, group, "failed", reason, time.monotonic() - t0)
+        return SceneOutcome(item.id, group, "failed", failure_reason(exc), time.monotonic() - t0)
     return SceneOutcome(item.id, group, "written", "", time.monotonic() - t0)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A failed scene's one-line reason, without credentials: a ``ValueError``'s message, or
+    the error's class and message."""
+    return redact(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else exc)
 
 
 def _same_datatake(writer: CubeWriter, group: str, item: pystac.Item) -> dict[str, Any] | None:
