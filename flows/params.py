@@ -137,6 +137,15 @@ class PipelineParams(RegionParams):
             raise ValueError(f"unknown teacher preset {value!r}: one of {defaults.TEACHER_PRESETS}")
         return value
 
+    @field_validator("dask_address")
+    @classmethod
+    def _dask_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            from hyperkd.pipeline.ingest.parallel import check_dask_address
+
+            check_dask_address(value)
+        return value
+
     @field_validator("storage_options")
     @classmethod
     def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:

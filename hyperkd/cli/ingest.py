@@ -1,8 +1,9 @@
 """``hyperkd ingest``: search, then write EnMAP + paired HLS scenes into one Zarr v3 cube.
 
-Same search options as ``hyperkd search`` plus ``--out URL``. Prints one line per scene and a
-summary; exit code 0 when nothing failed (also for "no scenes"), 1 when a scene failed, 2 for
-bad input (nothing written).
+Same search options as ``hyperkd search`` plus ``--out URL``; ``--workers N`` or
+``--dask-address ADDR`` load and write scenes in parallel (pipeline/ingest/parallel.py). Prints
+one line per scene and a summary; exit code 0 when nothing failed (also for "no scenes"), 1
+when a scene failed, 2 for bad input (nothing written).
 """
 
 from __future__ import annotations
@@ -61,14 +62,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--lock-timeout", type=float, default=60.0, metavar="S",
         help="seconds to wait for another writer of the same cube (60)",
     )  # fmt: skip
+    parser.add_argument(
+        "--dask-address", default=None, metavar="ADDR",
+        help="load and write the scenes on the dask cluster at tcp://HOST:PORT (the cube's URL "
+        "must reach the same storage from its workers), or 'local' for a LocalCluster of "
+        "--workers processes (default: this process)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="scenes loaded and written at once, on local threads or on the dask cluster "
+        "(default: 1 without --dask-address, one scene after another; with it, the cores of "
+        "this machine, at most 8)",
+    )  # fmt: skip
     parser.set_defaults(handler=run_ingest)
 
 
 def config_from_args(args: argparse.Namespace) -> IngestConfig:
     """One frozen :class:`IngestConfig`; ``ValueError`` with one line on bad input."""
     from hyperkd.pipeline.cube.bandmap import load_band_table
+    from hyperkd.pipeline.ingest.parallel import check_dask_address
     from hyperkd.pipeline.ingest.region import IngestConfig, IngestParams
 
+    check_dask_address(args.dask_address)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers {args.workers}: must be at least 1")
     query = search_query_from_args(args)
     options = parse_storage_options(args.storage_options)
     load_band_table(args.bands)  # an unknown table fails here, before any search
@@ -91,7 +108,14 @@ def run_ingest(args: argparse.Namespace) -> int:
 
     install_log_redaction()
     config = config_from_args(args)
-    summary = ingest_region(config, progress=_progress)
+    if args.dask_address is None and (args.workers or 1) == 1:
+        summary = ingest_region(config, progress=_progress)
+    else:
+        from hyperkd.pipeline.ingest.parallel import ingest_region_parallel
+
+        summary = ingest_region_parallel(
+            config, dask_address=args.dask_address, workers=args.workers, progress=_progress
+        )
     if not summary.outcomes:
         print(f"no scenes: {summary.message}" if summary.message else "no scenes")
         return 0
