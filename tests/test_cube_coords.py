@@ -157,3 +157,14 @@ def test_a_cube_with_one_scene_per_coordinate_chunk_is_read_and_appended(
     assert list(tree["hls"].ds.paired_enmap.values) == ["E02", "E04", "E06"]
     days = [int(str(t)[8:10]) for t in tree["enmap"].ds.time.values]
     assert days == [2, 3, 4, 6]
+
+
+def test_verify_names_a_per_scene_chunking_the_schema_does_not_allow(tmp_path: Path) -> None:
+    url = str(tmp_path / "cube.zarr")
+    _build(url, [2])
+    root = json.loads(Path(url, "zarr.json").read_text())
+    doc = root["consolidated_metadata"]["metadata"]["enmap/time"]
+    doc["chunk_grid"]["configuration"]["chunk_shape"] = [7]
+    Path(url, "zarr.json").write_text(json.dumps(root))
+    problems = verify_cube(url)
+    assert f"enmap/time: time chunk is 7, expected {schema.COORD_CHUNK} or 1" in problems
