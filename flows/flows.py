@@ -112,8 +112,8 @@ def ingest_stage(
     grid = _unless_gone(tasks.region_grid)(enmap[0], params.region)
     from hyperkd.pipeline.cube.io import committed_scenes
 
-    # Scenes load in parallel (threads, or the dask cluster at dask_address) and are committed
-    # one at a time in time order. A cube missing any scene (say it was deleted, or a scene
+    # Scenes load and write in parallel (threads, or the dask cluster at dask_address) and are
+    # committed in time order by one writer. A cube missing any scene (say it was deleted, or a scene
     # failed before) ignores the cached result; scenes already in it are skipped, not reloaded.
     options = params.storage_options
     present = set(committed_scenes(cube, options))

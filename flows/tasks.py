@@ -95,8 +95,9 @@ def ingest_scenes(
     storage_options: dict[str, Any],
     dask_address: str | None,
 ) -> list[tuple[str, str, str]]:
-    """Write the scenes into the cube: loads in parallel (local threads, or the dask cluster at
-    ``dask_address``), one writer committing them in order. A failed scene fails alone.
+    """Write the scenes into the cube: loads and chunk writes in parallel (local threads, or the
+    dask cluster at ``dask_address``), one writer committing them in order. A failed scene
+    fails alone.
 
     Returns ``(scene id, status, reason)`` per scene, status ``written``, ``skipped``,
     ``empty`` or ``failed``.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,7 @@ class SlotTarget:
     """
 
     url: str
-    storage_options: Mapping[str, Any]
+    storage_options: Mapping[str, Any] = field(repr=False)  # never in a log line
     group: str
     slot: int
     docs: Mapping[str, Mapping[str, Any]]
