@@ -235,3 +235,29 @@ def test_backfills_in_a_parallel_run_give_the_serial_cube(
         assert got[name].tolist() == values.tolist(), name
     key = lambda r: r["id"]  # noqa: E731
     assert sorted(_records(out), key=key) == sorted(_records(serial), key=key)
+
+
+@pytest.mark.slow  # a LocalCluster and moto: ~13 s on 2 shared cores
+def test_dask_workers_write_into_an_object_store_cube(
+    catalog: Path, serial: Path, s3_server: dict[str, str], s3_bucket: str
+) -> None:
+    """Two worker processes write their scenes' chunks into a cube on (moto) S3, where the
+    client commits them: the serial cube."""
+    import zarr
+
+    from hyperkd.pipeline.cube.io import verify_cube
+    from hyperkd.pipeline.ingest.parallel import ingest_region_parallel
+
+    url = f"{s3_bucket}/cube.zarr"
+    config = replace(_config(catalog, Path("unused")), out=url, storage_options=dict(s3_server))
+    summary = ingest_region_parallel(config, dask_address="local", workers=2)
+    assert summary.ok and len(summary.written) == 9
+    assert verify_cube(url, s3_server) == []
+    options = {"key": s3_server["key"], "secret": s3_server["secret"],
+               "client_kwargs": {"endpoint_url": s3_server["endpoint_url"]}}  # fmt: skip
+    root = zarr.open_group(url, mode="r", storage_options=options)
+    want = _arrays(serial)
+    for name, values in want.items():
+        group, array = name.split("/")
+        got = np.asarray(root[group][array][...])
+        assert got.tolist() == values.tolist(), name
