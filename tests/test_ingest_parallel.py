@@ -261,3 +261,33 @@ def test_dask_workers_write_into_an_object_store_cube(
         group, array = name.split("/")
         got = np.asarray(root[group][array][...])
         assert got.tolist() == values.tolist(), name
+
+
+def test_an_interrupted_writer_stops_its_workers_and_leaves_a_readable_cube(
+    catalog: Path, serial: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import threading
+
+    from hyperkd.pipeline.cube.io import verify_cube
+    from hyperkd.pipeline.ingest import parallel
+
+    commits = []
+    real = parallel.commit_written
+
+    def interrupted(writer, scenes):  # Ctrl-C at the second commit of scenes
+        commits.append(len(scenes))
+        if sum(1 for c in commits if c) == 2:
+            raise KeyboardInterrupt
+        real(writer, scenes)
+
+    monkeypatch.setattr(parallel, "commit_written", interrupted)
+    out = tmp_path / "cube.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        parallel.ingest_region_parallel(_config(catalog, out), workers=2)
+    assert not (out / ".hyperkd.lock").exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("ingest")]
+    assert verify_cube(str(out)) == [] and 0 < len(_records(out)) < 9
+    monkeypatch.setattr(parallel, "commit_written", real)
+    rest = parallel.ingest_region_parallel(_config(catalog, out), workers=2)
+    assert rest.ok and len(rest.written) + len(rest.skipped) == 9
+    _assert_equal(serial, out)

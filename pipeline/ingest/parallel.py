@@ -23,7 +23,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -203,6 +203,29 @@ def write_in_parallel(
             futures[j] = (submit(stage_scene, *args, targets[j]) if j in targets
                           else submit(load_scene, *args))  # fmt: skip
 
+    try:
+        _commit_in_order(writer, planned, params, todo, targets, batch, futures, start, workers)
+    except BaseException:
+        _settle(futures.values())  # no worker may write on once the writer lets go of the lock
+        raise
+    if batch.holes:
+        writer.reconcile()  # chunks of scenes that did not commit lie beyond the axis: gone
+    return outcomes
+
+
+def _commit_in_order(
+    writer: CubeWriter,
+    planned: Sequence[PlannedScene],
+    params: IngestParams,
+    todo: Sequence[PlannedScene],
+    targets: Mapping[int, SlotTarget],
+    batch: _Batch,
+    futures: dict[int, Any],
+    start: Callable[[int], None],
+    workers: int,
+) -> None:
+    """Walk the plan in order: queue worker-written scenes in ``batch`` (committed whenever
+    the next one is not ready), append the others through the writer."""
     for j in range(workers):
         start(j)
     j = 0
@@ -221,13 +244,17 @@ def write_in_parallel(
         load = None if future is None else (lambda *_, f=future: f.result())
         outcome = _write_one(writer, scene.item, scene.source, params, scene.paired_enmap,
                              load=load)  # fmt: skip
-        outcomes.append(outcome)
-        if progress is not None:
-            progress(outcome)
+        batch.report(outcome)
     batch.commit()
-    if batch.holes:
-        writer.reconcile()  # chunks of scenes that did not commit lie beyond the axis: gone
-    return outcomes
+
+
+def _settle(futures: Iterable[Any]) -> None:
+    """Cancel the scenes not started and wait for those running (threads or dask)."""
+    for future in futures:
+        future.cancel()
+    for future in futures:
+        with contextlib.suppress(BaseException):
+            future.result()
 
 
 def _slot_targets(writer: CubeWriter, todo: Sequence[PlannedScene]) -> dict[int, SlotTarget]:
@@ -305,9 +332,12 @@ class _Batch:
                        for o in reports]  # fmt: skip
         self.pending = []
         for outcome in reports:
-            self.outcomes.append(outcome)
-            if self.progress is not None:
-                self.progress(outcome)
+            self.report(outcome)
+
+    def report(self, outcome: SceneOutcome) -> None:
+        self.outcomes.append(outcome)
+        if self.progress is not None:
+            self.progress(outcome)
 
 
 def _needs_load(writer: CubeWriter, scene: PlannedScene) -> bool:
