@@ -71,8 +71,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--workers", type=int, default=None, metavar="N",
         help="scenes loaded and written at once, on local threads or on the dask cluster "
-        "(default: 1 without --dask-address, one scene after another; with it, the cores of "
-        "this machine, at most 8)",
+        "(default: 1 without --dask-address, one scene after another; with 'local', the "
+        "cores here, at most 8; with a running cluster, its worker threads)",
     )  # fmt: skip
     parser.set_defaults(handler=run_ingest)
 

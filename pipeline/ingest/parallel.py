@@ -115,14 +115,25 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+@dataclass(frozen=True)
+class ScenePool:
+    """Where scenes run: ``submit(fn, *args) -> future``, and ``width``, the scenes kept in
+    flight at once."""
+
+    submit: Callable[..., Any]
+    width: int
+
+
 @contextlib.contextmanager
-def scene_pool(dask_address: str | None, workers: int) -> Iterator[Callable[..., Any]]:
-    """``submit(fn, *args) -> future`` on ``workers`` local threads, or on the dask cluster at
-    ``dask_address`` (``local``: a LocalCluster of ``workers`` processes); ``ValueError`` (one
-    line) when the address is malformed or does not answer within :data:`CONNECT_TIMEOUT_S`."""
+def scene_pool(dask_address: str | None, workers: int | None = None) -> Iterator[ScenePool]:
+    """``workers`` local threads, or the dask cluster at ``dask_address`` (``local``: a
+    LocalCluster of ``workers`` processes). ``workers=None``: the cores here (at most 8), or,
+    on a running cluster, its worker threads. ``ValueError`` (one line) when the address is
+    malformed or does not answer within :data:`CONNECT_TIMEOUT_S`."""
     if dask_address is None:
-        with _quiet(), ThreadPoolExecutor(workers, thread_name_prefix="ingest") as ex:
-            yield lambda fn, *args: ex.submit(fn, *args, False, "threads")
+        width = workers or default_workers()
+        with _quiet(), ThreadPoolExecutor(width, thread_name_prefix="ingest") as ex:
+            yield ScenePool(lambda fn, *args: ex.submit(fn, *args, False, "threads"), width)
         return
     from distributed import Client, LocalCluster
 
@@ -130,6 +141,7 @@ def scene_pool(dask_address: str | None, workers: int) -> Iterator[Callable[...,
     with contextlib.ExitStack() as stack:
         try:
             if dask_address == "local":
+                workers = workers or default_workers()
                 cluster = stack.enter_context(
                     LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0")
                 )
@@ -140,7 +152,8 @@ def scene_pool(dask_address: str | None, workers: int) -> Iterator[Callable[...,
             )
         except OSError as exc:
             raise ValueError(f"cannot reach dask scheduler {dask_address}: {exc}") from None
-        yield lambda fn, *args: client.submit(fn, *args, pure=False)
+        width = workers or max(1, sum(client.nthreads().values()))
+        yield ScenePool(lambda fn, *args: client.submit(fn, *args, pure=False), width)
 
 
 def stage_scene(
@@ -176,12 +189,11 @@ def write_in_parallel(
     writer: CubeWriter,
     planned: Sequence[PlannedScene],
     params: IngestParams,
-    submit: Callable[..., Any],
-    workers: int,
+    pool: ScenePool,
     progress: Callable[[SceneOutcome], None] | None = None,
 ) -> list[SceneOutcome]:
-    """Load (and, where possible, write) the planned scenes in parallel and commit them in
-    plan order through ``writer``; ``submit(fn, *args) -> future`` runs on the workers.
+    """Load (and, where possible, write) the planned scenes in parallel, ``pool.width`` at a
+    time on ``pool``'s workers, and commit them in plan order through ``writer``.
 
     A group whose new scenes all go after its newest scene (a new cube, a newer season) gets
     slots, and its workers write their scenes' chunks straight into the cube; the writer
@@ -200,11 +212,11 @@ def write_in_parallel(
         if j < len(todo):
             s = todo[j]
             args = (s.item.to_dict(), s.source, writer.grid, params, s.paired_enmap)
-            futures[j] = (submit(stage_scene, *args, targets[j]) if j in targets
-                          else submit(load_scene, *args))  # fmt: skip
+            futures[j] = (pool.submit(stage_scene, *args, targets[j]) if j in targets
+                          else pool.submit(load_scene, *args))  # fmt: skip
 
     try:
-        _commit_in_order(writer, planned, params, todo, targets, batch, futures, start, workers)
+        _commit_in_order(writer, planned, params, todo, targets, batch, futures, start, pool.width)
     except BaseException:
         _settle(futures.values())  # no worker may write on once the writer lets go of the lock
         raise
@@ -360,20 +372,20 @@ def ingest_planned(
     dask_address: str | None = None,
     workers: int | None = None,
     progress: Callable[[SceneOutcome], None] | None = None,
-    submit: Callable[..., Any] | None = None,
+    pool: ScenePool | None = None,
 ) -> list[SceneOutcome]:
     """Every planned scene into the cube at ``cube_url`` (created on ``grid`` if absent), loads
     and writes in parallel, one writer committing; a cube this call created and wrote nothing
-    into is removed. ``submit``: an open pool of :func:`scene_pool` (else one is opened)."""
+    into is removed. ``pool``: an open :func:`scene_pool` (else one is opened from
+    ``dask_address`` and ``workers``)."""
     if not planned:
         return []
-    workers = workers or default_workers()
-    if submit is None:
-        with scene_pool(dask_address, workers) as submit:
+    if pool is None:
+        with scene_pool(dask_address, workers) as pool:
             return ingest_planned(
                 cube_url, planned, grid, params, region=region, storage_options=storage_options,
                 lock_timeout_s=lock_timeout_s, min_valid_pixels=min_valid_pixels,
-                workers=workers, progress=progress, submit=submit,
+                progress=progress, pool=pool,
             )  # fmt: skip
     with CubeWriter(
         cube_url, storage_options, lock_timeout_s=lock_timeout_s, min_valid_pixels=min_valid_pixels
@@ -381,7 +393,7 @@ def ingest_planned(
         created = not writer.exists
         if created:
             writer.create(CubeLayout(grid, load_band_table(params.bands), params.tile_size, region))
-        outcomes = write_in_parallel(writer, planned, params, submit, workers, progress)
+        outcomes = write_in_parallel(writer, planned, params, pool, progress)
         if created and not any(o.status == "written" for o in outcomes):
             writer.remove()
     return outcomes
@@ -401,8 +413,7 @@ def ingest_region_parallel(
     sources = tuple(map(resolve_source, query.sources))
     check_output(config.out, "cube", _source_roots(sources), config.storage_options)
     load_band_table(config.params.bands)  # bad --bands fails before anything is written
-    workers = workers or default_workers()
-    with scene_pool(dask_address, workers) as submit:
+    with scene_pool(dask_address, workers) as pool:
         planned = plan_scenes(search(query, sources=sources), sources)
         if not planned:
             return IngestSummary(config.out, (), f"no scenes in region {query.region.name}")
@@ -413,7 +424,6 @@ def ingest_region_parallel(
         outcomes = ingest_planned(
             config.out, planned, grid, config.params, region=query.region.name,
             storage_options=config.storage_options, lock_timeout_s=config.lock_timeout_s,
-            min_valid_pixels=config.min_valid_pixels, workers=workers, progress=progress,
-            submit=submit,
+            min_valid_pixels=config.min_valid_pixels, progress=progress, pool=pool,
         )  # fmt: skip
     return IngestSummary(config.out, tuple(outcomes))
