@@ -182,7 +182,7 @@ def student_stage(
     return distill(
         tiles, teacher, f"{run_dir}/student", params.student_preset, params.masking, params.loss,
         params.student_steps, params.batch_size, params.seed, params.lr,
-        params.teacher_architecture,
+        params.teacher_architecture, params.spectral_dim,
     )  # fmt: skip
 
 

@@ -98,6 +98,12 @@ class PipelineParams(RegionParams):
         f"pretrain, {defaults.OFFICIAL_TEACHER_PRESET} for an official .pt",
     )
     student_preset: str = defaults.STUDENT_PRESET
+    spectral_dim: int = Field(
+        default=defaults.SPECTRAL_DIM,
+        ge=0,
+        description="spectral components per pixel of the student's embedding and head; 0 = "
+        "every band",
+    )
     teacher_steps: int = Field(default=defaults.STEPS, gt=0)
     student_steps: int = Field(default=defaults.STEPS, gt=0)
     masking: Literal["random", "gabor", "wavelet"] = "gabor"

@@ -215,6 +215,7 @@ def distill_student(
     seed: int,
     lr: float | None,
     teacher_preset: str = defaults.OFFICIAL_TEACHER_PRESET,
+    spectral_dim: int = defaults.SPECTRAL_DIM,
 ) -> RunRecord:
     """Distils the student from the teacher on the tile store; ``teacher_preset`` is the
     architecture of an official ``.pt`` teacher (a run folder carries its own)."""
@@ -236,13 +237,16 @@ def distill_student(
         preset=preset,
         masking=Masking(masking),
         loss=LossConfig(loss),
+        spectral_dim=spectral_dim,
     )
     run_distill(cfg, on_step=_progress("student-distillation", steps))
     key = teacher.fingerprint if isinstance(teacher, RunRecord) else teacher
     return RunRecord(
         "student",
         out,
-        fingerprint(tiles.fingerprint, key, preset, masking, loss, steps, batch_size, seed, lr),
+        fingerprint(
+            tiles.fingerprint, key, preset, masking, loss, steps, batch_size, seed, lr, spectral_dim
+        ),
     )
 
 

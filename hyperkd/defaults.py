@@ -27,6 +27,8 @@ PATCH_SIZE = 16
 """ViT patch edge, pixels."""
 STEPS = 200
 """Optimizer steps of the teacher and of the student in a pipeline run."""
+SPECTRAL_DIM = 0
+"""Spectral components per pixel of the student's embedding and head; 0 = every band (MAE)."""
 BATCH_SIZE = 8
 """Tiles per step."""
 SEED = 0
@@ -37,8 +39,12 @@ DEMO_STEPS = None
 """``hyperkd demo --steps``: one step count for teacher and student; None = the two below."""
 DEMO_TEACHER_STEPS = 600
 """Teacher steps of ``hyperkd demo`` (six bands: cheap)."""
-DEMO_STUDENT_STEPS = 2000
+DEMO_STUDENT_STEPS = 3000
 """Student steps of ``hyperkd demo``: the budget that fits 10 minutes on 2 CPU cores."""
+DEMO_SPECTRAL_DIM = 16
+"""The demo student's spectral components: MAE at rank 16, about half the step cost, PCA start."""
+DEMO_LR = 2e-3
+"""Peak learning rate of the demo's short CPU runs (chosen on the val split, SCIENCE.md)."""
 DEMO_OUT = "demo-out"
 
 CPU_POOL = "hyperkd-cpu"

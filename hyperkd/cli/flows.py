@@ -109,6 +109,7 @@ def pipeline_params(args: argparse.Namespace):  # -> PipelineParams
         patch_size=args.patch_size,
         teacher=args.teacher,
         student_preset=args.preset,
+        spectral_dim=args.spectral_dim,
         teacher_preset=args.teacher_preset,
         teacher_steps=args.steps,
         student_steps=args.steps,
@@ -185,6 +186,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: pretrain one on the region)")  # fmt: skip
     p.add_argument("--preset", default=defaults.STUDENT_PRESET, choices=defaults.STUDENT_PRESETS,
                    help="student size")  # fmt: skip
+    p.add_argument("--spectral-dim", type=int, default=defaults.SPECTRAL_DIM, metavar="K",
+                   help="spectral components per pixel of the student's embedding and head "
+                   "(0 = every band)")  # fmt: skip
     p.add_argument("--teacher-preset", default=None, choices=defaults.TEACHER_PRESETS,
                    help=f"teacher architecture (default: {defaults.PRETRAIN_TEACHER_PRESET} to "
                    f"pretrain, {defaults.OFFICIAL_TEACHER_PRESET} for a .pt)")  # fmt: skip

@@ -155,6 +155,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"architecture of a .pt teacher (default {defaults.OFFICIAL_TEACHER_PRESET})")  # fmt: skip
     train.add_argument("--preset", choices=STUDENT_PRESETS, default=defaults.STUDENT_PRESET,
                        help=f"student size (default {defaults.STUDENT_PRESET})")  # fmt: skip
+    train.add_argument("--spectral-dim", type=int, default=defaults.SPECTRAL_DIM, metavar="K",
+                       help="factorise the student's embedding and head through K spectral "
+                       f"components per pixel, PCA start (default {defaults.SPECTRAL_DIM} = every band)")  # fmt: skip
     train.add_argument("--masking", choices=MASKINGS, default="gabor", help="default gabor")
     train.add_argument(
         "--mask-ratio",
@@ -359,6 +362,7 @@ def run_train(args: argparse.Namespace) -> int:
             ),
             loss=LossConfig(args.loss, args.recon_weight, args.kd_weight, args.temperature),
             storage_options=storage_options(args.storage_options) or None,
+            spectral_dim=args.spectral_dim,
         ),
     )
     _fit(run_distill, command.config)

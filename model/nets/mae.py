@@ -40,6 +40,12 @@ class MAEConfig:
     kd_block: int = 8
     """Encoder block (1-based) whose output is distilled into the teacher's feature space."""
     preset: str = "base"
+    spectral_dim: int = 0
+    """0: MAE's linear patch embedding and prediction head over all ``in_chans`` bands. k > 0:
+    both factorise through k spectral components per pixel (a 1x1 band projection before the
+    patch embedding, a shared k -> C layer after the head), initialised from the train split's
+    principal components (:meth:`StudentMAE.init_spectral_basis`). EnMAP spectra are nearly
+    low-rank, so this is MAE at rank k, for about half the step cost (benchmarks/SCIENCE.md)."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -60,7 +66,9 @@ class StudentMAE(nn.Module):
         self.config = c
         self.grid = (c.img_size // c.patch_size, c.img_size // c.patch_size)
         # --- encoder ---
-        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim)
+        k = c.spectral_dim or c.in_chans  # channels the patch embedding and the head see
+        self.spectral_embed = nn.Conv2d(c.in_chans, k, 1) if c.spectral_dim else None
+        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, k, c.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
         self.register_buffer("pos_embed", sincos_2d(c.embed_dim, self.grid)[None])  # fixed
         self.blocks = nn.ModuleList(
@@ -83,7 +91,8 @@ class StudentMAE(nn.Module):
             for _ in range(c.decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim)
-        self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_size**2 * c.in_chans)
+        self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_size**2 * k)
+        self.spectral_pred = nn.Linear(k, c.in_chans) if c.spectral_dim else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -99,6 +108,33 @@ class StudentMAE(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    @torch.no_grad()
+    def init_spectral_basis(self, pixels: torch.Tensor) -> None:
+        """Start the spectral factorisation at PCA: ``pixels`` (N, C) normalised spectra.
+
+        The band projection becomes the top ``spectral_dim`` principal components (centred),
+        and the output layer their transpose plus the mean, so embedding and head start in the
+        subspace that holds the variance. From a random start the student learns it slowly
+        (about 1 dB behind after 600 demo steps, benchmarks/SCIENCE.md).
+        """
+        if self.spectral_embed is None or self.spectral_pred is None:
+            raise ValueError("init_spectral_basis needs a student with spectral_dim > 0")
+        k = self.config.spectral_dim
+        x = pixels.double()
+        mean = x.mean(dim=0)  # (C,)
+        _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)  # vt: (min(N, C), C)
+        if vt.shape[0] < k:
+            raise ValueError(f"{pixels.shape[0]} pixels cannot give {k} spectral components")
+        basis = vt[:k].float()  # (k, C)
+        self.spectral_embed.weight.copy_(basis[:, :, None, None])  # (k, C, 1, 1)
+        self.spectral_embed.bias.copy_(-(basis @ mean.float()))
+        self.spectral_pred.weight.copy_(basis.T)  # (C, k)
+        self.spectral_pred.bias.copy_(mean.float())
+
+    def embed_bands(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, k, H, W) spectral components; the identity when k = 0."""
+        return imgs if self.spectral_embed is None else self.spectral_embed(imgs)
 
     @property
     def num_patches(self) -> int:
@@ -131,7 +167,7 @@ class StudentMAE(nn.Module):
             hidden: (B, K, D) visible tokens after block ``return_block`` (1-based, no CLS, no
                 final norm), or None when ``return_block`` is None.
         """
-        x = self.patch_embed(imgs)  # (B, L, D)
+        x = self.patch_embed(self.embed_bands(imgs))  # (B, L, D)
         x = x + self.pos_embed[:, 1:, :]
         index = patch_mask.ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[2])  # (B, K, D)
         x = torch.gather(x, 1, index)  # (B, K, D) visible tokens only
@@ -157,7 +193,7 @@ class StudentMAE(nn.Module):
         if height % p or width % p:
             raise ValueError(f"input {height} x {width} px is not a multiple of patch size {p}")
         grid = (height // p, width // p)
-        x = self.patch_embed.proj(imgs).flatten(2).transpose(1, 2)  # (B, h*w, D)
+        x = self.patch_embed.proj(self.embed_bands(imgs)).flatten(2).transpose(1, 2)  # (B, h*w, D)
         pos = resample_abs_pos_embed(
             self.pos_embed, new_size=grid, old_size=self.grid, num_prefix_tokens=1
         )  # (1, 1 + h*w, D)
@@ -179,8 +215,12 @@ class StudentMAE(nn.Module):
         x = torch.cat([x[:, :1, :], tokens], dim=1) + self.decoder_pos_embed  # (B, 1 + L, Dd)
         for block in self.decoder_blocks:
             x = block(x)
-        x = self.decoder_pred(self.decoder_norm(x))  # (B, 1 + L, P*P*C)
-        return x[:, 1:, :]  # drop CLS
+        x = self.decoder_pred(self.decoder_norm(x))[:, 1:, :]  # (B, L, P*P*k), CLS dropped
+        if self.spectral_pred is not None:
+            p2 = self.config.patch_size**2
+            x = x.reshape(b, length, p2, -1)  # (B, L, P*P, k)
+            x = self.spectral_pred(x).reshape(b, length, -1)  # (B, L, P*P*C)
+        return x
 
     def forward_loss(
         self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
@@ -198,7 +238,27 @@ class StudentMAE(nn.Module):
         return {"loss": loss, "pred": pred, "mask": patch_mask.mask}
 
 
-def student_config(preset: str, *, img_size: int, patch_size: int, in_chans: int) -> MAEConfig:
+def fold_spectral_embed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An encoder state dict with the band projection folded into one patch embedding.
+
+    For a ``spectral_dim`` student, ``patch_embed.proj`` (D, k, P, P) after ``spectral_embed``
+    (k, C, 1, 1) is one linear map of the patch; folded it is MAE's (D, C, P, P) embedding,
+    which a plain ViT (timm's) loads. Other state dicts are returned unchanged.
+    """
+    if "spectral_embed.weight" not in state:
+        return state
+    out = {k: v for k, v in state.items() if not k.startswith(("spectral_", "decoder", "mask_"))}
+    w1 = state["spectral_embed.weight"][:, :, 0, 0]  # (k, C)
+    b1 = state["spectral_embed.bias"]  # (k,)
+    w2, b2 = state["patch_embed.proj.weight"], state["patch_embed.proj.bias"]  # (D, k, P, P), (D,)
+    out["patch_embed.proj.weight"] = torch.einsum("dkpq,kc->dcpq", w2, w1)  # (D, C, P, P)
+    out["patch_embed.proj.bias"] = b2 + torch.einsum("dkpq,k->d", w2, b1)  # (D,)
+    return out
+
+
+def student_config(
+    preset: str, *, img_size: int, patch_size: int, in_chans: int, spectral_dim: int = 0
+) -> MAEConfig:
     """A student preset for a tile store's tile size, patch size and band count.
 
     - ``tiny``: 64 wide, 4 blocks, decoder 128 x 2; tests and the CPU demo. The decoder is
@@ -215,6 +275,9 @@ def student_config(preset: str, *, img_size: int, patch_size: int, in_chans: int
     }  # fmt: skip
     if preset not in sizes:
         raise ValueError(f"unknown student preset {preset!r}: choose one of {STUDENT_PRESETS}")
+    if not 0 <= spectral_dim < in_chans:
+        raise ValueError(f"spectral_dim {spectral_dim} must be 0 (off) or below {in_chans} bands")
     return MAEConfig(
-        img_size=img_size, patch_size=patch_size, in_chans=in_chans, preset=preset, **sizes[preset]
-    )
+        img_size=img_size, patch_size=patch_size, in_chans=in_chans, preset=preset,
+        spectral_dim=spectral_dim, **sizes[preset],
+    )  # fmt: skip

@@ -34,7 +34,7 @@ from torch import nn
 
 from hyperkd.defaults import PATCH_SIZE, TILE_SIZE
 from hyperkd.model.nets.backbone import REFLECTANCE_SCALE
-from hyperkd.model.nets.mae import MAEConfig, student_config
+from hyperkd.model.nets.mae import MAEConfig, fold_spectral_embed, student_config
 
 DEFAULTS = dict(img_size=TILE_SIZE, patch_size=PATCH_SIZE, in_chans=218)
 """The tile store's defaults (EnMAP L2A: 218 usable bands): used when no run config sits
@@ -70,9 +70,11 @@ def _run_beside(file: str | None) -> dict[str, Any] | None:
 
 
 def _student_weights(state: dict[str, Any], model: VisionTransformer) -> dict[str, Any]:
-    """Drop the MAE decoder, then timm's own filter (resamples ``pos_embed`` to the grid)."""
+    """Drop the MAE decoder, fold a band projection into the patch embedding
+    (:func:`~hyperkd.model.nets.mae.fold_spectral_embed`), then timm's own filter (resamples
+    ``pos_embed`` to the grid)."""
     encoder = {k: v for k, v in state.items() if not k.startswith(("decoder", "mask_token"))}
-    return checkpoint_filter_fn(encoder, model)
+    return checkpoint_filter_fn(fold_spectral_embed(encoder), model)
 
 
 def _create(preset: str, pretrained: bool, **kwargs: Any) -> VisionTransformer:

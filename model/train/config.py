@@ -105,6 +105,9 @@ class DistillConfig:
     masking: Masking = field(default_factory=Masking)
     loss: LossConfig = field(default_factory=LossConfig)
     storage_options: dict[str, Any] | None = None
+    spectral_dim: int = 0
+    """Spectral components per pixel of the student's embedding and head (0: all bands); see
+    :attr:`hyperkd.model.nets.mae.MAEConfig.spectral_dim`."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -282,6 +283,19 @@ def _prepare(
     return env, dataset, loader_factory
 
 
+def _train_pixels(dataset: Any, tiles: int = 32, pixels: int = 200_000) -> torch.Tensor:
+    """(N, C) valid normalised spectra from up to ``tiles`` train tiles spread over the split."""
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(tiles, len(dataset))).round())
+    parts = []
+    for i in picks.astype(int):
+        sample = dataset[int(i)]
+        x = sample["student"].flatten(1).T  # (H*W, C)
+        parts.append(x[sample["valid"].flatten()])
+    spectra = torch.cat(parts)  # (N, C)
+    step = max(1, spectra.shape[0] // pixels)
+    return spectra[::step]
+
+
 def run_distill(
     config: DistillConfig,
     *,
@@ -299,8 +313,11 @@ def run_distill(
             img_size=info.tile_size,
             patch_size=info.patch_size,
             in_chans=info.n_bands,
+            spectral_dim=config.spectral_dim,
         )
     )
+    if config.spectral_dim:
+        student.init_spectral_basis(_train_pixels(dataset))
     teacher = None
     if config.loss.use_kd:
         if config.teacher is None:
