@@ -9,7 +9,8 @@
 * **C, full HyperKD**: Gabor masks sampled at temperature 1, MSE + SSIM + KLD, trained
   teacher (``hyperkd``). Reference: ``random`` of arm A.
 
-Every student trains the same preset, steps, batch and learning rate from the same seeds
+Every student trains the same preset, steps, batch, learning rate and spectral factorisation
+(the demo's by default) from the same seeds
 (weights, order, masks) through the trainer's library API, and is scored once on the test
 split (``val`` with ``--split val``) with ``hyperkd evaluate``'s code: the same random masks for
 every student, with the baselines (train mean, visible-patch mean, interpolation) on those
@@ -36,6 +37,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hyperkd import defaults
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]:
                 preset=args.preset,
                 masking=Masking(s.masking, args.mask_ratio, s.sample, s.temperature),
                 loss=LossConfig(s.loss),
+                spectral_dim=args.spectral_dim,
             )
         )  # fmt: skip
         (out / "train_s.txt").write_text(f"{time.perf_counter() - t0:.1f}\n")
@@ -209,7 +213,8 @@ def main() -> None:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=defaults.DEMO_LR)
+    p.add_argument("--spectral-dim", type=int, default=defaults.DEMO_SPECTRAL_DIM)
     p.add_argument("--mask-ratio", type=float, default=0.75)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--split", default="test")

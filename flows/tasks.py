@@ -198,7 +198,7 @@ def train_teacher(
         on_step=_progress("teacher-pretraining", steps),
     )
     return RunRecord(
-        "teacher", out, fingerprint(tiles.fingerprint, preset, steps, batch_size, seed)
+        "teacher", out, fingerprint(tiles.fingerprint, preset, steps, batch_size, seed, lr)
     )
 
 
