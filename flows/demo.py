@@ -81,7 +81,7 @@ def demo(out: str, size: str = "medium", seed: int = 0, steps: int | None = None
         batch_size=8,
         # A short CPU run: the MAE recipe's lr (1.5e-4 x batch/256) is made for thousands of
         # steps at batch 4096, so the demo sets a peak lr that learns within a few minutes, and
-        # factorises the student's 218 bands through 16 spectral components (half the cost).
+        # factorises the student's 218 bands through 16 spectral components (0.6-0.8x the step time).
         lr=defaults.DEMO_LR,
         spectral_dim=defaults.DEMO_SPECTRAL_DIM,
         seed=seed,

@@ -42,7 +42,7 @@ DEMO_TEACHER_STEPS = 600
 DEMO_STUDENT_STEPS = 3000
 """Student steps of ``hyperkd demo``: the budget that fits 10 minutes on 2 CPU cores."""
 DEMO_SPECTRAL_DIM = 16
-"""The demo student's spectral components: MAE at rank 16, about half the step cost, PCA start."""
+"""The demo student's spectral components: MAE at rank 16, 0.6-0.8x the step time, PCA start."""
 DEMO_LR = 2e-3
 """Peak learning rate of the demo's short CPU runs (chosen on the val split, SCIENCE.md)."""
 DEMO_OUT = "demo-out"

@@ -14,7 +14,7 @@ import torch
 from eval_helpers import demo_run, demo_tiles, potsdam_run, torch_threads, train_student
 
 from hyperkd.cli import main
-from hyperkd.model.evaluate import probes
+from hyperkd.model.evaluate import pixels, probes
 from hyperkd.model.nets.mae import StudentMAE, student_config
 
 
@@ -126,7 +126,8 @@ def _check_classification(result: dict, steps: int, methods: tuple[str, ...]) ->
     modes = {(r["method"], r["mode"]) for r in result["results"]}
     for method in methods:
         assert {(method, "linear probe"), (method, f"fine-tune {steps} steps")} <= modes
-    assert ("raw-spectra", "linear probe") in modes and len(modes) == 2 * len(methods) + 1
+    spectra = {("raw-spectra", "linear probe"), ("patch-mean-spectra", "linear probe")}
+    assert spectra <= modes and len(modes) == 2 * len(methods) + 2
     assert result["eval_split"] in ("test", "val") and result["n_eval_pixels"] > 0
     assert set(result["classes"]) <= {1, 2, 3, 4, 5, 6} and len(result["classes"]) >= 2
     for r in result["results"]:
@@ -154,7 +155,9 @@ def test_downstream_crop_and_soc_on_demo_tiles(demo: dict[str, str], tmp_path: P
     assert crop["label"] == "label_crop_type"
     soc = _downstream(demo, tmp_path, "soc", "--finetune-steps", "2")
     assert soc["kind"] == "regression" and soc["metrics"] == ["r2", "rmse"]
-    assert {r["method"] for r in soc["results"]} == {"hyperkd", "random-init", "raw-spectra"}
+    assert {r["method"] for r in soc["results"]} == {
+        "hyperkd", "random-init", "raw-spectra", "patch-mean-spectra"
+    }  # fmt: skip
     assert all(np.isfinite(r["rmse"]) and r["rmse"] > 0 for r in soc["results"])
     assert any("no-teacher baseline skipped" in n for n in soc["notes"])
     # SOC on bare soil only (land cover 5), written next to the all-pixel result
@@ -167,6 +170,11 @@ def test_downstream_crop_and_soc_on_demo_tiles(demo: dict[str, str], tmp_path: P
     assert everything["only"] is None and everything["config"]["finetune_steps"] == 2
     assert 0 < soil["n_eval_pixels"] < everything["n_eval_pixels"]
     assert main([*argv, "--only", "landcover=soil"]) == 2
+    # Patch-level labels: written beside the per-pixel result, every method scored again.
+    assert main([*argv, "--label-level", "patch"]) == 0
+    patchwise = json.loads((tmp_path / "downstream_soc_patch.json").read_text())
+    assert patchwise["label_level"] == "patch" and everything["label_level"] == "pixel"
+    assert {r["method"] for r in patchwise["results"]} == {r["method"] for r in soc["results"]}
 
 
 def test_downstream_landcover_on_real_potsdam_tiles(
@@ -219,5 +227,36 @@ def test_downstream_shows_progress_after_checking_its_input(
     assert err.count("\n") == 1 and "has no label_nolabel" in err and "%|" not in err, err
     assert main([*argv, "--out", str(tmp_path / "ok")]) == 0
     err = capsys.readouterr().err
-    # hyperkd, random-init and raw-spectra probes (no baseline, no fine-tune): 3 results
-    assert "downstream:   0%|" in err and "3/3 [" in err and "result/s" in err, err
+    # hyperkd, random-init, raw-spectra and patch-mean-spectra probes (no baseline, no
+    # fine-tune): 4 results
+    assert "downstream:   0%|" in err and "4/4 [" in err and "result/s" in err, err
+
+
+def test_patch_labels_take_the_majority_class_or_the_mean_of_each_patch() -> None:
+    label = np.array(
+        [
+            [1, 1, 2, 2],
+            [1, 3, 2, 3],
+            [0, 0, 4, 5],
+            [0, 0, 5, 4],
+        ]
+    )
+    use = np.ones((4, 4), bool)
+    use[1, 1] = False  # an invalid pixel does not vote
+    got = pixels.patch_labels(label, use, 2, classes=True)
+    want = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, 4, 4], [0, 0, 4, 4]])
+    np.testing.assert_array_equal(got, want)  # unlabelled patch stays 0; 4/5 tie -> 4
+    values = np.array([[1.0, 3.0], [np.nan, 5.0]], np.float32)
+    mean = pixels.patch_labels(
+        torch.from_numpy(values)[None], torch.ones(1, 2, 2, dtype=torch.bool), 2, classes=False
+    )
+    assert isinstance(mean, torch.Tensor) and torch.allclose(mean, torch.full((1, 2, 2), 3.0))
+
+
+def test_patch_mean_spectra_average_each_patch_at_the_encoders_resolution() -> None:
+    imgs = torch.zeros(1, 2, 8, 8)
+    imgs[:, 0] = 3.0
+    imgs[:, 1, :4, :4] = torch.arange(16.0).reshape(4, 4)  # one patch of 4 px, mean 7.5
+    out = pixels.patch_mean_spectra(imgs, 4)
+    assert out.shape == imgs.shape and torch.allclose(out[:, 0], torch.full((1, 8, 8), 3.0))
+    assert out[0, 1, 0, 0] == 7.5 and out[0, 1, 7, 7] == 0.0  # far corners keep their patch

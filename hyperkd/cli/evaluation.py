@@ -69,8 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "downstream",
         formatter_class=HelpFormatter,
         help="linear probe + short fine-tune of a frozen encoder on a labelled tile store",
-        description="Land cover, crop type or SOC from a student's encoder, against raw spectra, a "
-        "randomly initialised encoder and the no-teacher student; writes OUT/downstream_<task>.json/.md.",
+        description="Land cover, crop type or SOC from a student's encoder, against raw spectra, "
+        "patch-mean spectra (the encoder's resolution, no learning), a randomly initialised "
+        "encoder and the no-teacher student; writes OUT/downstream_<task>.json/.md.",
     )
     down.add_argument("--checkpoint", required=True, metavar="CKPT", help="student run directory")
     down.add_argument("--task", required=True, choices=("landcover", "crop", "soc"),
@@ -112,6 +113,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="LABEL=CODES",
         help="use only pixels of these classes of another label, e.g. landcover=5 (SOC on bare soil)",
     )
+    down.add_argument("--label-level", choices=("pixel", "patch"), default="pixel",
+                      help="score each pixel's own label, or its patch's majority class / mean "
+                      "(the encoder's resolution); default pixel")  # fmt: skip
     down.add_argument("--max-train-pixels", type=int, default=50_000, metavar="N",
                       help="labelled train pixels for the probes")  # fmt: skip
     down.add_argument("--max-eval-pixels", type=int, default=100_000, metavar="N",
@@ -204,6 +208,7 @@ def run_downstream(args: argparse.Namespace) -> int:
         device=args.device,
         only=only,
         storage_options=storage_options(args.storage_options) or None,
+        label_level=args.label_level,
     )
     with progress_of_steps("downstream", "result") as advance:
         result = evaluate_task(cfg, progress=advance)

@@ -12,7 +12,13 @@ features, the probes and the metrics):
 - ``no-teacher``: a student trained without the teacher (``--baseline-checkpoint``, e.g. an
   ablation's ``cells/no-teacher``); skipped with a note when not given;
 - ``random-init``: the same architecture, randomly initialised (seed ``seed``);
-- ``raw-spectra``: the pixel's normalised spectrum.
+- ``raw-spectra``: the pixel's normalised spectrum;
+- ``patch-mean-spectra``: its patch's mean spectrum, resampled to pixels like the encoder's
+  tokens: what the encoder's resolution alone is worth, with no learning.
+
+With ``label_level="patch"`` (``--label-level patch``) every pixel takes its patch's majority
+class (or mean value) for training and scoring, so sub-patch detail that the tokens cannot
+resolve no longer counts against them (``OUT/downstream_<task>_patch.*``).
 
 Each encoder is scored twice: a **linear probe** on the frozen features, and a short
 **fine-tune** (``finetune_steps`` AdamW steps of encoder + head on the train tiles, every labelled
@@ -56,6 +62,7 @@ TASKS: dict[str, tuple[str, bool]] = {
     "soc": ("soc", False),
 }
 """``--task`` -> (label name in the tile store, is classification)."""
+LABEL_LEVELS = ("pixel", "patch")
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,9 @@ class DownstreamConfig:
     """Score and train only on pixels whose class label ``only[0]`` is one of ``only[1]``, e.g.
     ``("landcover", (5,))``: SOC on bare soil, where the soil is seen."""
     storage_options: dict[str, Any] | None = None
+    label_level: str = "pixel"
+    """``pixel``: every pixel's own label; ``patch``: every pixel takes its patch's majority
+    class (or mean value), the resolution the encoder's tokens have."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -95,6 +105,10 @@ class DownstreamConfig:
             or min(self.max_train_pixels, self.max_eval_pixels) < 1
         ):
             raise ValueError("finetune steps must be >= 0; batch size and pixel caps >= 1")
+        if self.label_level not in LABEL_LEVELS:
+            raise ValueError(
+                f"unknown label level {self.label_level!r}: choose one of {', '.join(LABEL_LEVELS)}"
+            )
 
 
 def _device(name: str) -> torch.device:
@@ -121,6 +135,7 @@ def finetune(
     standardised values.
     """
     classes = net.head.out_channels > 1
+    patch = ds.info.patch_size if cfg.label_level == "patch" else None
     opt = torch.optim.AdamW(
         [
             {"params": net.encoder.parameters(), "lr": cfg.finetune_lr},
@@ -137,7 +152,10 @@ def finetune(
     while len(losses) < cfg.finetune_steps:
         loader.sampler.set_epoch(epoch)
         for batch in loader:
-            target, use = target_fn(batch[f"label_{label}"], pixels.usable(batch, cfg.only))
+            lab, use = batch[f"label_{label}"], pixels.usable(batch, cfg.only)
+            if patch is not None:
+                lab = pixels.patch_labels(lab, use, patch, classes)
+            target, use = target_fn(lab, use)
             if not use.any():
                 continue
             out = net(batch["student"].to(device))  # (B, K, T, T)
@@ -158,10 +176,6 @@ def finetune(
             raise ValueError(f"no labelled train pixel for label_{label}")
     net.eval()
     return losses
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 # --- the evaluation -----------------------------------------------------------------------
@@ -196,7 +210,7 @@ def _encoders(
     else:
         notes.append("no-teacher baseline skipped: no --baseline-checkpoint given")
     methods["random-init"] = random_init
-    methods["raw-spectra"] = None
+    methods |= {name: None for name in pixels.WITHOUT_ENCODER}  # spectra, no learning
     for model in methods.values():
         if model is not None:
             model.to(device).eval()
@@ -244,8 +258,9 @@ def run_downstream(
         raise ValueError(
             f"tile store {cfg.data} has no label_{cfg.only[0]} to select pixels with --only"
         )
+    patch = train.info.patch_size if cfg.label_level == "patch" else None
     train_sample = pixels.split_sample(
-        train, label, classes, cfg.max_train_pixels, cfg.seed, cfg.only
+        train, label, classes, cfg.max_train_pixels, cfg.seed, cfg.only, patch
     )
     if len(train_sample) == 0:
         raise ValueError(f"no labelled pixel for label_{label} in the train split of {cfg.data}")
@@ -255,7 +270,7 @@ def run_downstream(
             continue
         eval_ds = TileDataset(cfg.data, split=split, storage_options=cfg.storage_options)
         eval_sample = pixels.split_sample(
-            eval_ds, label, classes, cfg.max_eval_pixels, cfg.seed + 1, cfg.only
+            eval_ds, label, classes, cfg.max_eval_pixels, cfg.seed + 1, cfg.only, patch
         )
         if len(eval_sample):
             eval_split = split
@@ -292,7 +307,9 @@ def run_downstream(
     for name, encoder in methods.items():
         t0 = time.perf_counter()
         fn: pixels.FeatureFn = (
-            _identity if encoder is None else functools.partial(probes.pixel_features, encoder)
+            pixels.features_without_encoder(name, train.info.patch_size)
+            if encoder is None
+            else functools.partial(probes.pixel_features, encoder)
         )
         x_train = pixels.gather(train, train_sample, fn, cfg.batch_size, device)
         x_eval = pixels.gather(eval_ds, eval_sample, fn, cfg.batch_size, device)
@@ -338,7 +355,9 @@ def run_downstream(
         "n_eval_pixels": len(eval_sample),
         "classes": [int(c) for c in np.unique(train_sample.target)] if classes else None,
         "features": "encoder patch tokens (no masking, final LayerNorm) resampled bilinearly to pixels; "
-        "raw-spectra: normalised pixel spectrum",
+        "raw-spectra: normalised pixel spectrum; patch-mean-spectra: each patch's mean spectrum, "
+        "resampled like the tokens",
+        "label_level": cfg.label_level,
         "student": run_config.get("model", {}),
         "student_run": run_config.get("run", {}),
         "config": {k: v for k, v in asdict(cfg).items() if k != "storage_options"},
@@ -378,10 +397,12 @@ def markdown_table(result: Mapping[str, Any]) -> str:
 
 
 def result_name(cfg: DownstreamConfig) -> str:
-    """``<task>``, or ``<task>_<label><codes>`` with ``only`` (e.g. ``soc_landcover5``)."""
-    if cfg.only is None:
-        return cfg.task
-    return f"{cfg.task}_{cfg.only[0]}{'-'.join(str(c) for c in cfg.only[1])}"
+    """``<task>``, or ``<task>_<label><codes>`` with ``only`` (e.g. ``soc_landcover5``); with
+    patch-level labels ``_patch`` follows (``landcover_patch``)."""
+    name = cfg.task
+    if cfg.only is not None:
+        name += f"_{cfg.only[0]}{'-'.join(str(c) for c in cfg.only[1])}"
+    return name + ("_patch" if cfg.label_level == "patch" else "")
 
 
 def write_results(out: Path, result: Mapping[str, Any]) -> None:

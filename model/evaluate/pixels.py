@@ -16,6 +16,9 @@ import torch
 from hyperkd.model.data.dataset import TileDataset, collate_tiles
 from hyperkd.model.evaluate import probes
 
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+"""(B, C, T, T) normalised tiles -> (B, F, T, T) per-pixel features (or outputs)."""
+
 
 def usable(fields: Mapping[str, Any], only: tuple[str, tuple[int, ...]] | None) -> Any:
     """(..., T, T) bool: pixels that are valid and, with ``only``, of the chosen classes."""
@@ -28,6 +31,30 @@ def usable(fields: Mapping[str, Any], only: tuple[str, tuple[int, ...]] | None) 
     return np.asarray(valid, dtype=bool) & np.isin(np.asarray(codes), only[1])
 
 
+def patch_labels(label: Any, use: Any, patch: int, classes: bool) -> Any:
+    """Each pixel's label replaced by its patch's: the majority class (ties: the smaller code)
+    or the mean value over the patch's usable labelled pixels; 0 (classes) or NaN where a
+    patch has none. ``label``/``use``: (..., T, T) numpy or torch; returns the same type."""
+    tensor = isinstance(label, torch.Tensor)
+    lab = label.numpy() if tensor else np.asarray(label)
+    ok = probes.labelled(lab, np.asarray(use), classes)
+    *lead, t, _ = lab.shape
+    g = t // patch
+    blocks = lambda a: a.reshape(*lead, g, patch, g, patch).swapaxes(-3, -2)  # noqa: E731
+    lab_b, ok_b = blocks(lab), blocks(ok)  # (..., g, g, P, P)
+    if classes:
+        codes = np.unique(lab[ok])
+        counts = np.stack([((lab_b == c) & ok_b).sum(axis=(-2, -1)) for c in codes], -1)
+        per_patch = np.where(counts.sum(-1) > 0, codes[counts.argmax(-1)] if len(codes) else 0, 0)
+        per_patch = per_patch.astype(lab.dtype)
+    else:
+        n = ok_b.sum(axis=(-2, -1))
+        total = np.where(ok_b, lab_b, 0).sum(axis=(-2, -1))
+        per_patch = np.where(n > 0, total / np.maximum(n, 1), np.nan).astype(lab.dtype)
+    out = per_patch.repeat(patch, axis=-2).repeat(patch, axis=-1)  # (..., T, T)
+    return torch.from_numpy(np.ascontiguousarray(out)) if tensor else out
+
+
 def split_sample(
     ds: TileDataset,
     label: str,
@@ -35,15 +62,41 @@ def split_sample(
     max_pixels: int,
     seed: int,
     only: tuple[str, tuple[int, ...]] | None,
+    patch: int | None = None,
 ) -> probes.PixelSample:
-    """The split's labelled pixels (see :func:`hyperkd.model.evaluate.probes.sample_pixels`)."""
+    """The split's labelled pixels (see :func:`hyperkd.model.evaluate.probes.sample_pixels`),
+    with ``patch``: labelled with their patch's majority class or mean (:func:`patch_labels`)."""
     labels, valids = [], []
     names = {"valid", f"label_{label}"} | ({f"label_{only[0]}"} if only else set())
     for i in range(len(ds)):
         raw = ds.read_raw(i, sorted(names))  # not the student and teacher bands
-        labels.append(np.asarray(raw[f"label_{label}"]))
-        valids.append(usable(raw, only))
+        lab, use = np.asarray(raw[f"label_{label}"]), usable(raw, only)
+        labels.append(lab if patch is None else patch_labels(lab, use, patch, classes))
+        valids.append(use)
     return probes.sample_pixels(labels, valids, classes=classes, max_pixels=max_pixels, seed=seed)
+
+
+def patch_mean_spectra(imgs: torch.Tensor, patch: int) -> torch.Tensor:
+    """Raw spectra at the encoder's resolution: (B, C, T, T) -> each patch's mean spectrum,
+    resampled bilinearly to pixels like the encoder's tokens, (B, C, T, T)."""
+    means = torch.nn.functional.avg_pool2d(imgs, patch)  # (B, C, T/P, T/P)
+    return torch.nn.functional.interpolate(
+        means, size=imgs.shape[-2:], mode="bilinear", align_corners=False
+    )
+
+
+WITHOUT_ENCODER = ("raw-spectra", "patch-mean-spectra")
+"""Downstream methods whose features are spectra, not an encoder's."""
+
+
+def features_without_encoder(name: str, patch: int) -> FeatureFn:
+    """``raw-spectra``: the pixel's normalised spectrum; ``patch-mean-spectra``: its patch's
+    mean spectrum (:func:`patch_mean_spectra`)."""
+    if name == "raw-spectra":
+        return lambda x: x
+    if name == "patch-mean-spectra":
+        return lambda x: patch_mean_spectra(x, patch)
+    raise ValueError(f"no features for method {name!r}")
 
 
 def _batches(
@@ -53,10 +106,6 @@ def _batches(
     for start in range(0, len(positions), batch):
         chunk = positions[start : start + batch]
         yield chunk, collate_tiles(ds.__getitems__(chunk.tolist()))["student"]
-
-
-FeatureFn = Callable[[torch.Tensor], torch.Tensor]
-"""(B, C, T, T) normalised tiles -> (B, F, T, T) per-pixel features (or outputs)."""
 
 
 @torch.no_grad()

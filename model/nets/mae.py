@@ -45,7 +45,7 @@ class MAEConfig:
     both factorise through k spectral components per pixel (a 1x1 band projection before the
     patch embedding, a shared k -> C layer after the head), initialised from the train split's
     principal components (:meth:`StudentMAE.init_spectral_basis`). EnMAP spectra are nearly
-    low-rank, so this is MAE at rank k, for about half the step cost (benchmarks/SCIENCE.md)."""
+    low-rank, so this is MAE at rank k, for 0.6-0.8x the step time (benchmarks/SCIENCE.md)."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
