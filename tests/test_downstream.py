@@ -246,6 +246,8 @@ def test_patch_labels_take_the_majority_class_or_the_mean_of_each_patch() -> Non
     got = pixels.patch_labels(label, use, 2, classes=True)
     want = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [0, 0, 4, 4], [0, 0, 4, 4]])
     np.testing.assert_array_equal(got, want)  # unlabelled patch stays 0; 4/5 tie -> 4
+    unlabelled = pixels.patch_labels(np.zeros((4, 4), int), use, 2, classes=True)
+    assert not unlabelled.any()  # a tile without any label (crop type outside fields)
     values = np.array([[1.0, 3.0], [np.nan, 5.0]], np.float32)
     mean = pixels.patch_labels(
         torch.from_numpy(values)[None], torch.ones(1, 2, 2, dtype=torch.bool), 2, classes=False

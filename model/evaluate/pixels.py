@@ -44,9 +44,10 @@ def patch_labels(label: Any, use: Any, patch: int, classes: bool) -> Any:
     lab_b, ok_b = blocks(lab), blocks(ok)  # (..., g, g, P, P)
     if classes:
         codes = np.unique(lab[ok])
-        counts = np.stack([((lab_b == c) & ok_b).sum(axis=(-2, -1)) for c in codes], -1)
-        per_patch = np.where(counts.sum(-1) > 0, codes[counts.argmax(-1)] if len(codes) else 0, 0)
-        per_patch = per_patch.astype(lab.dtype)
+        per_patch = np.zeros(ok_b.shape[:-2], lab.dtype)  # (..., g, g): 0 = no label
+        if len(codes):
+            counts = np.stack([((lab_b == c) & ok_b).sum(axis=(-2, -1)) for c in codes], -1)
+            per_patch = np.where(counts.sum(-1) > 0, codes[counts.argmax(-1)], 0).astype(lab.dtype)
     else:
         n = ok_b.sum(axis=(-2, -1))
         total = np.where(ok_b, lab_b, 0).sum(axis=(-2, -1))
