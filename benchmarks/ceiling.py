@@ -11,7 +11,8 @@ the error of its masked patches' mean spectra and the error of the structure ins
 so its within part is the patches' own variance; the oracle predicts each masked patch's true
 mean spectrum, so its patch-mean part is zero. A student has to win on one part or the other.
 PSNR (peak 1.0 reflectance) is printed beside it, scored like ``hyperkd evaluate``: the same
-random masks (ratio 0.75, seed 0) for every predictor.
+random masks (ratio 0.75, seed 0) for every predictor. Also printed: the share of the split's
+spectral variance in its top 1, 5 and 16 principal components (how low-rank the spectra are).
 
     .venv/bin/python benchmarks/ceiling.py --tiles T.zarr [--student RUN] [--split val]
 """
@@ -86,6 +87,10 @@ def main() -> None:
             )
             psnr = float(torch.nanmean(r["psnr"]))
             rows.setdefault(name, []).append((psnr, *split_mse(pred, x, pm.mask, valid, patch)))
+    pixels = x.permute(0, 2, 3, 1)[valid].double()  # (N, C) valid spectra of the split
+    power = torch.linalg.svdvals(pixels[::7] - pixels.mean(0)) ** 2
+    share = (power.cumsum(0) / power.sum())[[0, 4, 15]].tolist()
+    print(f"variance in the top 1 / 5 / 16 principal components: {share}")
     out = {}
     for name, vals in rows.items():
         psnr, mean_part, within = (sum(v[i] for v in vals) / len(vals) for i in range(3))
