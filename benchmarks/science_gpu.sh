@@ -69,7 +69,7 @@ cuda=$(grep -q "^NVIDIA" "$OUT/gpu.txt" && echo 1 || echo 0)
 if [ "${BENCH_REDUCED:-0}" = 1 ]; then
     : "${SIZE:=small}" "${STEPS:=2}" "${BATCH:=2}" "${TEACHER_STEPS:=2}" "${TEACHER_BATCH:=2}"
     : "${SEEDS:=0}" "${STUDENTS:=random kld-random}" "${COMPILE:=0}"
-    device=(--device cpu)
+    device=(--device cpu) workers=2
     need=(30 60 60 30 60)
 else
     # large: 1024 px, 2 scenes -> 217 train / 34 val / 43 test tiles of 64 px (medium gives 50
@@ -80,6 +80,7 @@ else
     : "${SIZE:=large}" "${STEPS:=300}" "${BATCH:=64}" "${TEACHER_STEPS:=1000}"
     : "${TEACHER_BATCH:=64}" "${SEEDS:=0 1 2}" "${STUDENTS:=}" "${COMPILE:=0}"
     device=(--device "$([ "$cuda" = 1 ] && echo cuda || echo auto)")
+    workers=6  # 2 EnMAP + 4 HLS scenes at once: the machine has 16 cores
     need=(60 90 60 40 60)
 fi
 compiled=() teacher_compile=(--no-compile)
@@ -128,7 +129,7 @@ EOF
 stage region "${need[0]}" "${HK[@]}" demo-data --out "$REGION" --size "$SIZE" || exit 1
 read -r bbox day0 day1 lr < <(where) || { note "region: no bbox"; exit 1; }
 stage ingest "${need[1]}" "${HK[@]}" ingest --source "$REGION/catalog.json" --region "$bbox" \
-    --start "$day0" --end "$day1" --out "$CUBE" --tile-size 64 --workers 2 || exit 1
+    --start "$day0" --end "$day1" --out "$CUBE" --tile-size 64 --workers "$workers" || exit 1
 labels=()
 for t in "$REGION"/truth/*.tif; do labels+=(--labels "$(basename "$t" .tif)=$t"); done
 [ -d "$TILES" ] || stage tiles "${need[2]}" "${HK[@]}" tiles --cube "$CUBE" --out "$TILES" \
