@@ -13,15 +13,10 @@ PY=${PY:-python3}
 OUT=${OUT:-$PWD/gpu-out}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || { echo "wheels: install failed"; exit 1; }
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source "$(dirname "$0")/gpu_env.sh"
+gpu_install_wheels || { echo "wheels: install failed"; exit 1; }
 if ! "$PY" -P -c "import hyperkd.model.embed" >/dev/null 2>&1; then  # the repo, as in gpu_train_step.sh
-    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
-        --target /tmp/hyperkd-site . >"$OUT/install.log" 2>&1 || { echo "repo: install failed"; exit 1; }
-    export PYTHONPATH=/tmp/hyperkd-site:${PYTHONPATH:-}
+    gpu_install_repo || { echo "repo: install failed"; exit 1; }
 fi
 export PYTHONPATH=$PWD/tests${PYTHONPATH:+:$PYTHONPATH}
 timeout 150 "$PY" -P -m pytest -q -p no:cacheprovider -m gpu tests/test_embed.py \

@@ -15,15 +15,10 @@ PY=${PY:-python3}
 OUT=${OUT:-$PWD/gpu-out}
 export PYTHONUNBUFFERED=1 DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || { echo "wheels: install failed"; exit 1; }
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source "$(dirname "$0")/gpu_env.sh"
+gpu_install_wheels || { echo "wheels: install failed"; exit 1; }
 if ! "$PY" -P -c "import hyperkd.pipeline.ingest.parallel" >/dev/null 2>&1; then
-    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
-        --target /tmp/hyperkd-site . >"$OUT/install.log" 2>&1 || { echo "repo: install failed"; exit 1; }
-    export PYTHONPATH=/tmp/hyperkd-site:${PYTHONPATH:-}
+    gpu_install_repo || { echo "repo: install failed"; exit 1; }
 fi
 "$PY" -P -c "import distributed, odc.stac, rasterio, zarr, hyperkd.pipeline.ingest.parallel" \
     || { echo "missing packages: carry their wheels in .whl/"; exit 1; }

@@ -24,11 +24,8 @@ mkdir -p "$OUT"
 note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 
 # --- dependencies: the device image has torch, timm, numba, xarray; the rest travels as wheels
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || { note "wheels: install failed"; exit 1; }
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source "$(dirname "$0")/gpu_env.sh"
+gpu_install_wheels .whl || { note "wheels: install failed"; exit 1; }
 probe() { # the device, and whether the repo imports (one interpreter start: they are slow)
     "$PY" -P - >"$OUT/gpu.txt" 2>&1 <<'EOF'  # -P: the repo root would shadow the install
 import torch
@@ -46,9 +43,7 @@ EOF
 }
 fed_ok() { grep -q "^fed: ok" "$OUT/gpu.txt"; }
 if ! probe; then
-    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
-        --target /tmp/hyperkd-site . >"$OUT/install.log" 2>&1 || { note "repo: install failed"; exit 1; }
-    export PYTHONPATH=/tmp/hyperkd-site:${PYTHONPATH:-}
+    gpu_install_repo || { note "repo: install failed"; exit 1; }
     probe || { note "imports failed: $(tail -1 "$OUT/gpu.txt")"; exit 1; }
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi >>"$OUT/gpu.txt" 2>&1

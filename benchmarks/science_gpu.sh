@@ -35,11 +35,8 @@ note() { echo "$*" | tee -a "$OUT/summary.txt"; }
 
 # --- dependencies: the device image has torch, timm, xarray...; the rest travels as wheels
 WHEELS_DIR=${WHEELS_DIR:-.whl}
-if compgen -G "$WHEELS_DIR/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site "$WHEELS_DIR"/*.whl || { note "wheels: install failed"; exit 1; }
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source "$(dirname "$0")/gpu_env.sh"
+gpu_install_wheels "$WHEELS_DIR" || { note "wheels: install failed"; exit 1; }
 probe() { # the device, and whether every stage's imports load (one interpreter start)
     "$PY" -P - >"$OUT/gpu.txt" 2>&1 <<'EOF'  # -P: the repo root would shadow the install
 import torch
@@ -53,9 +50,7 @@ import hyperkd.model.train.runs, hyperkd.model.evaluate.reconstruction  # noqa: 
 EOF
 }
 if ! probe; then
-    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
-        --target /tmp/hyperkd-site . >"$OUT/install.log" 2>&1 || { note "repo: install failed"; exit 1; }
-    export PYTHONPATH=/tmp/hyperkd-site:${PYTHONPATH:-}
+    gpu_install_repo || { note "repo: install failed"; exit 1; }
     probe || { note "imports failed: $(tail -1 "$OUT/gpu.txt")"; exit 1; }
 fi
 command -v nvidia-smi >/dev/null && nvidia-smi >>"$OUT/gpu.txt" 2>&1

@@ -169,8 +169,6 @@ def run_cell(cfg: AblationConfig, cell: Cell, split: str) -> dict[str, Any]:
             loss=LossConfig(cell.loss),
             storage_options=cfg.storage_options,
         )
-        if distill.train.resume is False:
-            (run / "metrics.jsonl").unlink(missing_ok=True)  # a killed start's log, no checkpoint
         _log.info("cell %s: training %d steps", cell.name, cfg.steps)
         run_distill(distill)
         record = {"settings": settings, "wall_s": time.perf_counter() - t0}

@@ -232,6 +232,9 @@ def fit(
         )
     if not started and (out / "config.json").exists() and not config.resume:
         raise ValueError(f"{out} already holds a finished run; choose another --out")
+    if not started and not (out / "config.json").exists() and env.is_main:
+        # A start killed before its first checkpoint left only its log; this run replaces it.
+        (out / "metrics.jsonl").unlink(missing_ok=True)
     resumed = resume_point(out) if started else None  # falls back past a corrupt checkpoint
     if resumed is not None:
         ck = resumed[1]
