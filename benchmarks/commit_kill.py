@@ -51,7 +51,7 @@ def make(url, i):  # the append of scene i to url for this protocol, as a functi
     refl = np.full((NB, NY, NX), 1000 * (i + 1), np.int16)
     when = dt.datetime(2024, 6, 1 + i, 10, tzinfo=dt.UTC)
     if protocol == "hyperkd":
-        from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, Grid, SceneWrite
+        from hyperkd.pipeline.cube import CubeLayout, CubeWriter, Grid, SceneWrite
         from hyperkd.pipeline.sensors import enmap_table
         rec = {"collection": "ENMAP_HSI_L2A", "hrefs": {}, "processing_version": None,
                "cloud_cover": None, "ingested_at": when.isoformat(), "code_version": "bench",

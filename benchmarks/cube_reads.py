@@ -44,8 +44,7 @@ from typing import Any
 import numpy as np
 from zarr.storage import WrapperStore
 
-from hyperkd.pipeline.cube import schema
-from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, Grid, SceneWrite, open_cube
+from hyperkd.pipeline.cube import CubeLayout, CubeWriter, Grid, SceneWrite, open_cube, schema
 from hyperkd.pipeline.features.preprocess import open_enmap
 from hyperkd.pipeline.sensors import enmap_table
 from hyperkd.pipeline.store.location import CubeStore

@@ -38,7 +38,7 @@ def build_inputs(work: Path, size: int, scenes: int, preset: str) -> tuple[str, 
 
     from hyperkd.model.nets.mae import StudentMAE, student_config
     from hyperkd.model.train.checkpoint import save_run
-    from hyperkd.pipeline.cube.io import open_cube
+    from hyperkd.pipeline.cube import open_cube
     from hyperkd.pipeline.synthetic.factory import RegionSpec
 
     cube, run = str(work / "cube.zarr"), work / f"student-{preset}"

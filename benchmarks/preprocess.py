@@ -27,7 +27,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, Grid, SceneWrite, write_variables
+from hyperkd.pipeline.cube import CubeLayout, CubeWriter, Grid, SceneWrite, write_variables
 from hyperkd.pipeline.features.aggregate import teacher_bands
 from hyperkd.pipeline.features.preprocess import open_enmap
 from hyperkd.pipeline.features.significance import SignificanceConfig, significance_maps

@@ -110,7 +110,7 @@ def ingest_stage(
             f"no EnMAP scene in {params.region} between {start} and {end} to define the grid"
         )
     grid = _unless_gone(tasks.region_grid)(enmap[0], params.region)
-    from hyperkd.pipeline.cube.io import committed_scenes
+    from hyperkd.pipeline.cube import committed_scenes
 
     # Scenes load and write in parallel (threads, or the dask cluster at dask_address) and are
     # committed in time order by one writer. A cube missing any scene (say it was deleted, or a scene
@@ -280,7 +280,7 @@ def _run_stages(params: PipelineParams) -> dict[str, Any]:
     if "ingest" in stages:
         out["ingest"] = ingest_stage(params, cube)
     else:
-        from hyperkd.pipeline.cube.io import committed_scenes
+        from hyperkd.pipeline.cube import committed_scenes
 
         out["ingest"] = IngestRecord(cube, committed_scenes(cube, params.storage_options))
     needs_tiles = stages & {"tiles", "teacher", "student", "evaluate", "report"}

@@ -22,7 +22,7 @@ import pytest
 import xarray as xr
 
 from hyperkd.cli import main
-from hyperkd.pipeline.cube.io import verify_cube
+from hyperkd.pipeline.cube import verify_cube
 from hyperkd.pipeline.synthetic.factory import RegionSpec
 from hyperkd.pipeline.synthetic.products import write_region
 

@@ -18,7 +18,7 @@ import torch
 from _model_fakes import write_small_tile_store
 
 from hyperkd.cli import main
-from hyperkd.pipeline.cube.io import verify_cube
+from hyperkd.pipeline.cube import verify_cube
 from hyperkd.pipeline.synthetic.factory import RegionSpec
 from hyperkd.pipeline.synthetic.products import write_region
 from hyperkd.pipeline.tiles.verify import verify_tiles

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, Grid, open_cube, verify_cube
+from hyperkd.pipeline.cube import CubeLayout, CubeWriter, Grid, open_cube, verify_cube
 from hyperkd.pipeline.sensors import enmap_table
 
 GRID = Grid("EPSG:32633", (30.0, 0.0, 362175.0, 0.0, -30.0, 5809965.0), (24, 24))
@@ -25,7 +25,7 @@ PER_WRITER = 3
 WRITER = r"""
 import datetime as dt, sys, time
 import numpy as np
-from hyperkd.pipeline.cube.io import CubeWriter, SceneWrite
+from hyperkd.pipeline.cube import CubeWriter, SceneWrite
 url, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for i in range(n):
     value = (100 if name == "A" else 200) + i

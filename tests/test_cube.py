@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from hyperkd.pipeline.cube.bandmap import load_band_table
-from hyperkd.pipeline.cube.io import (
+from hyperkd.pipeline.cube import (
     CubeLayout,
     CubeWriter,
     Grid,
@@ -23,6 +22,7 @@ from hyperkd.pipeline.cube.io import (
     verify_cube,
     write_variables,
 )
+from hyperkd.pipeline.cube.bandmap import load_band_table
 from hyperkd.pipeline.store.location import LOCK_KEY, CubeLockedError
 
 # A Potsdam-like grid: the corner is NOT a multiple of 30 m (362175 E).

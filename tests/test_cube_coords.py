@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import zarr
 
-from hyperkd.pipeline.cube import schema
-from hyperkd.pipeline.cube.io import (
+from hyperkd.pipeline.cube import (
     CubeLayout,
     CubeWriter,
     Grid,
     SceneWrite,
     open_cube,
+    schema,
     verify_cube,
 )
 from hyperkd.pipeline.sensors import enmap_table, hls_sensor

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import zarr
 
-from hyperkd.pipeline.cube import io, schema
-from hyperkd.pipeline.cube.io import (
+from hyperkd.pipeline.cube import (
     CubeLayout,
     CubeWriter,
     Grid,
     SceneWrite,
+    io,
     open_cube,
+    schema,
     verify_cube,
 )
 from hyperkd.pipeline.sensors import enmap_table
@@ -125,7 +126,7 @@ def test_layout1_maps_are_used_when_their_parameters_match(layout1: str, tmp_pat
     read as stored (not recomputed), and the cube is left untouched."""
     import xarray as xr
 
-    from hyperkd.pipeline.cube.io import write_variables
+    from hyperkd.pipeline.cube import write_variables
     from hyperkd.pipeline.features.preprocess import (
         PARAMS_ATTR,
         SCENES_ATTR,

@@ -108,7 +108,7 @@ def test_a_deployment_runs_through_a_work_pool_and_worker(
             worker.kill()  # the worker we started, by its handle
             log = worker.communicate()[0]
     assert state is not None and state.is_completed(), (state, log[-3000:])
-    from hyperkd.pipeline.cube.io import committed_scenes
+    from hyperkd.pipeline.cube import committed_scenes
 
     assert len(committed_scenes(tmp_path / "out" / "demo" / "cube.zarr")) == 6
 

@@ -23,7 +23,7 @@ from hyperkd.model import load_student
 from hyperkd.model.embed import EmbedConfig, embed_cube
 from hyperkd.model.nets.mae import StudentMAE, student_config
 from hyperkd.model.train.checkpoint import save_run
-from hyperkd.pipeline.cube.io import open_cube
+from hyperkd.pipeline.cube import open_cube
 from hyperkd.pipeline.synthetic.factory import RegionSpec
 
 SIZE, TILE, PATCH, BATCH = 72, 32, 8, 4

@@ -129,7 +129,7 @@ def test_a_second_machine_gets_cached_states_from_shared_s3_results(
 
     from prefect.settings import PREFECT_API_URL
 
-    from hyperkd.pipeline.cube.io import committed_scenes
+    from hyperkd.pipeline.cube import committed_scenes
     from hyperkd.pipeline.synthetic.factory import RegionSpec
     from hyperkd.pipeline.synthetic.products import write_region
 

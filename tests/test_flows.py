@@ -104,7 +104,7 @@ def test_a_corrupt_scene_fails_alone(prefect_harness: None, region: Path, tmp_pa
     record = state.result()
     assert [sid for sid, _ in record.failed] == [victim.name.rsplit(".", 2)[0]]
     assert len(record.scenes) == 5
-    from hyperkd.pipeline.cube.io import verify_cube
+    from hyperkd.pipeline.cube import verify_cube
 
     assert verify_cube(record.cube) == []
 

@@ -18,7 +18,7 @@ import xarray as xr
 from rasterio.warp import Resampling, reproject
 
 from hyperkd.cli import main
-from hyperkd.pipeline.cube.io import open_cube, verify_cube
+from hyperkd.pipeline.cube import open_cube, verify_cube
 from hyperkd.pipeline.ingest.region import IngestConfig, IngestParams, ingest_region
 from hyperkd.pipeline.sensors import EnmapBands, enmap_table
 from hyperkd.pipeline.stac.regions import parse_region

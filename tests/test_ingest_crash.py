@@ -17,7 +17,7 @@ import pytest
 import rasterio
 import xarray as xr
 
-from hyperkd.pipeline.cube.io import open_cube, verify_cube
+from hyperkd.pipeline.cube import open_cube, verify_cube
 from hyperkd.pipeline.sensors import enmap_table
 from hyperkd.pipeline.synthetic.factory import RegionSpec
 from hyperkd.pipeline.synthetic.products import write_region

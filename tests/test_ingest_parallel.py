@@ -61,7 +61,7 @@ def serial(catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_parallel_ingest_equals_the_serial_cube(
     catalog: Path, serial: Path, tmp_path: Path, dask_address: str | None
 ) -> None:
-    from hyperkd.pipeline.cube.io import verify_cube
+    from hyperkd.pipeline.cube import verify_cube
     from hyperkd.pipeline.ingest.parallel import ingest_region_parallel
 
     out = tmp_path / "cube.zarr"
@@ -189,7 +189,7 @@ def test_kill_9_during_a_parallel_ingest_then_resume(
     import sys
     import time
 
-    from hyperkd.pipeline.cube.io import verify_cube
+    from hyperkd.pipeline.cube import verify_cube
 
     out, marker = tmp_path / "cube.zarr", tmp_path / "paused"
     argv = [sys.executable, "-m", "hyperkd", *_ingest_argv(catalog, out), "--workers", "2"]
@@ -245,7 +245,7 @@ def test_dask_workers_write_into_an_object_store_cube(
     client commits them: the serial cube."""
     import zarr
 
-    from hyperkd.pipeline.cube.io import verify_cube
+    from hyperkd.pipeline.cube import verify_cube
     from hyperkd.pipeline.ingest.parallel import ingest_region_parallel
 
     url = f"{s3_bucket}/cube.zarr"
@@ -268,7 +268,7 @@ def test_an_interrupted_writer_stops_its_workers_and_leaves_a_readable_cube(
 ) -> None:
     import threading
 
-    from hyperkd.pipeline.cube.io import verify_cube
+    from hyperkd.pipeline.cube import verify_cube
     from hyperkd.pipeline.ingest import parallel
 
     commits = []

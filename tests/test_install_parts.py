@@ -30,7 +30,7 @@ class NotInstalled(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NotInstalled())
 from pathlib import Path
 from hyperkd.cli import main
-from hyperkd.pipeline.cube.io import open_cube, verify_cube
+from hyperkd.pipeline.cube import open_cube, verify_cube
 from hyperkd.pipeline.synthetic.factory import RegionSpec
 from hyperkd.pipeline.synthetic.products import write_region
 

@@ -187,7 +187,7 @@ def test_stac_proj_fields_that_disagree_with_the_file_are_warned_and_ignored(
 def test_verify_cube_checks_every_paired_enmap(stores: dict[str, Path], tmp_path: Path) -> None:
     import zarr
 
-    from hyperkd.pipeline.cube.io import verify_cube
+    from hyperkd.pipeline.cube import verify_cube
 
     cube = _copy(stores["cube"], tmp_path)
     assert verify_cube(str(cube)) == []

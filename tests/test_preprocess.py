@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from hyperkd.pipeline.cube.io import (
+from hyperkd.pipeline.cube import (
     CubeLayout,
     CubeWriter,
     Grid,

@@ -22,7 +22,7 @@ from shapely.geometry import box, shape
 from stac_validate import validate
 
 from hyperkd.cli import main
-from hyperkd.pipeline.cube.io import CubeWriter, open_cube
+from hyperkd.pipeline.cube import CubeWriter, open_cube
 from hyperkd.pipeline.ingest.region import IngestConfig, IngestParams, ingest_region
 from hyperkd.pipeline.stac.regions import parse_region
 from hyperkd.pipeline.stac.search import SearchQuery

@@ -78,7 +78,7 @@ def factory_cube(url: str, spec: object, n_scenes: int = 2, tile_size: int = 32)
 
     Stands in for ``hyperkd ingest`` of the factory's products until that path exists.
     """
-    from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, Grid, SceneWrite
+    from hyperkd.pipeline.cube import CubeLayout, CubeWriter, Grid, SceneWrite
     from hyperkd.pipeline.sensors import enmap_table
     from hyperkd.pipeline.synthetic.factory import (
         cloud_fields,

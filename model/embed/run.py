@@ -95,7 +95,7 @@ class CubeScenes:
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None, model: StudentBackbone):
         import rioxarray  # noqa: F401  (registers .rio)
 
-        from hyperkd.pipeline.cube.io import open_cube
+        from hyperkd.pipeline.cube import open_cube
 
         enmap = open_cube(url, storage_options)["enmap"].to_dataset()
         keep = np.flatnonzero(np.asarray(enmap["valid_band"].values, dtype=bool))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from hyperkd.pipeline.cube.derived import plan_variables
+from hyperkd.pipeline.cube.faults import PausingTarget, pause_point
 from hyperkd.pipeline.cube.layout import (
     CORE_VARIABLES,
     CubeLayout,
@@ -43,19 +43,15 @@ from hyperkd.pipeline.cube.layout import (
     group_specs,
     static_values,
 )
+from hyperkd.pipeline.cube.read import ROOT_DOC
 from hyperkd.pipeline.cube.schema import CUBE_VERSION, GROUPS, READABLE_VERSIONS
 from hyperkd.pipeline.cube.stac import publish_cube
 from hyperkd.pipeline.cube.timeline import PROGRESS, Edit, copy_slot, insert_index, plan_edit
-from hyperkd.pipeline.cube.verify import verify_cube
 from hyperkd.pipeline.store.integrity import WRITE_EVERY_CHUNK
 from hyperkd.pipeline.store.location import CubeLock, CubeStore
 
-ROOT_DOC = "zarr.json"
 PENDING = "hyperkd:pending"
 """Root attribute of a committed but unfinished time-axis edit (see ``timeline``)."""
-PAUSE_ENV = "HYPERKD_TEST_PAUSE_AT"
-"""Fault injection for the kill tests: at the named stage the writer touches the file named by
-``HYPERKD_TEST_PAUSE_FILE`` and sleeps, so a test can SIGKILL it there. Unset in normal use."""
 
 
 class NotACubeError(ValueError):
@@ -64,38 +60,6 @@ class NotACubeError(ValueError):
 
 class EmptySceneError(ValueError):
     """A scene that would add fewer valid pixels than required: reported, not committed."""
-
-
-_pause_counts: dict[str, int] = {}
-
-
-def _pause_point(stage: str) -> None:
-    """``HYPERKD_TEST_PAUSE_AT=stage[:k]`` pauses at the (k+1)-th time ``stage`` is reached."""
-    want, _, skip = os.environ.get(PAUSE_ENV, "").partition(":")
-    if want != stage:
-        return
-    seen = _pause_counts.get(stage, 0)
-    _pause_counts[stage] = seen + 1
-    if seen == int(skip or 0):
-        marker = os.environ.get("HYPERKD_TEST_PAUSE_FILE")
-        if marker:
-            with open(marker, "w") as f:
-                f.write(stage)
-        time.sleep(3600)
-
-
-class _PausingTarget:
-    """A zarr array target for ``dask.array.store`` that offers a pause point mid-write."""
-
-    def __init__(self, array: Any, stage: str):
-        self.array, self.stage, self.writes = array, stage, 0
-        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.array[key] = value
-        self.writes += 1
-        if self.writes == 1:
-            _pause_point(self.stage)
 
 
 class CubeWriter:
@@ -252,7 +216,7 @@ class CubeWriter:
     def _commit(self, changed: list[str]) -> None:
         """Replace the root document (the commit point), then the changed arrays' own docs."""
         self.lock.check()
-        _pause_point("before-commit")
+        pause_point("before-commit")
         root = {
             "attributes": self.attrs,
             "zarr_format": 3,
@@ -264,7 +228,7 @@ class CubeWriter:
             "node_type": "group",
         }
         self.store.write_json(ROOT_DOC, root)
-        _pause_point("after-commit")
+        pause_point("after-commit")
         for path in changed:
             self.store.write_json(f"{path}/zarr.json", self.nodes[path])
         # The STAC records follow the commit (a kill here leaves them one commit behind;
@@ -402,7 +366,7 @@ class CubeWriter:
                 )
             da.store(
                 [refl[None], valid[None]],
-                [_PausingTarget(arr["reflectance"], "scene-chunks"), arr["valid"]],
+                [PausingTarget(arr["reflectance"], "scene-chunks"), arr["valid"]],
                 regions=[(slice(slot, slot + 1),), (slice(slot, slot + 1),)],
                 lock=False,
             )
@@ -424,7 +388,7 @@ class CubeWriter:
                 copy_slot(array, src, dst)
             self.lock.check()
             self.store.write_json(PROGRESS, {"edit": journal["id"], "done": i + 1})
-            _pause_point("edit-copy")
+            pause_point("edit-copy")
         changed = self._time_arrays(group)
         relabel = dict(journal.get("relabel") or {})
         if relabel:  # HLS scenes paired with a replaced EnMAP scene follow it
@@ -491,51 +455,6 @@ def _as_dask(values: Any, target: Any) -> Any:
     return da.from_array(np.asarray(values), chunks=chunks)
 
 
-def committed_scenes(
-    url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None
-) -> tuple[str, ...]:
-    """Ids of the committed scenes, in commit order; ``()`` when there is no cube yet."""
-    doc = CubeStore(url, storage_options).read_json(ROOT_DOC)
-    if doc is None:
-        return ()
-    return tuple(s["id"] for s in doc.get("attributes", {}).get("hyperkd:scenes", []))
-
-
-def open_cube(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> Any:
-    """Open a cube lazily as an ``xarray.DataTree`` (groups ``enmap`` and ``hls``).
-
-    Only committed scenes are visible (consolidated metadata); CRS decoded
-    (``decode_coords="all"``); int16 reflectance and teacher bands decode to float32
-    reflectance (NaN nodata), not float64.
-    """
-    import xarray as xr
-
-    store = CubeStore(url, storage_options)
-    doc = store.read_json(ROOT_DOC)
-    if doc is None or "hyperkd:cube_version" not in doc.get("attributes", {}):
-        raise FileNotFoundError(f"no hyperkd cube at {store.url}")
-    tree = xr.open_datatree(
-        store.zarr_store(read_only=True), engine="zarr", consolidated=True, decode_cf=False
-    )
-    return tree.map_over_datasets(_decode_float32)
-
-
-def _decode_float32(ds: Any) -> Any:
-    """CF-decode ``ds`` with small scaled integers going to float32.
-
-    xarray picks the decoded dtype from the type of ``scale_factor``, and JSON attributes
-    come back as Python floats (float64); as float32 they decode to float32, lazily.
-    """
-    import xarray as xr
-
-    ds = ds.copy()
-    for var in ds.variables.values():
-        if "scale_factor" in var.attrs and var.dtype.kind in "iu" and var.dtype.itemsize <= 2:
-            var.attrs["scale_factor"] = np.float32(var.attrs["scale_factor"])
-            var.attrs["add_offset"] = np.float32(var.attrs.get("add_offset", 0.0))
-    return xr.decode_cf(ds, decode_coords="all")
-
-
 def write_variables(
     url: str | os.PathLike[str],
     group: str,
@@ -571,7 +490,5 @@ __all__ = [
     "Grid",
     "NotACubeError",
     "SceneWrite",
-    "open_cube",
-    "verify_cube",
     "write_variables",
 ]

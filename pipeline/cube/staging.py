@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from hyperkd.pipeline.cube.io import CubeWriter, SceneWrite, _as_dask, _PausingTarget
+from hyperkd.pipeline.cube.faults import PausingTarget
+from hyperkd.pipeline.cube.io import CubeWriter, SceneWrite, _as_dask
 from hyperkd.pipeline.cube.layout import encode_time
 from hyperkd.pipeline.cube.timeline import copy_slot, insert_index
 from hyperkd.pipeline.store.integrity import WRITE_EVERY_CHUNK
@@ -100,7 +101,7 @@ def write_slot(target: SlotTarget, reflectance: Any, valid: Any, scheduler: str)
     slot = slice(target.slot, target.slot + 1)
     da.store(
         [refl[None], ok[None]],
-        [_PausingTarget(arr["reflectance"], "scene-chunks"), arr["valid"]],
+        [PausingTarget(arr["reflectance"], "scene-chunks"), arr["valid"]],
         regions=[(slot,), (slot,)],
         lock=False,
         scheduler=scheduler,

@@ -128,7 +128,7 @@ def _write(
     params: str,
     scenes: list[str],
 ) -> list[str]:
-    from hyperkd.pipeline.cube.io import write_variables
+    from hyperkd.pipeline.cube import write_variables
 
     out = xr.Dataset()
     for name, arr in arrays.items():

@@ -31,8 +31,8 @@ from typing import Any
 import pystac
 from rasterio.errors import NotGeoreferencedWarning
 
+from hyperkd.pipeline.cube import CubeLayout, CubeWriter, SceneWrite
 from hyperkd.pipeline.cube.bandmap import load_band_table
-from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, SceneWrite
 from hyperkd.pipeline.cube.layout import Grid, encode_time
 from hyperkd.pipeline.cube.staging import (
     SlotTarget,

@@ -23,8 +23,8 @@ from typing import Any
 import pystac
 from rasterio.errors import NotGeoreferencedWarning
 
+from hyperkd.pipeline.cube import CubeLayout, CubeWriter, EmptySceneError, SceneWrite
 from hyperkd.pipeline.cube.bandmap import load_band_table, plan_bands
-from hyperkd.pipeline.cube.io import CubeLayout, CubeWriter, EmptySceneError, SceneWrite
 from hyperkd.pipeline.cube.layout import Grid
 from hyperkd.pipeline.ingest.loading import RESAMPLING, enmap_grid, load_enmap, load_hls
 from hyperkd.pipeline.redaction import clean_href, redact, redacted_logger
