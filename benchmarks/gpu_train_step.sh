@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU run of the training-step benchmark (issue 16), in one call, within BUDGET_S seconds:
-# base at batch 32 and 256, eager and compiled (HyperKD / MAE, MFU), and the real trainer fed by
+# base at batch 32 and 256, eager and compiled (HyperKD / MAE, MFU; compiled at 256 with the SSIM
+# blur as stencils and as matrix products), and the real trainer fed by
 # the tile loader against the same trainer on batches already on the GPU (fed/in_gpu), on a
 # tile store built here from the repo's test scene factory.
 #
@@ -89,6 +90,7 @@ fi
 stage b32-eager-fed "${need[0]}" "${common[@]}" "${small[@]}" "${fed[@]}"
 stage b256-eager "${need[1]}" "${common[@]}" "${large[@]}" --no-fed
 stage b256-compiled "${need[2]}" "${common[@]}" "${large[@]}" --compile --no-fed
+stage b256-compiled-matrix "${need[2]}" "${common[@]}" "${large[@]}" --compile --compiled-blur matrix --no-fed
 stage b32-compiled-fed "${need[3]}" "${common[@]}" "${small[@]}" --compile "${fed[@]}"
 note "total: $(($(date +%s) - start)) s"
 echo "---"

@@ -24,6 +24,10 @@ int16 tiles normalised on the GPU, pinned memory, workers = cores, copies on a s
 once on batches of the same store already on the device; ``fed/in_gpu`` is the ratio of their
 steady-state steps/s (steps after ``--fed-warmup``).
 
+``--compiled-blur matrix`` makes ``torch.compile`` trace the SSIM blur as banded matrix products
+instead of 11-tap stencils (:data:`hyperkd.model.train.ssim.compiled_blur`), to tell on a GPU
+which of the two the compiled loss should use.
+
 The last line is ``<preset>/samples_per_s=<n> <preset>/ratio_to_mae=<r>`` for each preset run,
 plus ``mfu=<fraction>`` (of the last preset) on CUDA and ``fed/in_gpu=<r>`` when fed.
 
@@ -45,6 +49,7 @@ import torch
 from hyperkd.model.nets.mae import StudentMAE, student_config
 from hyperkd.model.nets.masking import Masking
 from hyperkd.model.nets.prithvi import PrithviMAE, Teacher, teacher_config
+from hyperkd.model.train import ssim
 from hyperkd.model.train.losses import LossConfig, tile_range, weighted_ssim
 from hyperkd.model.train.tasks import DistillationTask
 
@@ -247,6 +252,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--compiled-blur", choices=ssim.COMPILED_BLURS, default=ssim.compiled_blur,
+        help="the SSIM blur form torch.compile traces (CUDA path)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument(
         "--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU"
@@ -264,6 +273,7 @@ def main() -> None:
     fed.add_argument("--fed-warmup", type=int, default=5, help="trainer steps not timed")
     fed.add_argument("--fed-workers", type=int, default=None, help="loader workers (cores)")
     args = parser.parse_args()
+    ssim.compiled_blur = args.compiled_blur
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
+from hyperkd.model.train import ssim
 from hyperkd.model.train.losses import ssim_map, tile_range, weighted_ssim
 from hyperkd.model.train.ssim import _stencil_blur, _stencil_blur_t, blur_matrix, gaussian_window
 
@@ -154,8 +155,11 @@ def test_stencil_blurs_for_compile_equal_the_matrix_blurs(shape: tuple[int, int]
 
 
 @pytest.mark.slow
-def test_torch_form_under_compile_equals_eager() -> None:
-    """The CUDA path as torch.compile traces it (stencils, fused), run on the CPU."""
+@pytest.mark.parametrize("blur", ssim.COMPILED_BLURS)
+def test_torch_form_under_compile_equals_eager(blur: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA path as torch.compile traces it (stencils or matrices, fused), on the CPU."""
+    monkeypatch.setattr(ssim, "compiled_blur", blur)
+    torch._dynamo.reset()  # the other form's graph must not be reused
     x, y, weight, dr = _case(2, 3, 24, 20, seed=11)
     go = torch.ones(2)
 

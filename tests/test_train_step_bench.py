@@ -43,8 +43,15 @@ def test_gpu_script_reduced_fed_stage_runs_on_cpu(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gpu_script_reduced_runs_every_stage_on_cpu(tmp_path: Path) -> None:
-    summary = _run_script(tmp_path, "b32-eager-fed b256-eager b256-compiled b32-compiled-fed")
-    for name in ("b32-eager-fed", "b256-eager", "b256-compiled", "b32-compiled-fed"):
+    stages = (
+        "b32-eager-fed",
+        "b256-eager",
+        "b256-compiled",
+        "b256-compiled-matrix",
+        "b32-compiled-fed",
+    )
+    summary = _run_script(tmp_path, " ".join(stages))
+    for name in stages:
         assert f"{name} (rc 0," in summary, summary
 
 

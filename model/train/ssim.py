@@ -27,6 +27,11 @@ __all__ = ["gaussian_window", "ssim_map", "weighted_ssim"]
 
 WINDOW, SIGMA = 11, 1.5
 K1, K2 = 0.01, 0.03
+COMPILED_BLURS = ("stencil", "matrix")
+compiled_blur = "stencil"
+"""The blur form ``torch.compile`` traces (benchmarks/train_step.py ``--compiled-blur``): the
+fusable 11-tap ``stencil`` or the eager path's banded ``matrix`` products. Both are float32 and
+equal to rounding; which one is faster on a GPU is what the benchmark measures."""
 _GRAD_BUFFERS = BufferPool()
 
 
@@ -131,7 +136,7 @@ def _stencil_blur_t(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def _blur(t: torch.Tensor, g: torch.Tensor, transpose: bool = False) -> torch.Tensor:
     """Blur (or its transpose) of the last two dims of ``t``, reflect-padded."""
     h, w = t.shape[-2:]
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and compiled_blur == "stencil":
         return _stencil_blur_t(t, g) if transpose else _stencil_blur(t, g)
     m_h, m_w = blur_matrix(h, g), blur_matrix(w, g)
     if transpose:
