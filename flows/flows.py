@@ -135,6 +135,8 @@ def tiles_stage(params: PipelineParams, ingest: IngestRecord, root: str) -> Tile
         "split_block_px": params.split_block_px,
         "seed": params.seed,
     }
+    if params.train_stride is not None:  # absent when unset: existing stores keep their URL
+        tile_cfg["train_stride"] = params.train_stride
     url = f"{root}/tiles-{fingerprint(tile_cfg, params.labels)}.zarr"
     build = _unless_gone(tasks.build_tiles, f"{url}/zarr.json")
     return build(

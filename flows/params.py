@@ -80,6 +80,11 @@ class PipelineParams(RegionParams):
     tile_size: int = Field(default=defaults.TILE_SIZE, gt=0)
     patch_size: int = Field(default=defaults.PATCH_SIZE, gt=0)
     stride: int | None = None
+    train_stride: int | None = Field(
+        default=None,
+        gt=0,
+        description="step of train tiles (a divisor of the stride); None = the stride",
+    )
     min_valid: float = Field(default=0.5, ge=0, le=1)
     split_block_px: int | None = Field(
         default=None, gt=0, description="spatial split blocks; None = 4 tiles"

@@ -172,6 +172,42 @@ def test_overlapping_stride_drops_the_tiles_that_would_leak() -> None:
     assert {"train", "val", "test"} <= set(splits[keep])
 
 
+def test_train_stride_adds_overlapping_train_tiles_and_keeps_val_and_test(
+    store: tuple[str, list], tmp_path: Path
+) -> None:
+    out, scenes = store
+    fine = str(tmp_path / "fine.zarr")
+    cfg = TileConfig(tile_size=32, patch_size=8, split_block_px=64, train_stride=16)
+    write_tile_store(scenes, fine, cfg)
+    assert verify_tiles(fine) == []
+
+    def places(url: str) -> dict[str, set[tuple[int, int, int]]]:
+        index = zarr.open_group(url, mode="r")["index"]
+        columns = ("split", "scene", "y0", "x0")
+        rows = zip(*(index[c][:].tolist() for c in columns), strict=True)
+        out: dict[str, set] = {}
+        for split, scene, y0, x0 in rows:
+            out.setdefault(split, set()).add((scene, int(y0), int(x0)))
+        return out
+
+    plain, overlapping = places(out), places(fine)
+    assert overlapping["val"] == plain["val"] and overlapping["test"] == plain["test"]
+    assert overlapping["train"] > plain["train"]  # a strict superset
+    assert any(y0 % 32 or x0 % 32 for _, y0, x0 in overlapping["train"])
+    assert zarr.open_group(fine, mode="r").attrs["train_stride"] == 16
+    with pytest.raises(ValueError, match="train stride 24"):
+        TileConfig(tile_size=32, patch_size=8, train_stride=24)
+
+
+def test_verify_catches_a_train_tile_off_its_grid(tmp_path: Path) -> None:
+    fine = str(tmp_path / "fine.zarr")
+    cfg = TileConfig(tile_size=32, patch_size=8, split_block_px=64, train_stride=16)
+    write_tile_store(_scenes(), fine, cfg)
+    root = zarr.open_group(fine, mode="r+")
+    root.attrs["train_stride"] = 32  # claims the plain grid: the overlapping tiles are off it
+    assert any("stride-32 grid" in p for p in verify_tiles(fine))
+
+
 def test_verify_catches_a_leaking_split(store: tuple[str, list], tmp_path: Path) -> None:
     import shutil
 

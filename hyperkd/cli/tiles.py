@@ -24,6 +24,7 @@ class TilesCommand:
     tile_size: int = 128
     patch_size: int = 16
     stride: int | None = None
+    train_stride: int | None = None
     labels: tuple[tuple[str, str], ...] = ()
     min_valid: float = 0.5
     split_block_px: int | None = None
@@ -51,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--stride", type=int, default=None, metavar="PX", help="tile step (default: tile size)"
+    )
+    parser.add_argument(
+        "--train-stride",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="step of train tiles, a divisor of the stride: overlapping train tiles, val and "
+        "test unchanged (default: the stride)",
     )
     parser.add_argument(
         "--labels",
@@ -111,6 +120,7 @@ def run_tiles(args: argparse.Namespace) -> int:
         tile_size=args.tile_size,
         patch_size=args.patch_size,
         stride=args.stride,
+        train_stride=args.train_stride,
         labels=tuple(parse_label_arg(text) for text in args.labels),
         min_valid=args.min_valid,
         split_block_px=args.split_block,
@@ -132,6 +142,7 @@ def run_tiles(args: argparse.Namespace) -> int:
         tile_size=command.tile_size,
         patch_size=command.patch_size,
         stride=command.stride,
+        train_stride=command.train_stride,
         min_valid=command.min_valid,
         split_block_px=command.split_block_px,
         allow_empty_splits=command.allow_empty_splits,

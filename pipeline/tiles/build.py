@@ -73,6 +73,11 @@ class TileConfig:
     """ViT patch edge P, pixels; significance maps are ``(T/P, T/P)`` per tile."""
     stride: int | None = None
     """Step between tile origins, pixels; ``None`` = ``tile_size`` (no overlap)."""
+    train_stride: int | None = None
+    """Step between the origins of *train* tiles, pixels; ``None`` = ``stride``. A finer step
+    (a divisor of ``stride``) adds overlapping train tiles, so a small region gives the model
+    more placements of the patch grid to learn from; val and test stay on the ``stride``
+    grid, exactly the tiles a store without it holds."""
     min_valid: float = 0.5
     """Tiles whose valid-pixel fraction is below this are dropped."""
     split_block_px: int | None = None
@@ -97,6 +102,12 @@ class TileConfig:
             raise ValueError(f"tile size {t} must be a positive multiple of the patch size {p}")
         if s <= 0 or s % p:
             raise ValueError(f"stride {s} must be a positive multiple of the patch size {p}")
+        ts = self.train_step
+        if ts <= 0 or ts % p or s % ts:
+            raise ValueError(
+                f"train stride {ts} must be a positive multiple of the patch size {p} "
+                f"that divides the stride {s}"
+            )
         if not 0.0 <= self.min_valid <= 1.0:
             raise ValueError(f"min valid fraction must be in [0, 1], got {self.min_valid}")
         if self.shard is not None and self.shard <= 0:
@@ -108,6 +119,10 @@ class TileConfig:
     @property
     def step(self) -> int:
         return self.stride if self.stride is not None else self.tile_size
+
+    @property
+    def train_step(self) -> int:
+        return self.train_stride if self.train_stride is not None else self.step
 
     @property
     def block_px(self) -> int:
@@ -140,7 +155,7 @@ def _plan(
     scene_i, origins, fractions = [], [], []
     for i, scene in enumerate(scenes):
         valid = np.asarray(scene["valid"].values, dtype=bool)
-        o = tile_origins(valid.shape[0], valid.shape[1], T, cfg.step)
+        o = tile_origins(valid.shape[0], valid.shape[1], T, cfg.train_step)  # ⊇ the stride grid
         scene_i.append(np.full(len(o), i, dtype=np.int64))
         origins.append(o)
         fractions.append(tile_fraction(valid, o, T))
@@ -149,6 +164,9 @@ def _plan(
     dropped = {"invalid": int((~ok).sum())}
     sc, org, vf = sc[ok], org[ok], vf[ok]
     splits = block_splits(org, cfg.block_px, cfg.split_fractions, cfg.seed)
+    # Only train tiles use the finer train grid: val and test keep the stride grid.
+    on_grid = (splits == "train") | np.all(org % cfg.step == 0, axis=1)
+    sc, org, vf, splits = sc[on_grid], org[on_grid], vf[on_grid], splits[on_grid]
     keep = drop_leaks(org, splits, T)
     dropped["leakage"] = int((~keep).sum())
     order = np.lexsort((org[keep, 1], org[keep, 0], sc[keep]))
@@ -182,6 +200,8 @@ def _params_hash(cfg: TileConfig, source: str, labels: Mapping[str, str]) -> str
         label_ids[name] = digest
     params = asdict(cfg)
     params.pop("allow_empty_splits")
+    if cfg.train_stride is None:  # stores written before the option keep their hash
+        params.pop("train_stride")
     blob = json.dumps([params, source, label_ids, TILES_VERSION], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -295,6 +315,7 @@ def write_tile_store(
             "tile_size": cfg.tile_size,
             "patch_size": cfg.patch_size,
             "stride": cfg.step,
+            "train_stride": cfg.train_step,
             "min_valid": cfg.min_valid,
             "split_block_px": cfg.block_px,
             "split_fractions": list(cfg.split_fractions),

@@ -114,7 +114,8 @@ INDEX_COLUMNS: tuple[Column, ...] = (
     Column(
         "y0",
         "int32",
-        "pixel offsets of the tile's upper-left corner in the cube grid, multiples of the stride",
+        "pixel offsets of the tile's upper-left corner in the cube grid, multiples of the stride "
+        "(of `train_stride` for train tiles)",
     ),
     Column("x0", "int32", "as `y0`, along x"),
     Column("valid_fraction", "float32", "mean of the stored `valid` tile"),
@@ -139,7 +140,12 @@ ROOT_ATTRS: tuple[tuple[str, str], ...] = (
     ),
     ("tile_size", "T, pixels"),
     ("patch_size", "P, pixels"),
-    ("stride", "step between tile origins, pixels"),
+    ("stride", "step between tile origins, pixels (val and test tiles)"),
+    (
+        "train_stride",
+        "step between train tile origins, pixels: `stride` or a divisor of it (overlapping "
+        "train tiles); absent in stores written before it, which read as `stride`",
+    ),
     ("min_valid", "the valid-fraction threshold tiles were filtered with"),
     ("split_block_px", "the spatial block size of the split"),
     ("split_fractions", "the train/val/test block shares"),
@@ -170,7 +176,9 @@ ROOT_ATTRS: tuple[tuple[str, str], ...] = (
     ("params_hash", "sha256 of the parameters, the cube's root document and the label files"),
 )
 REQUIRED_ATTRS = tuple(
-    name for name, _ in ROOT_ATTRS if name not in ("dropped", "hyperkd:kind", "split_fractions")
+    name
+    for name, _ in ROOT_ATTRS
+    if name not in ("dropped", "hyperkd:kind", "split_fractions", "train_stride")
 )
 
 

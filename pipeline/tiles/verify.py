@@ -187,14 +187,21 @@ def _verify(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
         problems.append("index/tile_id is not 0..n-1")
     h, w = (int(v) for v in attrs["grid_shape"])
     y0, x0 = col["y0"].astype(np.int64), col["x0"].astype(np.int64)
-    if np.any(y0 % stride) or np.any(x0 % stride):
-        problems.append(f"tile offsets are not on the stride-{stride} grid")
+    split = as_str(col["split"])
+    train_stride = int(attrs.get("train_stride", stride))
+    if train_stride <= 0 or stride % train_stride:
+        problems.append(f"train stride {train_stride} does not divide the stride {stride}")
+        train_stride = stride
+    step = np.where(split == "train", train_stride, stride)
+    if np.any(y0 % step) or np.any(x0 % step):
+        problems.append(
+            f"tile offsets are not on the stride-{stride} grid (train-stride {train_stride})"
+        )
     if np.any(y0 < 0) or np.any(x0 < 0) or np.any(y0 + T > h) or np.any(x0 + T > w):
         problems.append("tile offsets reach outside the cube grid")
     vf = col["valid_fraction"]
     if np.any(vf < float(attrs["min_valid"])) or np.any(vf > 1):
         problems.append(f"valid_fraction outside [{attrs['min_valid']}, 1]")
-    split = as_str(col["split"])
     unknown = sorted(set(split.tolist()) - set(SPLITS))
     if unknown:
         problems.append(f"unknown split names {unknown}")
