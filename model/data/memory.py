@@ -12,7 +12,7 @@ trainer's exact resume holds: epoch ``e`` yields the same batches whenever it is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,7 +44,11 @@ class MemoryTiles:
     and ``ds[i]`` (one sample dict, not augmented).
     """
 
-    def __init__(self, dataset: Any, batch_size: int = 16) -> None:
+    def __init__(
+        self, dataset: Any, batch_size: int = 16, fields: Sequence[str] | None = None
+    ) -> None:
+        """``fields``: the sample keys to keep (None = all). A teacher run keeps ``teacher``
+        and ``valid`` only, so its batches do not gather and rotate 218 student bands."""
         from hyperkd.model.data.loader import make_loader
 
         self.info = dataset.info
@@ -53,7 +57,8 @@ class MemoryTiles:
         loader = make_loader(dataset, batch_size, shuffle=False, drop_last=False, num_workers=0)
         for batch in loader:
             for key, value in batch.items():
-                chunks.setdefault(key, []).append(value.clone())
+                if fields is None or key in fields:
+                    chunks.setdefault(key, []).append(value.clone())
         if not chunks:
             raise ValueError("no tiles to cache")
         self.tiles = {key: torch.cat(parts) for key, parts in chunks.items()}
@@ -68,29 +73,28 @@ class MemoryTiles:
         self, positions: np.ndarray, choices: np.ndarray | None = None
     ) -> dict[str, torch.Tensor]:
         """The tiles at ``positions``, each flipped/rotated by its ``choices`` entry (0-7:
-        ``k, flip = divmod(choice, 2)``, as :class:`TileDataset` draws them; None: none)."""
-        index = torch.from_numpy(np.asarray(positions, dtype=np.int64))
-        out = {key: value[index] for key, value in self.tiles.items()}
+        ``k, flip = divmod(choice, 2)``, as :class:`TileDataset` draws them; None: none).
+
+        Each sample is copied once, from a rotated/flipped numpy *view* of the cache (numpy
+        views may have negative strides; torch's ``flip`` and ``rot90`` copy) straight into
+        the batch, instead of a gather, a clone and per-choice copies.
+        """
+        index = np.asarray(positions, dtype=np.int64)
         if choices is None or not np.any(choices):
-            return out
-        for key, value in out.items():
-            if key in _SPATIAL_SKIP:
-                continue
-            out[key] = _augment(value, torch.from_numpy(np.asarray(choices, dtype=np.int64)))
+            return {key: value[torch.from_numpy(index)] for key, value in self.tiles.items()}
+        out = {}
+        for key, value in self.tiles.items():
+            batch = value.new_empty((len(index), *value.shape[1:]))
+            source, target = value.numpy(), batch.numpy()  # shared memory, no copies
+            for slot, (i, choice) in enumerate(zip(index.tolist(), choices.tolist(), strict=True)):
+                sample = source[i]
+                if key not in _SPATIAL_SKIP and choice:
+                    k, flip = divmod(int(choice), 2)
+                    sample = np.rot90(sample, k, axes=(-2, -1))
+                    sample = sample[..., ::-1] if flip else sample
+                target[slot] = sample
+            out[key] = batch
         return out
-
-
-def _augment(x: torch.Tensor, choices: torch.Tensor) -> torch.Tensor:
-    """(B, ..., H, W) -> each sample rotated by ``k`` quarter turns then flipped in W."""
-    out = x.clone()
-    for choice in torch.unique(choices).tolist():
-        if choice == 0:
-            continue
-        rows = torch.nonzero(choices == choice)[:, 0]
-        k, flip = divmod(int(choice), 2)
-        v = torch.rot90(x[rows], k, dims=(-2, -1))
-        out[rows] = v.flip(-1) if flip else v
-    return out
 
 
 def memory_loader_factory(

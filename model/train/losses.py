@@ -118,7 +118,7 @@ def hyperkd_loss(
     *,
     pred: torch.Tensor,
     target: torch.Tensor,
-    recon: torch.Tensor,
+    recon: torch.Tensor | None,
     target_img: torch.Tensor,
     mask: torch.Tensor,
     mask_img: torch.Tensor,
@@ -131,7 +131,8 @@ def hyperkd_loss(
 
     Args:
         pred, target: (B, L, P*P*C) predicted and true patches.
-        recon, target_img: (B, C, H, W) composite reconstruction and tile.
+        recon, target_img: (B, C, H, W) composite reconstruction and tile; ``recon`` is read
+            by the SSIM term only (None without it).
         mask: (B, L) masked patches; mask_img: (B, 1, H, W) the same per pixel.
         valid, valid_img: (B, L, P*P) and (B, 1, H, W) pixel validity, or None.
         student_kd, teacher_kd: (B, K, D_teacher) tokens for the KLD (``kld`` losses only).
@@ -140,6 +141,8 @@ def hyperkd_loss(
     recon_term = mse
     out: dict[str, torch.Tensor] = {"mse": mse.detach()}
     if config.use_ssim:
+        if recon is None:
+            raise ValueError("the SSIM term needs the composite reconstruction")
         weight = mask_img if valid_img is None else mask_img * valid_img.float()
         ssim = weighted_ssim(recon, target_img, weight, tile_range(target_img)).mean()
         recon_term = recon_term + (1.0 - ssim)

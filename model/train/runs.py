@@ -274,7 +274,9 @@ def _prepare(
         from hyperkd.model.data.memory import MemoryTiles, fits_in_memory, memory_loader_factory
 
         if train.memory_cache == "on" or fits_in_memory(dataset):
-            dataset = MemoryTiles(dataset)
+            # A teacher reads its six bands only (TeacherPretrainTask.forward).
+            fields = ("teacher", "valid") if kind == "teacher" else None
+            dataset = MemoryTiles(dataset, fields=fields)
             loader_factory = memory_loader_factory(
                 dataset, train.batch_size, seed=train.seed, augment=train.augment,
                 rank=env.rank, world_size=env.world_size,

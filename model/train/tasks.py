@@ -114,8 +114,10 @@ class DistillationTask(nn.Module):
         pred = student.forward_decoder(latent, patch_mask.ids_restore)  # (B, L, P*P*C)
         target = student.patchify(imgs)  # (B, L, P*P*C)
         valid = batch.get("valid")
-        m = patch_mask.mask[..., None]  # (B, L, 1)
-        recon = student.unpatchify(pred * m + target * (1 - m))  # (B, C, T, T) composite
+        recon = None  # (B, C, T, T): predicted masked patches, true visible ones (SSIM only)
+        if cfg.use_ssim:
+            masked = patch_mask.mask[..., None].bool()  # (B, L, 1)
+            recon = student.unpatchify(torch.where(masked, pred, target))
         student_kd = teacher_kd = None
         if cfg.use_kd:
             assert self.teacher is not None and self.kd_proj is not None and hidden is not None
