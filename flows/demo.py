@@ -73,6 +73,7 @@ def demo(out: str, size: str = "medium", seed: int = 0, steps: int | None = None
         tile_size=64,
         patch_size=8,
         split_block_px=128,
+        train_stride=defaults.DEMO_TRAIN_STRIDE,
         labels=region["labels"],
         teacher_steps=steps or defaults.DEMO_TEACHER_STEPS,
         student_steps=steps or defaults.DEMO_STUDENT_STEPS,
