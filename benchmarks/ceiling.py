@@ -14,6 +14,10 @@ PSNR (peak 1.0 reflectance) is printed beside it, scored like ``hyperkd evaluate
 random masks (ratio 0.75, seed 0) for every predictor. Also printed: the share of the split's
 spectral variance in its top 1, 5 and 16 principal components (how low-rank the spectra are).
 
+``smooth_interpolation`` asks how much of the within part is smooth, i.e. predictable from the
+visible patch means alone: every masked *pixel* is a Gaussian-kernel mix (sigma 0.75 patches,
+pixel to patch centre) of the visible patches' mean spectra, so it varies inside a patch.
+
     .venv/bin/python benchmarks/ceiling.py --tiles T.zarr [--student RUN] [--split val]
 """
 
@@ -47,6 +51,31 @@ def split_mse(
     return float(mean_part), float(within)
 
 
+def smooth_interpolation(
+    x: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor, patch: int, sigma: float = 0.75
+) -> torch.Tensor:
+    """(B, C, H, W): each pixel a Gaussian mix of the visible patch means (sigma in patches)."""
+    means, counts = patch_means(x, valid, patch)  # (B, C, h, w), (B, h, w)
+    b, c, h, w = means.shape
+    centres = (torch.arange(h, dtype=torch.float32) + 0.5) * patch
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")
+    pix = torch.arange(h * patch, dtype=torch.float32) + 0.5
+    py, px = torch.meshgrid(pix, pix, indexing="ij")
+    d2 = (
+        torch.cdist(
+            torch.stack([py.flatten(), px.flatten()], 1),
+            torch.stack([cy.flatten(), cx.flatten()], 1),
+        )
+        ** 2
+        / patch**2
+    )  # (H*W, L) squared distance, patches
+    source = (1 - mask.float()) * (counts.flatten(1) > 0).float()  # (B, L) usable visible
+    weight = torch.exp(-d2 / (2 * sigma**2))[None] * source[:, None, :]  # (B, H*W, L)
+    weight = weight / weight.sum(-1, keepdim=True).clamp_min(1e-12)
+    mixed = weight @ means.flatten(2).transpose(1, 2)  # (B, H*W, C)
+    return mixed.transpose(1, 2).reshape(b, c, h * patch, w * patch)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiles", required=True)
@@ -73,6 +102,7 @@ def main() -> None:
             k: f(x, pm.mask, valid, patch) for k, f in predictors(torch.zeros(x.shape[1])).items()
         }
         means, _ = patch_means(x, valid, patch)
+        preds["smooth_interpolation"] = smooth_interpolation(x, pm.mask, valid, patch)
         preds["oracle_patch_mean"] = means.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
         if student is not None:
             with torch.no_grad():
