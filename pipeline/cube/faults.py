@@ -12,8 +12,7 @@ import time
 from typing import Any
 
 PAUSE_ENV = "HYPERKD_TEST_PAUSE_AT"
-"""Fault injection for the kill tests: at the named stage the writer touches the file named by
-``HYPERKD_TEST_PAUSE_FILE`` and sleeps, so a test can SIGKILL it there. Unset in normal use."""
+"""``stage`` or ``stage:k``: where a writer pauses (see :func:`pause_point`)."""
 
 _pause_counts: dict[str, int] = {}
 

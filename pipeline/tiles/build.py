@@ -155,7 +155,7 @@ def _plan(
     scene_i, origins, fractions = [], [], []
     for i, scene in enumerate(scenes):
         valid = np.asarray(scene["valid"].values, dtype=bool)
-        o = tile_origins(valid.shape[0], valid.shape[1], T, cfg.train_step)  # ⊇ the stride grid
+        o = tile_origins(valid.shape[0], valid.shape[1], T, cfg.train_step)  # holds the stride grid
         scene_i.append(np.full(len(o), i, dtype=np.int64))
         origins.append(o)
         fractions.append(tile_fraction(valid, o, T))
