@@ -208,6 +208,11 @@ def test_a_training_run_killed_before_its_first_checkpoint_is_ours(tmp_path: Pat
     (tmp_path / "run" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="holds files that are not a hyperkd output"):
         check_output(tmp_path / "run", "student")
+    (tmp_path / "theirs").mkdir()  # a file of the log's name that the trainer did not write
+    (tmp_path / "theirs" / "metrics.jsonl").write_text("epoch,accuracy\n1,0.5\n")
+    with pytest.raises(ValueError, match="holds files that are not a hyperkd output"):
+        check_output(tmp_path / "theirs", "student")
+    assert (tmp_path / "theirs" / "metrics.jsonl").read_text() == "epoch,accuracy\n1,0.5\n"
 
 
 def test_a_folder_holding_only_a_lock_is_a_cube_being_created(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ accept any folder that is not a store of another kind, because they delete nothi
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 from collections.abc import Iterable, Mapping
@@ -91,9 +92,23 @@ def store_kind(store: CubeStore) -> str | None:
         return str(run["kind"])
     if "checkpoints" in names and store.exists("checkpoints/latest.json"):
         return "run"  # started, not finished: either training kind may resume it
-    if set(names) <= {"metrics.jsonl", "checkpoints"}:
+    if set(names) <= {"metrics.jsonl", "checkpoints"} and _is_training_log(store):
         return "run"  # killed before its first checkpoint: only the trainer's own files
     return None
+
+
+def _is_training_log(store: CubeStore) -> bool:
+    """Whether ``metrics.jsonl`` (if any) is the trainer's log: one JSON object with an
+    integer ``step`` per line. A fresh start replaces that log, so a file of the same name
+    that is not one must not pass for a killed run."""
+    raw = store.read_bytes("metrics.jsonl")
+    if raw is None:
+        return True
+    try:
+        lines = [json.loads(line) for line in raw.decode().splitlines() if line.strip()]
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in lines)
 
 
 def _half_created_group(store: CubeStore, group: str) -> bool:
