@@ -4,8 +4,9 @@ Not the trainer: a short loop (AdamW, warm-up + cosine, flips/rot90s, random mas
 MSE on masked patches) that varies one lever at a time (``--rank``: the spectral
 factorisation and its PCA or random start; ``--lr``; ``--sizes``: preset overrides;
 ``--resid``: predict the residual over interpolation; ``--revin``: see and predict deviations
-from each tile's visible mean spectrum; ``--eval-tiles``: train on one store, e.g. one cut at a
-finer stride, and score another's split) and scores the val split like
+from each tile's visible mean spectrum; ``--fixed``: the product's fixed spectral basis, trained
+on the cached components, ``spectral_basis="fixed"``; ``--eval-tiles``: train on one store,
+e.g. one cut at a finer stride, and score another's split) and scores the val split like
 ``hyperkd evaluate``: 3 random masks per tile, the baselines on the same masks. The levers
 that won went into the product (``spectral_dim``, the demo's lr); benchmarks/SCIENCE.md has
 the numbers.
@@ -30,7 +31,8 @@ from hyperkd.model.evaluate.baselines import patch_means, predictors
 from hyperkd.model.evaluate.metrics import reconstruction_metrics
 from hyperkd.model.nets.mae import StudentMAE, student_config
 from hyperkd.model.nets.masking import Masking
-from hyperkd.model.train.tasks import mask_image
+from hyperkd.model.train.losses import masked_component_mse
+from hyperkd.model.train.tasks import mask_image, valid_patches
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--tiles", required=True)
@@ -48,6 +50,7 @@ ap.add_argument("--wloss", action="store_true")
 ap.add_argument("--resid", action="store_true")
 ap.add_argument("--randinit", action="store_true")
 ap.add_argument("--revin", action="store_true")
+ap.add_argument("--fixed", action="store_true", help="fixed PCA basis, loss on components")
 ap.add_argument("--eval-tiles", help="score this store's split instead (renormalised)")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
@@ -97,7 +100,13 @@ class Factorised(StudentMAE):
 cfg = dataclasses.replace(
     student_config("tiny", img_size=T, patch_size=P, in_chans=C), **json.loads(a.sizes)
 )
-if a.rank:
+if a.fixed:  # the product's StudentMAE with spectral_basis="fixed"; the split as components
+    model = StudentMAE(dataclasses.replace(cfg, spectral_dim=a.rank, spectral_basis="fixed"))
+    model.init_spectral_basis(x_tr.permute(0, 2, 3, 1).reshape(-1, C)[::7])
+    parts = [model.project_bands(x_tr[i : i + 32]) for i in range(0, len(x_tr), 32)]
+    z_tr = torch.cat([p[0] for p in parts])  # (N, k, T, T)
+    res_tr = torch.cat([p[1] for p in parts])  # (N, T, T)
+elif a.rank:
     centred = x_tr - x_tr.mean(dim=(2, 3), keepdim=True) if a.revin else x_tr
     pix = centred.permute(0, 2, 3, 1).reshape(-1, C)[::7]
     mean = pix.mean(0)
@@ -159,15 +168,24 @@ for step in range(a.steps):
     if len(order) < a.batch:
         order += list(rng.permutation(len(x_tr)))
     idx, order = order[: a.batch], order[a.batch :]
-    x = x_tr[idx]
-    k = int(rng.integers(4))
+    x = z_tr[idx] if a.fixed else x_tr[idx]
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
     x = torch.rot90(x, k, (2, 3))
-    if rng.integers(2):
+    if flip:
         x = x.flip(3)
     pm = masking(x.shape[0], G * G, generator=g)
     vx = torch.ones(x.shape[0], T, T, dtype=torch.bool)
-    pred = predict(model, x, pm, vx)
-    out = {"pred": pred, "loss": model.forward_loss(x, pred, pm.mask)}
+    if a.fixed:
+        res = torch.rot90(res_tr[idx], k, (1, 2))
+        res = res.flip(2) if flip else res
+        latent, _ = model.forward_encoder_components(x, pm)
+        pred = model.forward_decoder_components(latent, pm.ids_restore)  # (B, L, P*P*k)
+        target = model.patchify(x, components=True)
+        loss = masked_component_mse(pred, target, valid_patches(res, P), C, pm.mask)
+        out = {"pred": pred, "loss": loss}
+    else:
+        pred = predict(model, x, pm, vx)
+        out = {"pred": pred, "loss": model.forward_loss(x, pred, pm.mask)}
     if a.wloss:
         tgt = model.patchify(x)
         pred = out["pred"]
@@ -177,7 +195,7 @@ for step in range(a.steps):
     opt.step()
     opt.zero_grad(set_to_none=True)
     sched.step()
-    losses.append(float(out["loss"]))
+    losses.append(float(out["loss"].detach()))
     if step % 100 == 0 or step == a.steps - 1:
         print(step, round(float(np.mean(losses[-50:])), 4), round(time.time() - t0, 1), flush=True)
 train_s, train_cpu = time.time() - t0, cpu() - c0

@@ -85,6 +85,7 @@ def demo(out: str, size: str = "medium", seed: int = 0, steps: int | None = None
         # factorises the student's 218 bands through 16 spectral components (0.6-0.8x the step time).
         lr=defaults.DEMO_LR,
         spectral_dim=defaults.DEMO_SPECTRAL_DIM,
+        spectral_basis=defaults.DEMO_SPECTRAL_BASIS,
         seed=seed,
         dask_address=None,
     )

@@ -170,11 +170,15 @@ def run_dir_of(
     teacher_key = teacher.fingerprint if isinstance(teacher, RunRecord) else teacher
     if params.official_teacher:  # the same .pt read as another architecture is another run
         teacher_key = f"{teacher_key}#{params.teacher_architecture}"
-    key = fingerprint(
+    parts = [
         tiles.fingerprint, teacher_key, params.student_preset, params.masking, params.loss,
         params.student_steps, params.batch_size, params.seed, params.lr,
-    )  # fmt: skip
-    return f"{root}/runs/{key}"
+    ]  # fmt: skip
+    # The spectral factorisation is another student too; appended only when set, so folders
+    # of full-band students keep their names.
+    if params.spectral_dim:
+        parts += [params.spectral_dim, params.spectral_basis]
+    return f"{root}/runs/{fingerprint(*parts)}"
 
 
 def student_stage(
@@ -184,7 +188,7 @@ def student_stage(
     return distill(
         tiles, teacher, f"{run_dir}/student", params.student_preset, params.masking, params.loss,
         params.student_steps, params.batch_size, params.seed, params.lr,
-        params.teacher_architecture, params.spectral_dim,
+        params.teacher_architecture, params.spectral_dim, params.spectral_basis,
     )  # fmt: skip
 
 

@@ -216,6 +216,7 @@ def distill_student(
     lr: float | None,
     teacher_preset: str = defaults.OFFICIAL_TEACHER_PRESET,
     spectral_dim: int = defaults.SPECTRAL_DIM,
+    spectral_basis: str = defaults.SPECTRAL_BASIS,
 ) -> RunRecord:
     """Distils the student from the teacher on the tile store; ``teacher_preset`` is the
     architecture of an official ``.pt`` teacher (a run folder carries its own)."""
@@ -238,16 +239,15 @@ def distill_student(
         masking=Masking(masking),
         loss=LossConfig(loss),
         spectral_dim=spectral_dim,
+        spectral_basis=spectral_basis,
     )
     run_distill(cfg, on_step=_progress("student-distillation", steps))
     key = teacher.fingerprint if isinstance(teacher, RunRecord) else teacher
-    return RunRecord(
-        "student",
-        out,
-        fingerprint(
-            tiles.fingerprint, key, preset, masking, loss, steps, batch_size, seed, lr, spectral_dim
-        ),
-    )
+    parts = [tiles.fingerprint, key, preset, masking, loss, steps, batch_size, seed, lr]
+    parts.append(spectral_dim)
+    if spectral_basis != "learned":  # learned-basis runs keep the fingerprints they had
+        parts.append(spectral_basis)
+    return RunRecord("student", out, fingerprint(*parts))
 
 
 @task(cache_policy=CACHE, persist_result=True)

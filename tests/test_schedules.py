@@ -84,6 +84,32 @@ def test_the_official_teacher_preset_reaches_the_student_task(tmp_path: Path) ->
     assert run_dir_of(v1, tiles, "/w/p.pt", "r") != run_dir_of(v2, tiles, "/w/p.pt", "r")
 
 
+def test_the_spectral_factorisation_names_its_own_run_folder() -> None:
+    """Students that differ only in spectral_dim or basis never share (and skip) a run folder;
+    a full-band student's folder keeps the name it had before the options existed."""
+    import hashlib
+    import json
+
+    from hyperkd.flows.flows import run_dir_of
+    from hyperkd.flows.records import TileRecord
+
+    tiles = TileRecord("t.zarr", 4, {"train": 4}, "abc")
+    base = dict(region="demo", sources=("enmap-dlr",), start="2024-01-01", end="2024-02-01",
+                out="/tmp/x")  # fmt: skip
+    variants = [
+        PipelineParams(**base),
+        PipelineParams(**base, spectral_dim=16),
+        PipelineParams(**base, spectral_dim=16, spectral_basis="fixed"),
+    ]
+    dirs = {run_dir_of(p, tiles, "t0", "r") for p in variants}
+    assert len(dirs) == 3
+    p = variants[0]
+    old = [tiles.fingerprint, "t0", p.student_preset, p.masking, p.loss, p.student_steps,
+           p.batch_size, p.seed, p.lr]  # fmt: skip
+    key = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    assert run_dir_of(p, tiles, "t0", "r") == f"r/runs/{key}"
+
+
 def test_the_example_schedules_load_with_pools_and_time_zones() -> None:
     from hyperkd.flows.serve import deployments, load_schedules
 

@@ -110,6 +110,7 @@ def pipeline_params(args: argparse.Namespace):  # -> PipelineParams
         teacher=args.teacher,
         student_preset=args.preset,
         spectral_dim=args.spectral_dim,
+        spectral_basis=args.spectral_basis,
         teacher_preset=args.teacher_preset,
         teacher_steps=args.steps,
         student_steps=args.steps,
@@ -189,6 +190,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spectral-dim", type=int, default=defaults.SPECTRAL_DIM, metavar="K",
                    help="spectral components per pixel of the student's embedding and head "
                    "(0 = every band)")  # fmt: skip
+    p.add_argument("--spectral-basis", default=defaults.SPECTRAL_BASIS, choices=defaults.SPECTRAL_BASES,
+                   help="learn the spectral components from their PCA start, or keep them fixed "
+                   "(the loss then runs on the components)")  # fmt: skip
     p.add_argument("--teacher-preset", default=None, choices=defaults.TEACHER_PRESETS,
                    help=f"teacher architecture (default: {defaults.PRETRAIN_TEACHER_PRESET} to "
                    f"pretrain, {defaults.OFFICIAL_TEACHER_PRESET} for a .pt)")  # fmt: skip

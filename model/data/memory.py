@@ -12,7 +12,7 @@ trainer's exact resume holds: epoch ``e`` yields the same batches whenever it is
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,15 +26,39 @@ DEFAULT_BUDGET = 2 * 1024**3
 _SPATIAL_SKIP = ("tile_id",)
 
 
-def tile_bytes(info: Any) -> int:
-    """Decoded bytes of one tile: float32 student and teacher, maps, valid mask, labels."""
+def tile_bytes(
+    info: Any, *, student_channels: int | None = None, fields: Sequence[str] | None = None
+) -> int:
+    """Decoded bytes of one cached tile: float32 student and teacher, maps, valid mask, labels.
+
+    ``student_channels``: float32 channels kept for the student (default: its C bands; a
+    fixed-basis student keeps k components and a residual). ``fields``: only the student-free
+    fields named (a teacher's ``teacher`` and ``valid``), or None for all.
+    """
     t, g = info.tile_size, info.tile_size // info.patch_size
-    return 4 * (info.n_bands + 6) * t * t + 8 * g * g + t * t + 8 * len(info.labels) * t * t
+    student = info.n_bands if student_channels is None else student_channels
+    sizes = {
+        "student": 4 * student * t * t,
+        "teacher": 4 * 6 * t * t,
+        "maps": 8 * g * g,
+        "valid": t * t,
+        "labels": 8 * len(info.labels) * t * t,
+    }
+    if fields is not None:
+        return sum(sizes[k] for k in fields if k in sizes)
+    return sum(sizes.values())
 
 
-def fits_in_memory(dataset: Any, budget: int = DEFAULT_BUDGET) -> bool:
-    """Whether ``dataset`` decoded whole stays under ``budget`` bytes."""
-    return len(dataset) * tile_bytes(dataset.info) <= budget
+def fits_in_memory(
+    dataset: Any,
+    budget: int = DEFAULT_BUDGET,
+    *,
+    student_channels: int | None = None,
+    fields: Sequence[str] | None = None,
+) -> bool:
+    """Whether ``dataset`` decoded whole (as :func:`tile_bytes` counts) stays under ``budget``."""
+    size = tile_bytes(dataset.info, student_channels=student_channels, fields=fields)
+    return len(dataset) * size <= budget
 
 
 class MemoryTiles:
@@ -45,10 +69,17 @@ class MemoryTiles:
     """
 
     def __init__(
-        self, dataset: Any, batch_size: int = 16, fields: Sequence[str] | None = None
+        self,
+        dataset: Any,
+        batch_size: int = 16,
+        fields: Sequence[str] | None = None,
+        transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
     ) -> None:
         """``fields``: the sample keys to keep (None = all). A teacher run keeps ``teacher``
-        and ``valid`` only, so its batches do not gather and rotate 218 student bands."""
+        and ``valid`` only, so its batches do not gather and rotate 218 student bands.
+        ``transform``: maps each decoded batch to what is kept (a fixed-basis student's
+        projection, :meth:`StudentMAE.project_bands`), so the full bands of the whole split
+        never sit in RAM at once."""
         from hyperkd.model.data.loader import make_loader
 
         self.info = dataset.info
@@ -56,6 +87,8 @@ class MemoryTiles:
         chunks: dict[str, list[torch.Tensor]] = {}
         loader = make_loader(dataset, batch_size, shuffle=False, drop_last=False, num_workers=0)
         for batch in loader:
+            if transform is not None:
+                batch = transform(batch)
             for key, value in batch.items():
                 if fields is None or key in fields:
                     chunks.setdefault(key, []).append(value.clone())

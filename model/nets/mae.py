@@ -16,6 +16,7 @@ from timm.layers import PatchEmbed, resample_abs_pos_embed
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from hyperkd.defaults import SPECTRAL_BASES
 from hyperkd.model.nets.masking import PatchMask
 from hyperkd.model.nets.pos_embed import sincos_2d
 
@@ -46,6 +47,12 @@ class MAEConfig:
     patch embedding, a shared k -> C layer after the head), initialised from the train split's
     principal components (:meth:`StudentMAE.init_spectral_basis`). EnMAP spectra are nearly
     low-rank, so this is MAE at rank k, for 0.6-0.8x the step time (benchmarks/SCIENCE.md)."""
+    spectral_basis: str = "learned"
+    """With ``spectral_dim`` k > 0: ``learned`` trains the band projection and the output layer
+    from their PCA start; ``fixed`` freezes them at the train split's principal components. A
+    fixed orthonormal basis lets training compute the same MSE on k components instead of C
+    bands (:meth:`StudentMAE.project_bands`), so tiles can be cached and augmented at k
+    channels: about 4x cheaper steps in the demo (benchmarks/SCIENCE.md)."""
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -63,6 +70,10 @@ class StudentMAE(nn.Module):
             )
         if not 1 <= c.kd_block <= c.depth:
             raise ValueError(f"student kd_block {c.kd_block} outside 1..{c.depth}")
+        if c.spectral_basis not in SPECTRAL_BASES:
+            raise ValueError(
+                f"unknown spectral basis {c.spectral_basis!r}: choose one of {SPECTRAL_BASES}"
+            )
         self.config = c
         self.grid = (c.img_size // c.patch_size, c.img_size // c.patch_size)
         # --- encoder ---
@@ -94,6 +105,9 @@ class StudentMAE(nn.Module):
         self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_size**2 * k)
         self.spectral_pred = nn.Linear(k, c.in_chans) if c.spectral_dim else None
         self._init_weights()
+        if self.spectral_fixed:
+            for layer in (self.spectral_embed, self.spectral_pred):
+                layer.requires_grad_(False)
 
     def _init_weights(self) -> None:
         # MAE's initialisation: patch embedding like a Linear, tokens N(0, 0.02), xavier Linears.
@@ -132,20 +146,46 @@ class StudentMAE(nn.Module):
         self.spectral_pred.weight.copy_(basis.T)  # (C, k)
         self.spectral_pred.bias.copy_(mean.float())
 
+    @property
+    def spectral_fixed(self) -> bool:
+        """Whether the spectral layers are a frozen orthonormal basis (``spectral_basis``)."""
+        return bool(self.config.spectral_dim) and self.config.spectral_basis == "fixed"
+
     def embed_bands(self, imgs: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, k, H, W) spectral components; the identity when k = 0."""
         return imgs if self.spectral_embed is None else self.spectral_embed(imgs)
+
+    @torch.no_grad()
+    def project_bands(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fixed basis's view of a tile: components and what they miss.
+
+        ``imgs`` (B, C, H, W) normalised -> ``components`` (B, k, H, W), ``V (x - m)``, and
+        ``residual`` (B, H, W), each pixel's squared distance to the basis' affine subspace,
+        ``|x - m - V^T V (x - m)|^2``. With orthonormal ``V``, any prediction ``m + V^T z``
+        has ``|x - m - V^T z|^2 = |V (x - m) - z|^2 + residual``: the band-space MSE, exactly.
+        """
+        if not self.spectral_fixed:
+            raise ValueError("project_bands needs a student with spectral_basis='fixed'")
+        assert self.spectral_embed is not None and self.spectral_pred is not None
+        components = self.spectral_embed(imgs)  # (B, k, H, W)
+        back = self.spectral_pred(components.permute(0, 2, 3, 1))  # (B, H, W, C)
+        residual = ((imgs.permute(0, 2, 3, 1) - back) ** 2).sum(dim=-1)  # (B, H, W)
+        return components, residual
 
     @property
     def num_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
-    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, L, P*P*C), channels fastest inside a patch vector."""
+    def patchify(self, imgs: torch.Tensor, *, components: bool = False) -> torch.Tensor:
+        """(B, C, H, W) -> (B, L, P*P*C), channels fastest inside a patch vector.
+
+        ``components``: the input holds the k spectral components (B, k, H, W) instead.
+        """
         b, c, hp, wq = imgs.shape
         p = self.config.patch_size
-        if c != self.config.in_chans:
-            raise ValueError(f"student expects {self.config.in_chans} bands, got {c}")
+        expected = self.config.spectral_dim if components else self.config.in_chans
+        if c != expected:
+            raise ValueError(f"student expects {expected} channels, got {c}")
         x = imgs.reshape(b, c, hp // p, p, wq // p, p)  # (B, C, h, p, w, q)
         x = torch.einsum("nchpwq->nhwpqc", x)  # (B, h, w, p, q, C)
         return x.reshape(b, (hp // p) * (wq // p), p * p * c)  # (B, L, P*P*C)
@@ -167,7 +207,15 @@ class StudentMAE(nn.Module):
             hidden: (B, K, D) visible tokens after block ``return_block`` (1-based, no CLS, no
                 final norm), or None when ``return_block`` is None.
         """
-        x = self.patch_embed(self.embed_bands(imgs))  # (B, L, D)
+        return self.forward_encoder_components(
+            self.embed_bands(imgs), patch_mask, return_block=return_block
+        )
+
+    def forward_encoder_components(
+        self, components: torch.Tensor, patch_mask: PatchMask, *, return_block: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward_encoder` after the band projection: ``components`` (B, k, H, W)."""
+        x = self.patch_embed(components)  # (B, L, D)
         x = x + self.pos_embed[:, 1:, :]
         index = patch_mask.ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[2])  # (B, K, D)
         x = torch.gather(x, 1, index)  # (B, K, D) visible tokens only
@@ -205,6 +253,18 @@ class StudentMAE(nn.Module):
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """(B, 1 + K, D) -> per-patch predictions (B, L, P*P*C) in grid order."""
+        x = self.forward_decoder_components(latent, ids_restore)  # (B, L, P*P*k)
+        if self.spectral_pred is not None:
+            b, length = x.shape[:2]
+            x = x.reshape(b, length, self.config.patch_size**2, -1)  # (B, L, P*P, k)
+            x = self.spectral_pred(x).reshape(b, length, -1)  # (B, L, P*P*C)
+        return x
+
+    def forward_decoder_components(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`forward_decoder` before the output layer: (B, L, P*P*k), k = C when
+        ``spectral_dim`` is 0."""
         x = self.decoder_embed(latent)  # (B, 1 + K, Dd)
         b, length, dim = x.shape[0], ids_restore.shape[1], x.shape[2]
         mask_tokens = self.mask_token.expand(b, length + 1 - x.shape[1], -1)  # (B, L - K, Dd)
@@ -215,12 +275,7 @@ class StudentMAE(nn.Module):
         x = torch.cat([x[:, :1, :], tokens], dim=1) + self.decoder_pos_embed  # (B, 1 + L, Dd)
         for block in self.decoder_blocks:
             x = block(x)
-        x = self.decoder_pred(self.decoder_norm(x))[:, 1:, :]  # (B, L, P*P*k), CLS dropped
-        if self.spectral_pred is not None:
-            p2 = self.config.patch_size**2
-            x = x.reshape(b, length, p2, -1)  # (B, L, P*P, k)
-            x = self.spectral_pred(x).reshape(b, length, -1)  # (B, L, P*P*C)
-        return x
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]  # (B, L, P*P*k), CLS dropped
 
     def forward_loss(
         self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor
@@ -257,7 +312,13 @@ def fold_spectral_embed(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def student_config(
-    preset: str, *, img_size: int, patch_size: int, in_chans: int, spectral_dim: int = 0
+    preset: str,
+    *,
+    img_size: int,
+    patch_size: int,
+    in_chans: int,
+    spectral_dim: int = 0,
+    spectral_basis: str = "learned",
 ) -> MAEConfig:
     """A student preset for a tile store's tile size, patch size and band count.
 
@@ -279,5 +340,5 @@ def student_config(
         raise ValueError(f"spectral_dim {spectral_dim} must be 0 (off) or below {in_chans} bands")
     return MAEConfig(
         img_size=img_size, patch_size=patch_size, in_chans=in_chans, preset=preset,
-        spectral_dim=spectral_dim, **sizes[preset],
+        spectral_dim=spectral_dim, spectral_basis=spectral_basis, **sizes[preset],
     )  # fmt: skip

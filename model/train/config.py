@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hyperkd.defaults import SPECTRAL_BASES
 from hyperkd.model.nets.masking import Masking
 from hyperkd.model.train.losses import LossConfig
 
@@ -108,6 +109,18 @@ class DistillConfig:
     spectral_dim: int = 0
     """Spectral components per pixel of the student's embedding and head (0: all bands); see
     :attr:`hyperkd.model.nets.mae.MAEConfig.spectral_dim`."""
+    spectral_basis: str = "learned"
+    """``learned`` or ``fixed`` (frozen principal components: the loss runs on the components,
+    about 4x cheaper steps); see :attr:`hyperkd.model.nets.mae.MAEConfig.spectral_basis`."""
+
+    def __post_init__(self) -> None:
+        if self.spectral_basis not in SPECTRAL_BASES:
+            raise ValueError(
+                f"unknown spectral basis {self.spectral_basis!r}: choose one of "
+                f"{', '.join(SPECTRAL_BASES)}"
+            )
+        if self.spectral_basis == "fixed" and not self.spectral_dim:
+            raise ValueError("a fixed spectral basis needs spectral_dim > 0")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

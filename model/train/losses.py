@@ -35,6 +35,7 @@ __all__ = [
     "LossConfig",
     "feature_kld",
     "hyperkd_loss",
+    "masked_component_mse",
     "masked_patch_mse",
     "ssim_map",
     "tile_range",
@@ -92,6 +93,36 @@ def masked_patch_mse(
     return (err * weight).sum() / weight.sum().clamp_min(1)
 
 
+def masked_component_mse(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    residual: torch.Tensor,
+    bands: int,
+    mask: torch.Tensor,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`masked_patch_mse` of a fixed-basis student, computed on its k components.
+
+    With an orthonormal basis a pixel's band-space squared error is the components' squared
+    error plus the pixel's distance to the subspace (:meth:`StudentMAE.project_bands`), so
+    this equals the band-space MSE exactly, while touching k values per pixel instead of C.
+
+    Args:
+        pred, target: (B, L, P*P*k) predicted and true component patches (channels fastest).
+        residual: (B, L, P*P) each pixel's squared distance to the subspace.
+        bands: C, the band count the MSE averages over.
+        mask: (B, L), 1 for masked patches.
+        valid: (B, L, P*P) pixel validity per patch, or None for all valid.
+    """
+    b, length, pix = residual.shape
+    err = ((pred.float() - target.float()) ** 2).reshape(b, length, pix, -1)  # (B, L, P*P, k)
+    err = (err.sum(dim=-1) + residual.float()) / bands  # (B, L, P*P) band-averaged per pixel
+    weight = mask[..., None].float().expand(-1, -1, pix)  # (B, L, P*P)
+    if valid is not None:
+        weight = weight * valid.float()
+    return (err * weight).sum() / weight.sum().clamp_min(1)
+
+
 def tile_range(target: torch.Tensor) -> torch.Tensor:
     """Per (tile, band) dynamic range of a (B, C, H, W) target, (B, C, 1, 1), at least 1e-3."""
     low, high = torch.aminmax(target.detach().float().flatten(2), dim=2)  # one pass
@@ -126,18 +157,28 @@ def hyperkd_loss(
     valid_img: torch.Tensor | None = None,
     student_kd: torch.Tensor | None = None,
     teacher_kd: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    bands: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """The total loss and each component (components detached, for logging).
 
     Args:
-        pred, target: (B, L, P*P*C) predicted and true patches.
+        pred, target: (B, L, P*P*C) predicted and true patches; with ``residual``, (B, L,
+            P*P*k) component patches of a fixed-basis student (:func:`masked_component_mse`).
         recon, target_img: (B, C, H, W) composite reconstruction and tile; ``recon`` is read
             by the SSIM term only (None without it).
         mask: (B, L) masked patches; mask_img: (B, 1, H, W) the same per pixel.
         valid, valid_img: (B, L, P*P) and (B, 1, H, W) pixel validity, or None.
         student_kd, teacher_kd: (B, K, D_teacher) tokens for the KLD (``kld`` losses only).
+        residual, bands: (B, L, P*P) distances to the basis and the band count C, for
+            component patches; None for band patches.
     """
-    mse = masked_patch_mse(pred, target, mask, valid)
+    if residual is None:
+        mse = masked_patch_mse(pred, target, mask, valid)
+    else:
+        if bands is None:
+            raise ValueError("component patches need the band count")
+        mse = masked_component_mse(pred, target, residual, bands, mask, valid)
     recon_term = mse
     out: dict[str, torch.Tensor] = {"mse": mse.detach()}
     if config.use_ssim:

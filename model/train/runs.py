@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -37,16 +36,15 @@ from hyperkd.model.train.config import (
     TrainConfig,
 )
 from hyperkd.model.train.losses import LossConfig
-from hyperkd.model.train.tasks import DistillationTask, TeacherPretrainTask
-from hyperkd.model.train.trainer import (
-    DistEnv,
-    LoaderFactory,
-    fit,
-    seed_everything,
-    setup_distributed,
+from hyperkd.model.train.split import (
+    cache_train_split,
+    component_cache,
+    open_train_split,
+    train_pixels,
 )
+from hyperkd.model.train.tasks import DistillationTask, TeacherPretrainTask
+from hyperkd.model.train.trainer import DistEnv, LoaderFactory, fit
 from hyperkd.pipeline.sensors import prithvi_preset
-from hyperkd.pipeline.store.guard import check_output
 
 _logger = logging.getLogger(__name__)
 
@@ -248,56 +246,6 @@ def write_run_manifest(
     return root / "run.json"
 
 
-def _prepare(
-    config: DistillConfig | TeacherPretrainConfig,
-    env: DistEnv | None,
-    dataset: Any,
-    loader_factory: LoaderFactory | None,
-) -> tuple[DistEnv, Any, LoaderFactory | None]:
-    """The process group, the train split (unless given), its loader and the seeds of a run.
-
-    A split that fits in RAM (``memory_cache``) is decoded once and served from tensors
-    (:mod:`hyperkd.model.data.memory`); otherwise the tile loader reads it every epoch.
-    """
-    from hyperkd.model.data.dataset import TileDataset
-
-    train = config.train
-    kind = "teacher" if isinstance(config, TeacherPretrainConfig) else "student"
-    check_output(train.out, kind, [config.tiles, getattr(config, "teacher", None)])
-    env = env or setup_distributed(train.device)
-    if dataset is None:
-        dataset = TileDataset(
-            config.tiles, split="train", augment=train.augment,
-            storage_options=config.storage_options,
-        )  # fmt: skip
-    if loader_factory is None and train.memory_cache != "off" and isinstance(dataset, TileDataset):
-        from hyperkd.model.data.memory import MemoryTiles, fits_in_memory, memory_loader_factory
-
-        if train.memory_cache == "on" or fits_in_memory(dataset):
-            # A teacher reads its six bands only (TeacherPretrainTask.forward).
-            fields = ("teacher", "valid") if kind == "teacher" else None
-            dataset = MemoryTiles(dataset, fields=fields)
-            loader_factory = memory_loader_factory(
-                dataset, train.batch_size, seed=train.seed, augment=train.augment,
-                rank=env.rank, world_size=env.world_size,
-            )  # fmt: skip
-    seed_everything(train.seed)
-    return env, dataset, loader_factory
-
-
-def _train_pixels(dataset: Any, tiles: int = 32, pixels: int = 200_000) -> torch.Tensor:
-    """(N, C) valid normalised spectra from up to ``tiles`` train tiles spread over the split."""
-    picks = np.unique(np.linspace(0, len(dataset) - 1, min(tiles, len(dataset))).round())
-    parts = []
-    for i in picks.astype(int):
-        sample = dataset[int(i)]
-        x = sample["student"].flatten(1).T  # (H*W, C)
-        parts.append(x[sample["valid"].flatten()])
-    spectra = torch.cat(parts)  # (N, C)
-    step = max(1, spectra.shape[0] // pixels)
-    return spectra[::step]
-
-
 def run_distill(
     config: DistillConfig,
     *,
@@ -307,7 +255,7 @@ def run_distill(
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """``hyperkd train``: the student MAE on the tile store's train split."""
-    env, dataset, loader_factory = _prepare(config, env, dataset, loader_factory)
+    env, dataset = open_train_split(config, env, dataset)
     info = dataset.info
     student = StudentMAE(
         student_config(
@@ -316,10 +264,11 @@ def run_distill(
             patch_size=info.patch_size,
             in_chans=info.n_bands,
             spectral_dim=config.spectral_dim,
+            spectral_basis=config.spectral_basis,
         )
     )
     if config.spectral_dim:
-        student.init_spectral_basis(_train_pixels(dataset))
+        student.init_spectral_basis(train_pixels(dataset))
     teacher = None
     if config.loss.use_kd:
         if config.teacher is None:
@@ -334,6 +283,9 @@ def run_distill(
             seed=config.train.seed,
         )
     task = DistillationTask(student, config.masking, config.loss, teacher)
+    dataset, loader_factory = cache_train_split(
+        config, env, dataset, loader_factory, **component_cache(task)
+    )
     run_config = {
         "kind": "student",
         "model": student.config.to_dict(),
@@ -362,7 +314,11 @@ def run_teacher_pretrain(
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """``hyperkd train-teacher``: MAE pretraining of a Prithvi architecture on teacher tiles."""
-    env, dataset, loader_factory = _prepare(config, env, dataset, loader_factory)
+    env, dataset = open_train_split(config, env, dataset)
+    # A teacher reads its six bands only (TeacherPretrainTask.forward).
+    dataset, loader_factory = cache_train_split(
+        config, env, dataset, loader_factory, fields=("teacher", "valid")
+    )
     info = dataset.info
     model = PrithviMAE(
         teacher_config(config.preset, img_size=info.tile_size, patch_size=info.patch_size)

@@ -94,8 +94,15 @@ class DistillationTask(nn.Module):
                 f"checkpoint does not fit the task: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
 
+    @property
+    def component_loss(self) -> bool:
+        """Whether the loss runs on the student's k spectral components (a fixed basis and no
+        SSIM term): the same MSE as in band space (:func:`masked_component_mse`), so batches
+        may carry ``student_components`` and ``student_residual`` instead of ``student``."""
+        return self.student.spectral_fixed and not self.loss_config.use_ssim
+
     def make_mask(self, batch: Batch, generator: torch.Generator | None = None) -> PatchMask:
-        imgs = batch["student"]
+        imgs = batch["student"] if "student" in batch else batch["student_components"]
         key = self.masking.significance_key
         return self.masking(
             imgs.shape[0],
@@ -107,12 +114,26 @@ class DistillationTask(nn.Module):
 
     def forward(self, batch: Batch, patch_mask: PatchMask) -> dict[str, torch.Tensor]:
         student, cfg = self.student, self.loss_config
-        imgs = batch["student"]  # (B, C, T, T)
         p = student.config.patch_size
         kd_block = student.config.kd_block if cfg.use_kd else None
-        latent, hidden = student.forward_encoder(imgs, patch_mask, return_block=kd_block)
-        pred = student.forward_decoder(latent, patch_mask.ids_restore)  # (B, L, P*P*C)
-        target = student.patchify(imgs)  # (B, L, P*P*C)
+        residual = None  # (B, L, P*P): distances to a fixed basis (component loss only)
+        if self.component_loss:
+            if "student_components" in batch:  # projected once, when the split was cached
+                imgs, dist = batch["student_components"], batch["student_residual"]
+            else:
+                imgs, dist = student.project_bands(batch["student"])
+            # imgs: (B, k, T, T), dist: (B, T, T)
+            residual = valid_patches(dist, p)
+            latent, hidden = student.forward_encoder_components(
+                imgs, patch_mask, return_block=kd_block
+            )
+            pred = student.forward_decoder_components(latent, patch_mask.ids_restore)
+            target = student.patchify(imgs, components=True)  # (B, L, P*P*k)
+        else:
+            imgs = batch["student"]  # (B, C, T, T)
+            latent, hidden = student.forward_encoder(imgs, patch_mask, return_block=kd_block)
+            pred = student.forward_decoder(latent, patch_mask.ids_restore)  # (B, L, P*P*C)
+            target = student.patchify(imgs)  # (B, L, P*P*C)
         valid = batch.get("valid")
         recon = None  # (B, C, T, T): predicted masked patches, true visible ones (SSIM only)
         if cfg.use_ssim:
@@ -121,11 +142,7 @@ class DistillationTask(nn.Module):
         student_kd = teacher_kd = None
         if cfg.use_kd:
             assert self.teacher is not None and self.kd_proj is not None and hidden is not None
-            feats = self.teacher.features(batch["teacher"])  # (B, Lt, Dt), teacher sees all
-            feats = tokens_to_grid(feats, self.teacher.model.grid[1:], student.grid)  # (B, L, Dt)
-            index = patch_mask.ids_keep.unsqueeze(-1).expand(-1, -1, feats.shape[2])
-            teacher_kd = torch.gather(feats, 1, index)  # (B, K, Dt) at the student's visible tokens
-            student_kd = self.kd_proj(hidden)  # (B, K, Dt)
+            student_kd, teacher_kd = self._kd_tokens(batch["teacher"], hidden, patch_mask)
         return hyperkd_loss(
             cfg,
             pred=pred,
@@ -138,7 +155,20 @@ class DistillationTask(nn.Module):
             valid_img=None if valid is None else valid[:, None],
             student_kd=student_kd,
             teacher_kd=teacher_kd,
+            residual=residual,
+            bands=student.config.in_chans,
         )
+
+    def _kd_tokens(
+        self, teacher_imgs: torch.Tensor, hidden: torch.Tensor, patch_mask: PatchMask
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected student tokens and the teacher's at the same visible positions, (B, K, Dt)."""
+        assert self.teacher is not None and self.kd_proj is not None
+        feats = self.teacher.features(teacher_imgs)  # (B, Lt, Dt), the teacher sees all
+        feats = tokens_to_grid(feats, self.teacher.model.grid[1:], self.student.grid)  # (B, L, Dt)
+        index = patch_mask.ids_keep.unsqueeze(-1).expand(-1, -1, feats.shape[2])
+        teacher_kd = torch.gather(feats, 1, index)  # (B, K, Dt) at the student's visible tokens
+        return self.kd_proj(hidden), teacher_kd
 
     @torch.no_grad()
     def reconstruct(self, batch: Batch, patch_mask: PatchMask) -> tuple[torch.Tensor, torch.Tensor]:
