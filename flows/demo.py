@@ -79,7 +79,7 @@ def demo(out: str, size: str = "medium", seed: int = 0, steps: int | None = None
         student_steps=steps or defaults.DEMO_STUDENT_STEPS,
         masking="random",
         loss="mse",
-        batch_size=8,
+        batch_size=defaults.DEMO_BATCH_SIZE,
         # A short CPU run: the MAE recipe's lr (1.5e-4 x batch/256) is made for thousands of
         # steps at batch 4096, so the demo sets a peak lr that learns within a few minutes, and
         # factorises the student's 218 bands through 16 spectral components (0.6-0.8x the step time).
