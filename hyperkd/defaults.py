@@ -54,8 +54,8 @@ components and a step of batch 32 costs about what one of batch 8 did over all b
 DEMO_BATCH_SIZE = 32
 """Tiles per step of the demo's teacher and student."""
 DEMO_TRAIN_STRIDE = 32
-"""Train-tile step of the demo's 64 px tiles: overlapping train tiles, 3.7x the train tiles of the
-small demo region (val and test unchanged); +0.4 dB on val over the plain grid (SCIENCE.md)."""
+"""Train-tile step of the demo's 64 px tiles: overlapping train tiles, about 4x the train tiles
+(val and test unchanged); +0.4 dB on val over the plain grid (SCIENCE.md)."""
 DEMO_LR = 2e-3
 """Peak learning rate of the demo's short CPU runs (chosen on the val split, SCIENCE.md)."""
 DEMO_OUT = "demo-out"
