@@ -178,6 +178,8 @@ class PipelineParams(RegionParams):
                 f"teacher {self.teacher} is an official .pt: teacher_preset must be one of "
                 f"{defaults.OFFICIAL_TEACHER_PRESETS}, not 'tiny'"
             )
+        if self.spectral_basis == "fixed" and not self.spectral_dim:
+            raise ValueError("a fixed spectral basis needs spectral_dim > 0")
         return self
 
     @property

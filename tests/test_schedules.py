@@ -103,6 +103,8 @@ def test_the_spectral_factorisation_names_its_own_run_folder() -> None:
     ]
     dirs = {run_dir_of(p, tiles, "t0", "r") for p in variants}
     assert len(dirs) == 3
+    with pytest.raises(ValueError, match="needs spectral_dim"):
+        PipelineParams(**base, spectral_basis="fixed")  # refused when loaded, not at training
     p = variants[0]
     old = [tiles.fingerprint, "t0", p.student_preset, p.masking, p.loss, p.student_steps,
            p.batch_size, p.seed, p.lr]  # fmt: skip

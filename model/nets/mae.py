@@ -185,7 +185,8 @@ class StudentMAE(nn.Module):
         p = self.config.patch_size
         expected = self.config.spectral_dim if components else self.config.in_chans
         if c != expected:
-            raise ValueError(f"student expects {expected} channels, got {c}")
+            kind = "spectral components" if components else "bands"
+            raise ValueError(f"student expects {expected} {kind}, got {c}")
         x = imgs.reshape(b, c, hp // p, p, wq // p, p)  # (B, C, h, p, w, q)
         x = torch.einsum("nchpwq->nhwpqc", x)  # (B, h, w, p, q, C)
         return x.reshape(b, (hp // p) * (wq // p), p * p * c)  # (B, L, P*P*C)
