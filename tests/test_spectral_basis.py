@@ -185,3 +185,21 @@ def test_the_benchmark_runs_and_prints_its_ratios() -> None:
     assert set(last) == {"b2/fixed_vs_learned", "b4/fixed_vs_learned",
                          "b4_fixed_per_sample_vs_b2_learned"}  # fmt: skip
     assert all(float(v) > 0 for v in last.values())
+
+
+@pytest.mark.slow
+def test_the_compiled_component_step_equals_the_eager_one() -> None:
+    """``--compile`` (the default on CUDA) traces the component loss with its gradients."""
+    student = _student()
+    task = DistillationTask(student, Masking("random"), LossConfig("mse"))
+    components, residual = student.project_bands(_batch()["student"])
+    batch = {"student_components": components, "student_residual": residual}
+    mask = task.make_mask(batch, torch.Generator().manual_seed(0))
+    eager = task(batch, mask)["loss"]
+    compiled = torch.compile(task)(batch, mask)["loss"]
+    assert compiled.requires_grad
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    weight = student.decoder_pred.weight
+    (grad_eager,) = torch.autograd.grad(eager, weight)
+    (grad_compiled,) = torch.autograd.grad(compiled, weight)
+    torch.testing.assert_close(grad_compiled, grad_eager, rtol=1e-3, atol=1e-6)
