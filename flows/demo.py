@@ -48,9 +48,11 @@ def demo_region(out: str, size: str, seed: int) -> dict[str, Any]:
 
 
 def demo_inputs(out: str, size: str, seed: int) -> dict[str, Any]:
-    """The demo region under ``<out>/region``, from the cache only while its catalog is there
-    (a deleted ``demo-out/`` is written again, not served from Prefect's result cache)."""
-    region = f"{out}/region"
+    """The demo region under ``<out>/region-<size>-seed<seed>``, from the cache only while its
+    catalog is there (a deleted ``demo-out/`` is written again, not served from Prefect's result
+    cache). One folder per region: the catalog's path is what the search's cache key sees, so
+    another size or seed must not rewrite the same catalog."""
+    region = f"{out}/region-{size}-seed{seed}"
     return _unless_gone(demo_region, f"{region}/catalog.json")(region, size, seed)
 
 
@@ -71,7 +73,9 @@ def demo(
         start=region["start"],
         end=region["end"],
         out=f"{out}/pipeline",
-        name="demo",
+        # One pipeline folder per generated region: ingest is idempotent per scene id, so a
+        # region of another size or seed must not be tiled from the cube an earlier one left.
+        name=f"demo-{size}-seed{seed}",
         tile_size=64,
         patch_size=8,
         split_block_px=128,

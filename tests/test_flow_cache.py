@@ -92,6 +92,29 @@ def test_demo_runs_twice_with_its_output_deleted(
     assert list(out.rglob("report.html"))
 
 
+@pytest.mark.slow
+def test_a_demo_of_another_region_does_not_reuse_the_earlier_cube(
+    prefect_harness: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``hyperkd demo`` into an ``--out`` that holds another seed's (or size's) demo builds
+    its own cube and tiles, and leaves the earlier ones as they were."""
+    from hyperkd.cli import main
+    from hyperkd.pipeline.cube import committed_scenes
+
+    out = tmp_path / "demo-out"
+    cubes = []
+    for seed in ("0", "1"):
+        argv = ["demo", "--out", str(out), "--size", "medium", "--steps", "2", "--seed", seed]
+        assert main(argv) == 0, capsys.readouterr().err
+        printed = capsys.readouterr().out
+        cubes.append(next(ln for ln in printed.splitlines() if ln.startswith("cube:")).split()[1])
+    assert cubes[0] != cubes[1]
+    enmap = out / "region-medium-seed1" / "ENMAP_HSI_L2A"
+    enmap_ids = {p.name for p in enmap.iterdir() if p.is_dir()}
+    assert enmap_ids <= set(committed_scenes(cubes[1]))  # the seed-1 region's scenes
+    assert not set(committed_scenes(cubes[0])) & enmap_ids  # the seed-0 cube is untouched
+
+
 _RUN = """
 import asyncio, json, sys
 from prefect.client.orchestration import get_client
