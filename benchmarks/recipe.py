@@ -31,8 +31,8 @@ from hyperkd.model.evaluate.baselines import patch_means, predictors
 from hyperkd.model.evaluate.metrics import reconstruction_metrics
 from hyperkd.model.nets.mae import StudentMAE, student_config
 from hyperkd.model.nets.masking import Masking
-from hyperkd.model.train.losses import masked_component_mse
-from hyperkd.model.train.tasks import mask_image, valid_patches
+from hyperkd.model.train.losses import LossConfig
+from hyperkd.model.train.tasks import DistillationTask, mask_image
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--tiles", required=True)
@@ -106,6 +106,7 @@ if a.fixed:  # the product's StudentMAE with spectral_basis="fixed"; the split a
     parts = [model.project_bands(x_tr[i : i + 32]) for i in range(0, len(x_tr), 32)]
     z_tr = torch.cat([p[0] for p in parts])  # (N, k, T, T)
     res_tr = torch.cat([p[1] for p in parts])  # (N, T, T)
+    component_task = DistillationTask(model, Masking("random", 0.75), LossConfig("mse"))
 elif a.rank:
     centred = x_tr - x_tr.mean(dim=(2, 3), keepdim=True) if a.revin else x_tr
     pix = centred.permute(0, 2, 3, 1).reshape(-1, C)[::7]
@@ -175,14 +176,10 @@ for step in range(a.steps):
         x = x.flip(3)
     pm = masking(x.shape[0], G * G, generator=g)
     vx = torch.ones(x.shape[0], T, T, dtype=torch.bool)
-    if a.fixed:
+    if a.fixed:  # the trainer's task on a cached batch of components
         res = torch.rot90(res_tr[idx], k, (1, 2))
         res = res.flip(2) if flip else res
-        latent, _ = model.forward_encoder_components(x, pm)
-        pred = model.forward_decoder_components(latent, pm.ids_restore)  # (B, L, P*P*k)
-        target = model.patchify(x, components=True)
-        loss = masked_component_mse(pred, target, valid_patches(res, P), C, pm.mask)
-        out = {"pred": pred, "loss": loss}
+        out = component_task({"student_components": x, "student_residual": res}, pm)
     else:
         pred = predict(model, x, pm, vx)
         out = {"pred": pred, "loss": model.forward_loss(x, pred, pm.mask)}
