@@ -52,6 +52,11 @@ ap.add_argument("--randinit", action="store_true")
 ap.add_argument("--revin", action="store_true")
 ap.add_argument("--fixed", action="store_true", help="fixed PCA basis, loss on components")
 ap.add_argument("--eval-tiles", help="score this store's split instead (renormalised)")
+ap.add_argument(
+    "--reflectance", action="store_true",
+    help="with --fixed: weigh each band's error by its reflectance variance (the metric's weights)",
+)  # fmt: skip
+ap.add_argument("--ema", type=float, default=0.0, help="score an EMA of the weights (decay)")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(a.seed)
@@ -97,13 +102,18 @@ class Factorised(StudentMAE):
         )
 
 
+std = torch.tensor(info.student_std, dtype=torch.float32)
+wband = std**2 / (std**2).mean()
+# --reflectance: train in y = sqrt(w) * x, where plain MSE is the reflectance-weighted one
+scale = wband.sqrt().view(1, C, 1, 1) if a.reflectance else torch.ones(1, C, 1, 1)
 cfg = dataclasses.replace(
     student_config("tiny", img_size=T, patch_size=P, in_chans=C), **json.loads(a.sizes)
 )
 if a.fixed:  # the product's StudentMAE with spectral_basis="fixed"; the split as components
     model = StudentMAE(dataclasses.replace(cfg, spectral_dim=a.rank, spectral_basis="fixed"))
-    model.init_spectral_basis(x_tr.permute(0, 2, 3, 1).reshape(-1, C)[::7])
-    parts = [model.project_bands(x_tr[i : i + 32]) for i in range(0, len(x_tr), 32)]
+    y_tr = x_tr * scale
+    model.init_spectral_basis(y_tr.permute(0, 2, 3, 1).reshape(-1, C)[::7])
+    parts = [model.project_bands(y_tr[i : i + 32]) for i in range(0, len(x_tr), 32)]
     z_tr = torch.cat([p[0] for p in parts])  # (N, k, T, T)
     res_tr = torch.cat([p[1] for p in parts])  # (N, T, T)
     component_task = DistillationTask(model, Masking("random", 0.75), LossConfig("mse"))
@@ -115,8 +125,6 @@ elif a.rank:
     model = Factorised(cfg, a.rank, vt[: a.rank].contiguous(), mean)
 else:
     model = StudentMAE(cfg)
-std = torch.tensor(info.student_std, dtype=torch.float32)
-wband = std**2 / (std**2).mean()
 interp_fn = predictors(torch.zeros(C))["interpolation"]
 
 
@@ -154,6 +162,9 @@ sched = torch.optim.lr_scheduler.LambdaLR(
     opt, lambda s: min(1, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1, s / a.steps)))
 )
 masking = Masking("random", 0.75)
+ema = torch.optim.swa_utils.AveragedModel(
+    model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(a.ema)
+) if a.ema else None  # fmt: skip
 rng = np.random.default_rng(a.seed)
 g = torch.Generator().manual_seed(a.seed)
 
@@ -192,12 +203,16 @@ for step in range(a.steps):
     opt.step()
     opt.zero_grad(set_to_none=True)
     sched.step()
+    if ema is not None:
+        ema.update_parameters(model)
     losses.append(float(out["loss"].detach()))
     if step % 100 == 0 or step == a.steps - 1:
         print(step, round(float(np.mean(losses[-50:])), 4), round(time.time() - t0, 1), flush=True)
 train_s, train_cpu = time.time() - t0, cpu() - c0
 
 # --- evaluate: 3 masks per tile, same masks for model and baselines ---
+if ema is not None:
+    model = ema.module
 model.eval()
 xe = ev.tiles["student"]
 if a.eval_tiles:  # the eval store's normalisation -> the train store's (reflectance x 1e4 between)
@@ -218,7 +233,7 @@ with torch.no_grad():
     for _rep in range(3):
         pm = masking(xe.shape[0], G * G, generator=ge)
         mi = mask_image(pm.mask, (G, G), P)
-        pred = model.unpatchify(predict(model, xe, pm, valid))
+        pred = model.unpatchify(predict(model, xe * scale, pm, valid)) / scale
         preds = {k: f(xe, pm.mask, valid, P) for k, f in predictors(band_mean).items()}
         preds["student"] = pred
         for k, v in preds.items():

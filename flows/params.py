@@ -117,7 +117,7 @@ class PipelineParams(RegionParams):
     teacher_steps: int = Field(default=defaults.STEPS, gt=0)
     student_steps: int = Field(default=defaults.STEPS, gt=0)
     masking: Literal["random", "gabor", "wavelet"] = "gabor"
-    loss: Literal["mse", "mse+ssim", "mse+ssim+kld"] = "mse+ssim+kld"
+    loss: Literal["mse", "mse+ssim", "mse+kld", "mse+ssim+kld"] = defaults.LOSS
     batch_size: int = Field(default=defaults.BATCH_SIZE, gt=0)
     lr: float | None = Field(
         default=None, gt=0, description="peak learning rate; None = MAE recipe"

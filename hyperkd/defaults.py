@@ -33,6 +33,12 @@ SPECTRAL_BASES = ("learned", "fixed")
 SPECTRAL_BASIS = "learned"
 """The spectral components' basis: ``learned`` from a PCA start, or ``fixed`` at the PCA
 (frozen; the loss then runs on the components, about 4x cheaper steps)."""
+MASKINGS = ("random", "gabor", "wavelet")
+LOSSES = ("mse", "mse+ssim", "mse+kld", "mse+ssim+kld")
+"""The student's loss terms. ``mse+kld`` leaves out SSIM, so a fixed-basis student keeps its
+cheap component loss while distilling (SSIM needs every band, about 17x the CPU step)."""
+LOSS = "mse+ssim+kld"
+"""HyperKD's loss."""
 BATCH_SIZE = 8
 """Tiles per step."""
 SEED = 0

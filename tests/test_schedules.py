@@ -5,6 +5,7 @@ pool, and pass ``teacher_preset`` through for official weights. No Prefect serve
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -149,3 +150,12 @@ def test_cli_and_flow_defaults_agree() -> None:
     assert default("demo", "size") == default("demo-data", "size") == defaults.DEMO_SIZE
     assert default("train", "teacher_preset") == defaults.OFFICIAL_TEACHER_PRESET
     assert default("train-teacher", "preset") == defaults.PRETRAIN_TEACHER_PRESET
+
+
+def test_the_flows_choices_are_the_declared_ones() -> None:
+    """The parameter model's Literal choices (what the Prefect UI offers) are the CLI's."""
+    fields = PipelineParams.model_fields
+    assert get_args(fields["loss"].annotation) == defaults.LOSSES
+    assert get_args(fields["masking"].annotation) == defaults.MASKINGS
+    assert get_args(fields["spectral_basis"].annotation) == defaults.SPECTRAL_BASES
+    assert fields["loss"].default == defaults.LOSS

@@ -18,8 +18,8 @@ from hyperkd.model.data.memory import MemoryTiles, fits_in_memory, tile_bytes
 from hyperkd.model.nets.mae import StudentMAE, student_config
 from hyperkd.model.nets.masking import Masking
 from hyperkd.model.train.config import DistillConfig, TrainConfig
-from hyperkd.model.train.losses import LossConfig, masked_patch_mse
-from hyperkd.model.train.runs import run_distill
+from hyperkd.model.train.losses import LossConfig, feature_kld, masked_patch_mse
+from hyperkd.model.train.runs import load_teacher, run_distill
 from hyperkd.model.train.split import cache_train_split, component_cache, train_pixels
 from hyperkd.model.train.tasks import DistillationTask, valid_patches
 from hyperkd.model.train.trainer import setup_distributed
@@ -76,6 +76,29 @@ def test_the_component_loss_is_the_band_space_mse_with_its_gradients() -> None:
             student.decoder_pred.weight.grad, expected_grad, rtol=1e-4, atol=1e-7
         )
         student.zero_grad()
+
+
+def test_distillation_without_ssim_keeps_the_component_loss() -> None:
+    """``mse+kld``: the component MSE plus the KLD equals the band-space MSE plus the same KLD
+    (the teacher sees its own six bands, the student's block-k tokens are unchanged)."""
+    student = _student()
+    teacher = load_teacher("random:tiny", img_size=SIZE, patch_size=PATCH, seed=3)
+    task = DistillationTask(student, Masking("random"), LossConfig("mse+kld"), teacher)
+    assert task.component_loss
+    batch = _batch() | {"teacher": torch.randn(3, 6, SIZE, SIZE)}
+    patch_mask = task.make_mask(batch, torch.Generator().manual_seed(0))
+    out = task(batch, patch_mask)
+    latent, hidden = student.forward_encoder(
+        batch["student"], patch_mask, return_block=student.config.kd_block
+    )
+    pred = student.forward_decoder(latent, patch_mask.ids_restore)
+    valid = valid_patches(batch["valid"], PATCH)
+    mse = masked_patch_mse(pred, student.patchify(batch["student"]), patch_mask.mask, valid)
+    student_kd, teacher_kd = task._kd_tokens(batch["teacher"], hidden, patch_mask)
+    kld = feature_kld(student_kd, teacher_kd, 1.0)
+    assert float(kld) > 0
+    torch.testing.assert_close(out["kld"], kld.detach())
+    torch.testing.assert_close(out["loss"], mse + kld, rtol=1e-5, atol=1e-6)
 
 
 def test_ssim_losses_and_learned_bases_stay_in_band_space() -> None:

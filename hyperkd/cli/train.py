@@ -18,8 +18,8 @@ from hyperkd.cli.common import add_storage_options, storage_options
 
 STUDENT_PRESETS = defaults.STUDENT_PRESETS
 TEACHER_PRESETS = defaults.TEACHER_PRESETS
-MASKINGS = ("random", "gabor", "wavelet")
-LOSSES = ("mse", "mse+ssim", "mse+ssim+kld")
+MASKINGS = defaults.MASKINGS
+LOSSES = defaults.LOSSES
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="guided sampling temperature (default 1)",
     )
     train.add_argument(
-        "--loss", choices=LOSSES, default="mse+ssim+kld", help="default mse+ssim+kld"
+        "--loss", choices=LOSSES, default=defaults.LOSS, help=f"default {defaults.LOSS}"
     )
     train.add_argument(
         "--lambda",

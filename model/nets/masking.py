@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
-MASKINGS = ("random", "gabor", "wavelet")
+from hyperkd import defaults
+
+MASKINGS = defaults.MASKINGS
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hyperkd import defaults
 from hyperkd.model.train.ssim import ssim_map, weighted_ssim
 
 __all__ = [
@@ -42,15 +43,15 @@ __all__ = [
     "weighted_ssim",
 ]
 
-LOSS_TERMS = ("mse", "mse+ssim", "mse+ssim+kld")
+LOSS_TERMS = defaults.LOSSES
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """Which terms, and their weights."""
 
-    terms: str = "mse+ssim+kld"
-    """``mse``, ``mse+ssim`` or ``mse+ssim+kld``."""
+    terms: str = defaults.LOSS
+    """``mse``, ``mse+ssim``, ``mse+kld`` or ``mse+ssim+kld`` (:data:`LOSS_TERMS`)."""
     recon_weight: float = 1.0
     """lambda, on MSE + (1 - SSIM)."""
     kd_weight: float = 1.0
