@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -49,11 +48,7 @@ def scene_tiles(n: int, tile: int, bands: int) -> torch.Tensor:
 
 def cache_of(tensors: dict[str, torch.Tensor]) -> MemoryTiles:
     """A :class:`MemoryTiles` over tensors already decoded (what the trainer caches)."""
-    cache = MemoryTiles.__new__(MemoryTiles)
-    cache.info = SimpleNamespace()
-    cache.tile_ids = np.arange(len(next(iter(tensors.values()))))
-    cache.tiles = tensors
-    return cache
+    return MemoryTiles.from_tensors(tensors)
 
 
 def stepper(basis: str, tiles: torch.Tensor, batch: int, args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -28,6 +28,30 @@ def test_cached_samples_equal_the_store(store: str) -> None:
             torch.testing.assert_close(got[key], value, rtol=0, atol=0)
 
 
+def test_an_augmenting_dataset_is_cached_as_stored(store: str) -> None:
+    """The trainer's split draws flips/rot90s; the cache keeps the stored tiles (its batches
+    draw their own), and the dataset still augments afterwards."""
+    plain = TileDataset(store, split="train")
+    augmenting = TileDataset(store, split="train", augment=True)
+    torch.manual_seed(0)
+    cache = MemoryTiles(augmenting, batch_size=3)
+    for i in range(len(plain)):
+        torch.testing.assert_close(cache[i]["student"], plain[i]["student"], rtol=0, atol=0)
+    assert augmenting.augment
+    torch.manual_seed(0)
+    drawn = [augmenting[0]["student"] for _ in range(8)]
+    assert any(not torch.equal(d, plain[0]["student"]) for d in drawn)
+
+
+def test_a_cache_over_decoded_tensors() -> None:
+    tiles = {"student": torch.randn(3, 2, 4, 4), "valid": torch.ones(3, 4, 4, dtype=torch.bool)}
+    cache = MemoryTiles.from_tensors(tiles)
+    assert len(cache) == 3 and list(cache.tile_ids) == [0, 1, 2]
+    torch.testing.assert_close(cache.batch(np.array([2]))["student"][0], tiles["student"][2])
+    with pytest.raises(ValueError, match="same number of tiles"):
+        MemoryTiles.from_tensors({"student": torch.zeros(3, 1), "valid": torch.zeros(2, 1)})
+
+
 def test_batch_augmentation_is_the_datasets_rot90_then_flip(store: str) -> None:
     dataset = TileDataset(store, split="train")
     cache = MemoryTiles(dataset)

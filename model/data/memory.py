@@ -12,6 +12,7 @@ trainer's exact resume holds: epoch ``e`` yields the same batches whenever it is
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -84,6 +85,11 @@ class MemoryTiles:
 
         self.info = dataset.info
         self.tile_ids = np.asarray(dataset.tile_ids)
+        if getattr(dataset, "augment", False):
+            # Cache the tiles as stored: the batches draw their own flips/rot90s, and a random
+            # one baked in per tile would make the cache depend on torch's RNG.
+            dataset = copy.copy(dataset)
+            dataset.augment = False
         chunks: dict[str, list[torch.Tensor]] = {}
         loader = make_loader(dataset, batch_size, shuffle=False, drop_last=False, num_workers=0)
         for batch in loader:
@@ -95,6 +101,19 @@ class MemoryTiles:
         if not chunks:
             raise ValueError("no tiles to cache")
         self.tiles = {key: torch.cat(parts) for key, parts in chunks.items()}
+
+    @classmethod
+    def from_tensors(
+        cls, tiles: dict[str, torch.Tensor], info: Any = None, tile_ids: Sequence[int] | None = None
+    ) -> MemoryTiles:
+        """A cache over tensors already decoded, ``tiles[key]`` (N, ...) per field."""
+        cache = cls.__new__(cls)
+        n = len(next(iter(tiles.values())))
+        if any(len(v) != n for v in tiles.values()):
+            raise ValueError("every cached field needs the same number of tiles")
+        cache.info, cache.tiles = info, dict(tiles)
+        cache.tile_ids = np.arange(n) if tile_ids is None else np.asarray(tile_ids)
+        return cache
 
     def __len__(self) -> int:
         return len(self.tile_ids)
