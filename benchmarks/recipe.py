@@ -7,9 +7,9 @@ factorisation and its PCA or random start; ``--lr``; ``--sizes``: preset overrid
 from each tile's visible mean spectrum; ``--fixed``: the product's fixed spectral basis, trained
 on the cached components, ``spectral_basis="fixed"``; ``--reflectance``: with ``--fixed``,
 weigh each band's squared error by its reflectance variance, the weights of the PSNR it is
-scored with; ``--ema``: score an exponential moving average of the weights; ``--eval-tiles``:
-train on one store, e.g. one cut at a finer stride, and score another's split) and scores the val split like
-``hyperkd evaluate``: 3 random masks per tile, the baselines on the same masks. The levers
+scored with; ``--ema``: score an exponential moving average of the weights;
+``--eval-tiles``: train on one store, e.g. one cut at a finer stride, and score another's
+split) and scores the val split like ``hyperkd evaluate``: 3 random masks per tile, the baselines on the same masks. The levers
 that won went into the product (``spectral_dim``, the demo's lr); benchmarks/SCIENCE.md has
 the numbers.
 

@@ -11,8 +11,8 @@
 
 ``--recon-loss mse`` drops the SSIM term from arms B and C (``mse`` against ``mse+kld``; B's
 reference is then arm A's ``random``): with a fixed spectral basis every student then keeps
-the component loss, whose CPU step is about 17x cheaper than one with SSIM over 218 bands, so
-the hour buys students near the demo's. Runs live in a folder per student and loss.
+the component loss, whose CPU step is about 14x cheaper than one with SSIM over 218 bands, so
+the hour buys students near the demo's.
 
 Every student trains the same preset, steps, batch, learning rate and spectral factorisation
 (the demo's by default) from the same seeds
@@ -24,8 +24,8 @@ error over seeds) and bootstrapped over test tiles (95 % interval of the mean di
 tiles resampled, seeds pooled). Guided rows also give the share of their masked patches that
 lie in the top-r set (1 = deterministic, 0.75 = random).
 
-Runs live in ``--out/<student>_<loss>/seed<N>`` and finished ones are reused, so an interrupted run
-picks up where it stopped. Nothing here is tuned on the test split.
+Runs live in ``--out/<student>_<loss>/seed<N>`` and finished ones are reused, so an
+interrupted run picks up where it stopped. Nothing here is tuned on the test split.
 
     .venv/bin/python benchmarks/science.py --tiles T.zarr --teacher TEACHER_RUN --out /tmp/science \\
         --steps 300 --seeds 0 1 2 [--arms A B C] [--md table.md]
@@ -190,12 +190,12 @@ def table(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) ->
         f"seed {args.eval_seed}); mean over seeds {args.seeds}; differences paired by seed "
         "(± SE) and bootstrapped over tiles (95 %).",
         "",
-        f"| arm | student | {key} | Δ vs reference (± SE) | bootstrap 95 % | Δ vs interpolation (± SE) | top-r overlap |",
-        "|---|---|---|---|---|---|---|",
+        f"| arm | student | loss | {key} | Δ vs reference (± SE) | bootstrap 95 % | Δ vs interpolation (± SE) | top-r overlap |",
+        "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for base in BASELINES:
         v = statistics.fmean(r["baselines"][base][key] for r in first_seed_runs(results))
-        lines.append(f"| - | baseline: {base} | {v:.2f} | | | | |")
+        lines.append(f"| - | baseline: {base} | | {v:.2f} | | | | |")
     for name, runs in results.items():
         s = students(args.recon_loss)[name]
         ref = references(args.recon_loss)[s.arm]
@@ -212,8 +212,8 @@ def table(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) ->
             boot = f"[{lo:+.2f}, {hi:+.2f}]"
         ov = overlap(args, name)
         lines.append(
-            f"| {s.arm} | {name} ({s.loss}) | {statistics.fmean(scores):.2f} | {vs_ref} | {boot} | {vs_i} | "
-            f"{'' if ov is None else f'{ov:.2f}'} |"
+            f"| {s.arm} | {name} | {s.loss} | {statistics.fmean(scores):.2f} | {vs_ref} | {boot} | "
+            f"{vs_i} | {'' if ov is None else f'{ov:.2f}'} |"
         )
     return "\n".join(lines)
 

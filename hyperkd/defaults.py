@@ -36,7 +36,7 @@ SPECTRAL_BASIS = "learned"
 MASKINGS = ("random", "gabor", "wavelet")
 LOSSES = ("mse", "mse+ssim", "mse+kld", "mse+ssim+kld")
 """The student's loss terms. ``mse+kld`` leaves out SSIM, so a fixed-basis student keeps its
-cheap component loss while distilling (SSIM needs every band, about 17x the CPU step)."""
+cheap component loss while distilling (SSIM needs every band, about 14x the CPU step)."""
 LOSS = "mse+ssim+kld"
 """HyperKD's loss."""
 BATCH_SIZE = 8
