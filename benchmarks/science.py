@@ -253,9 +253,9 @@ def main() -> None:
     args = p.parse_args()
     roster, reference = students(args.recon_loss), references(args.recon_loss)
     names = args.students or [n for n, s in roster.items() if s.arm in args.arms]
-    names += [reference[roster[n].arm] for n in names]  # every arm needs its reference
     if absent := sorted(set(names) - set(roster)):
         p.error(f"no student {absent} with --recon-loss {args.recon_loss}")
+    names += [reference[roster[n].arm] for n in names]  # every arm needs its reference
     names = [n for n in roster if n in names]  # arm order
     t0 = time.perf_counter()
     results = {n: [run_one(args, n, seed) for seed in args.seeds] for n in names}

@@ -4,6 +4,7 @@ and each student's row."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -49,3 +50,31 @@ def test_science_gpu_script_reduced_runs_every_stage_on_cpu(tmp_path: Path) -> N
     assert expected <= set(rows), table
     for name in expected:
         assert 5 < float(rows[name]) < 80, table  # a reflectance PSNR in dB, not nan
+
+
+def _science() -> object:
+    spec = importlib.util.spec_from_file_location("science", REPO / "benchmarks" / "science.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recon_loss_mse_drops_ssim_from_arms_b_and_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    science = _science()
+    paper, cheap = science.students("mse+ssim"), science.students("mse")  # type: ignore[attr-defined]
+    assert paper["kld-teacher"].loss == "mse+ssim+kld" and "mse+ssim" in paper
+    assert "mse+ssim" not in cheap
+    assert {cheap[n].loss for n in ("kld-teacher", "kld-random", "hyperkd")} == {"mse+kld"}
+    assert cheap["kld-random"].teacher == "random" and cheap["hyperkd"].sample
+    assert {n: s for n, s in cheap.items() if s.arm == "A"} == {
+        n: s for n, s in paper.items() if s.arm == "A"
+    }
+    assert science.references("mse")["B"] == "random"  # type: ignore[attr-defined]
+    argv = ["science.py", "--tiles", "t", "--teacher", "x", "--out", "o", "--recon-loss", "mse",
+            "--students", "mse+ssim"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        science.main()  # type: ignore[attr-defined]
+    assert exit_info.value.code == 2
