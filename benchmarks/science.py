@@ -25,7 +25,8 @@ tiles resampled, seeds pooled). Guided rows also give the share of their masked 
 lie in the top-r set (1 = deterministic, 0.75 = random).
 
 Runs live in ``--out/<student>_<loss>/seed<N>`` and finished ones are reused, so an
-interrupted run picks up where it stopped. Nothing here is tuned on the test split.
+interrupted run picks up where it stopped; a run folder made with other settings (steps,
+batch, tiles, teacher, ...) is refused instead of reused. Nothing here is tuned on the test split.
 
     .venv/bin/python benchmarks/science.py --tiles T.zarr --teacher TEACHER_RUN --out /tmp/science \\
         --steps 300 --seeds 0 1 2 [--arms A B C] [--md table.md]
@@ -95,6 +96,29 @@ def _teacher(args: argparse.Namespace, student: Student) -> str | None:
     return None
 
 
+class OtherSettingsError(ValueError):
+    """A run folder holds a run made with other settings."""
+
+
+def settings(args: argparse.Namespace, student: Student) -> dict[str, Any]:
+    """What a finished run was trained and scored with; a resumed run must match it."""
+    keys = ("tiles", "preset", "steps", "batch_size", "lr", "spectral_dim", "spectral_basis",
+            "mask_ratio", "teacher", "teacher_preset", "random_teacher_preset", "eval_seed")  # fmt: skip
+    return {k: getattr(args, k) for k in keys} | {"student": dataclasses.asdict(student)}
+
+
+def _same_settings(out: Path, wanted: dict[str, Any]) -> None:
+    path = out / "settings.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != wanted:
+            changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
+            raise OtherSettingsError(f"{out} holds a run with other {', '.join(changed)}")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(wanted, indent=1) + "\n")
+
+
 def run_one(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]:
     """Train (unless finished) and evaluate (unless scored) one student; its metrics.json."""
     from hyperkd.model.nets.masking import Masking
@@ -105,6 +129,7 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]:
 
     s = students(args.recon_loss)[name]
     out = Path(args.out) / f"{name}_{s.loss}" / f"seed{seed}"
+    _same_settings(out, settings(args, s))
     scored = out / "evaluate" / f"metrics_{args.split}.json"
     if scored.is_file():
         return json.loads(scored.read_text())
@@ -258,7 +283,10 @@ def main() -> None:
     names += [reference[roster[n].arm] for n in names]  # every arm needs its reference
     names = [n for n in roster if n in names]  # arm order
     t0 = time.perf_counter()
-    results = {n: [run_one(args, n, seed) for seed in args.seeds] for n in names}
+    try:
+        results = {n: [run_one(args, n, seed) for seed in args.seeds] for n in names}
+    except OtherSettingsError as e:
+        p.error(f"{e}; choose another --out")
     text = table(args, results)
     print(text)
     print(f"\nwall {time.perf_counter() - t0:.0f} s")
