@@ -40,17 +40,15 @@ from hyperkd.pipeline.tiles.index import (
     tile_origins,
 )
 from hyperkd.pipeline.tiles.labels import load_label
-from hyperkd.pipeline.tiles.schema import TEACHER_BANDS, TILES_VERSION
+from hyperkd.pipeline.tiles.schema import TILES_VERSION
 from hyperkd.pipeline.tiles.stac import publish_tiles
 from hyperkd.pipeline.tiles.verify import open_store, verify_tiles
 from hyperkd.pipeline.tiles.write import (
-    STUDENT_NODATA,
-    TEACHER_NODATA,
     Progress,
-    band_coord,
     band_selection,
     check_scene,
     create_arrays,
+    root_attrs,
     scene_grid,
     scene_key,
     write_index,
@@ -308,36 +306,11 @@ def write_tile_store(
             scenes, cols, arrays, layers, cfg, bands, progress
         )
         write_index(root, cols, keys, cloud, significance)
-        preset = prithvi_preset(cfg.teacher_preset)
         splits = {s: int((cols["split"] == s).sum()) for s in SPLITS}
-        attrs = {
-            "hyperkd:tiles_version": TILES_VERSION,
-            "tile_size": cfg.tile_size,
-            "patch_size": cfg.patch_size,
-            "stride": cfg.step,
-            "train_stride": cfg.train_step,
-            "min_valid": cfg.min_valid,
-            "split_block_px": cfg.block_px,
-            "split_fractions": list(cfg.split_fractions),
-            "band_wavelength": band_coord(scenes[0], "wavelength", bands),
-            "band_fwhm": band_coord(scenes[0], "fwhm", bands),
-            "student_mean": moments.mean.tolist(),
-            "student_std": moments.std().tolist(),
-            "student_nodata": STUDENT_NODATA,
-            "teacher_bands": list(TEACHER_BANDS),
-            "teacher_mean": list(preset.mean),
-            "teacher_std": list(preset.std),
-            "teacher_preset": preset.name,
-            "teacher_nodata": TEACHER_NODATA,
-            "labels": {layer.name: layer.attrs for layer in layers},
-            "crs": grid.crs,
-            "transform": list(grid.transform),
-            "grid_shape": list(grid.shape),
-            "source_cubes": [clean_href(u) for u in source_cubes],
-            "splits": splits,
-            "dropped": dropped,
-            "params_hash": params,
-        }
+        attrs = root_attrs(
+            cfg, scenes[0], bands, moments, layers, grid,
+            source_cubes=source_cubes, splits=splits, dropped=dropped, params=params,
+        )  # fmt: skip
         # Root attributes last, with the consolidated metadata in the same write: until they
         # exist the store fails verify_tiles and read_info.
         write_root(location, {"hyperkd:kind": "tiles", **attrs})

@@ -10,6 +10,8 @@ import xarray as xr
 import zarr
 
 from hyperkd.pipeline.cube.layout import Grid
+from hyperkd.pipeline.redaction import clean_href
+from hyperkd.pipeline.sensors import prithvi_preset
 from hyperkd.pipeline.store.integrity import WRITE_EVERY_CHUNK
 from hyperkd.pipeline.store.location import CubeStore
 from hyperkd.pipeline.tiles.labels import LabelLayer
@@ -17,8 +19,10 @@ from hyperkd.pipeline.tiles.schema import (
     INDEX_COLUMNS,
     LABEL_DIMS,
     STUDENT_NODATA,
+    TEACHER_BANDS,
     TEACHER_NODATA,
     TILE_ARRAYS,
+    TILES_VERSION,
     sizes,
 )
 from hyperkd.pipeline.tiles.stats import BandMoments
@@ -280,3 +284,49 @@ def write_root(location: CubeStore, attrs: Mapping[str, Any]) -> None:
             "node_type": "group",
         },
     )
+
+
+def root_attrs(
+    cfg: Any,
+    scene: xr.Dataset,
+    bands: np.ndarray,
+    moments: BandMoments,
+    layers: Sequence[LabelLayer],
+    grid: Grid,
+    *,
+    source_cubes: Sequence[str],
+    splits: Mapping[str, int],
+    dropped: Mapping[str, int],
+    params: str,
+) -> dict[str, Any]:
+    """The store's root attributes (:data:`~hyperkd.pipeline.tiles.schema.ROOT_ATTRS`) but
+    its kind; ``scene``: any of the tiled scenes (they share bands and grid)."""
+    preset = prithvi_preset(cfg.teacher_preset)
+    return {
+        "hyperkd:tiles_version": TILES_VERSION,
+        "tile_size": cfg.tile_size,
+        "patch_size": cfg.patch_size,
+        "stride": cfg.step,
+        "train_stride": cfg.train_step,
+        "min_valid": cfg.min_valid,
+        "split_block_px": cfg.block_px,
+        "split_fractions": list(cfg.split_fractions),
+        "band_wavelength": band_coord(scene, "wavelength", bands),
+        "band_fwhm": band_coord(scene, "fwhm", bands),
+        "student_mean": moments.mean.tolist(),
+        "student_std": moments.std().tolist(),
+        "student_nodata": STUDENT_NODATA,
+        "teacher_bands": list(TEACHER_BANDS),
+        "teacher_mean": list(preset.mean),
+        "teacher_std": list(preset.std),
+        "teacher_preset": preset.name,
+        "teacher_nodata": TEACHER_NODATA,
+        "labels": {layer.name: layer.attrs for layer in layers},
+        "crs": grid.crs,
+        "transform": list(grid.transform),
+        "grid_shape": list(grid.shape),
+        "source_cubes": [clean_href(u) for u in source_cubes],
+        "splits": splits,
+        "dropped": dropped,
+        "params_hash": params,
+    }
