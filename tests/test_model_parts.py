@@ -84,6 +84,17 @@ def test_adapt_pos_table_recomputes_sincos_and_interpolates_learned_tables() -> 
     torch.testing.assert_close(adapted, expected)
 
 
+def test_the_tiny_decoder_is_sized_by_what_its_head_predicts() -> None:
+    """Over all bands it predicts 8*8*218 values per patch; over 16 components 8*8*16."""
+    bands = student_config("tiny", img_size=64, patch_size=8, in_chans=218)
+    components = student_config("tiny", img_size=64, patch_size=8, in_chans=218, spectral_dim=16)
+    assert (bands.decoder_embed_dim, bands.decoder_depth) == (128, 2)
+    assert (components.decoder_embed_dim, components.decoder_depth) == (64, 1)
+    assert components.embed_dim == bands.embed_dim and components.depth == bands.depth
+    small = student_config("small", img_size=64, patch_size=8, in_chans=218, spectral_dim=16)
+    assert (small.decoder_embed_dim, small.decoder_depth) == (256, 4)
+
+
 @pytest.mark.parametrize("preset", ["tiny", "small", "base"])
 def test_student_presets_build_with_the_expected_shapes(preset: str) -> None:
     cfg = student_config(preset, img_size=128, patch_size=16, in_chans=218)

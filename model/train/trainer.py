@@ -218,9 +218,13 @@ def fit(
     task.to(env.device)
     params = [p for p in task.parameters() if p.requires_grad]
     opt = config.optim
+    # The fused kernel updates every parameter in one pass: 1.6x the tiny teacher's whole CPU
+    # step and 1.14x the demo student's (benchmarks/RESULTS.md), where the per-tensor loop
+    # dominated; it is also torch's fastest path on CUDA.
     optimizer = torch.optim.AdamW(
-        param_groups(task, opt.weight_decay), lr=opt.peak_lr(effective_batch), betas=opt.betas
-    )
+        param_groups(task, opt.weight_decay), lr=opt.peak_lr(effective_batch), betas=opt.betas,
+        fused=env.device.type in ("cpu", "cuda"),
+    )  # fmt: skip
     generator = torch.Generator().manual_seed(config.seed + 1_000_003 * env.rank)
     step, epoch, position = 0, 0, 0
     saved_config = _fingerprint(run_config)  # what a resume must match
