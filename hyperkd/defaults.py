@@ -52,7 +52,8 @@ DEMO_TEACHER_STEPS = 3000
 """Teacher steps of ``hyperkd demo`` (six bands: cheap). On the seed-0 val split the teacher
 beats interpolation in its own bands after 3000 steps at batch 32, not after 600 or 2000."""
 DEMO_STUDENT_STEPS = 3000
-"""Student steps of ``hyperkd demo``: the budget that fits 10 minutes on 2 CPU cores."""
+"""Student steps of ``hyperkd demo``: the budget that fits 10 minutes on 2 CPU cores, also on
+a day when the machine runs 1.4x slower (benchmarks/SCIENCE.md)."""
 DEMO_SPECTRAL_DIM = 16
 """The demo student's spectral components: MAE at rank 16, 0.6-0.8x the step time, PCA start."""
 DEMO_SPECTRAL_BASIS = "fixed"

@@ -89,7 +89,7 @@ def test_the_tiny_decoder_is_sized_by_what_its_head_predicts() -> None:
     bands = student_config("tiny", img_size=64, patch_size=8, in_chans=218)
     components = student_config("tiny", img_size=64, patch_size=8, in_chans=218, spectral_dim=16)
     assert (bands.decoder_embed_dim, bands.decoder_depth) == (128, 2)
-    assert (components.decoder_embed_dim, components.decoder_depth) == (64, 1)
+    assert (components.decoder_embed_dim, components.decoder_depth) == (64, 2)
     assert components.embed_dim == bands.embed_dim and components.depth == bands.depth
     small = student_config("small", img_size=64, patch_size=8, in_chans=218, spectral_dim=16)
     assert (small.decoder_embed_dim, small.decoder_depth) == (256, 4)

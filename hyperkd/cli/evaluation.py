@@ -1,6 +1,7 @@
-"""``hyperkd ablate``, ``hyperkd downstream`` and ``hyperkd report``: judging a pretraining run.
+"""``hyperkd evaluate``, ``ablate``, ``downstream`` and ``report``: judging a pretraining run.
 
-Each command builds one frozen config (:class:`hyperkd.model.evaluate.ablate.AblationConfig`,
+Each command builds one frozen config (:class:`hyperkd.model.train.config.EvaluateConfig`,
+:class:`hyperkd.model.evaluate.ablate.AblationConfig`,
 :class:`hyperkd.model.evaluate.downstream.DownstreamConfig`, :class:`hyperkd.model.report.page.ReportConfig`)
 from its arguments and hands it to the model layer. Credentials for object stores come from the
 environment (``AWS_*``), never from the command line.
@@ -22,9 +23,11 @@ from hyperkd.cli.common import (
     progress_of_steps,
     storage_options,
 )
+from hyperkd.cli.train import add_out_or_run, resolve_run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _register_evaluate(subparsers)
     ablate = subparsers.add_parser(
         "ablate",
         formatter_class=HelpFormatter,
@@ -268,3 +271,87 @@ def _read(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="PSNR, SSIM and SAM of a student run on a split",
+        description="Mask a split's tiles (fixed seed), reconstruct them with a student run and "
+        "write DIR/metrics.json with psnr, ssim and sam on reflectance scale.",
+    )
+    evaluate.add_argument(
+        "--checkpoint", metavar="CKPT", help="student run directory (default: RUN/student)"
+    )
+    evaluate.add_argument(
+        "--tiles", metavar="URL", help="tile store (default: the one RUN/run.json names)"
+    )
+    evaluate.add_argument("--split", default="test", metavar="SPLIT", help="default test")
+    add_out_or_run(evaluate, "evaluate")
+    evaluate.add_argument(
+        "--masking", choices=defaults.MASKINGS, default="random", help="default random"
+    )
+    evaluate.add_argument(
+        "--mask-ratio", type=float, default=0.75, metavar="F", help="default 0.75"
+    )
+    evaluate.add_argument("--batch-size", type=int, default=8, metavar="N", help="default 8")
+    evaluate.add_argument("--seed", type=int, default=0, metavar="N", help="mask seed (default 0)")
+    evaluate.add_argument(
+        "--teacher", metavar="CKPT", help="also score this teacher in teacher space, same masks"
+    )
+    evaluate.add_argument("--teacher-preset", choices=defaults.TEACHER_PRESETS, default=defaults.OFFICIAL_TEACHER_PRESET,
+                          help=f"architecture of a .pt teacher (default {defaults.OFFICIAL_TEACHER_PRESET})")  # fmt: skip
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                          help="default: CUDA when present")  # fmt: skip
+    add_storage_options(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
+
+
+def _batches_with_progress(config: Any) -> dict[str, Any]:
+    """The split's dataset and its batches (as ``evaluate`` would make them) behind a progress
+    bar that appears with the first batch, after ``evaluate`` has checked its inputs."""
+    import math
+
+    from hyperkd.cli.common import progress_iter
+    from hyperkd.model.data.loader import make_loader
+    from hyperkd.model.train.runs import open_tiles
+
+    dataset = open_tiles(config.tiles, config.split, config.storage_options)
+    loader = make_loader(dataset, config.batch_size, shuffle=False, drop_last=False, num_workers=0)
+    total = math.ceil(len(dataset) / config.batch_size)
+    batches = progress_iter(loader, total, f"evaluate {config.split}", "batch")
+    return {"dataset": dataset, "batches": batches}
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from hyperkd.model.evaluate.reconstruction import evaluate
+    from hyperkd.model.nets.masking import Masking
+    from hyperkd.model.train.config import EvaluateConfig
+
+    resolve_run(args, "evaluate")
+    config = EvaluateConfig(
+        checkpoint=args.checkpoint,
+        tiles=args.tiles,
+        out=args.out,
+        split=args.split,
+        masking=Masking(args.masking, args.mask_ratio),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        teacher=args.teacher,
+        teacher_preset=args.teacher_preset,
+        storage_options=storage_options(args.storage_options) or None,
+    )
+    result = evaluate(config, **_batches_with_progress(config))
+    print(f"{result['n_tiles']} {args.split} tiles, masked patches (PSNR peak 1 / band range, dB):")
+    rows = [("student", result), *result["baselines"].items()]
+    if "teacher" in result:
+        rows += [("teacher (6 bands)", result["teacher"])]
+        rows += [(f"  {k} (6 bands)", v) for k, v in result["teacher"]["baselines"].items()]
+    for name, m in rows:
+        print(
+            f"  {name:<22} PSNR {m['psnr']:.2f} / {m['psnr_range']:.2f}  SSIM {m['ssim']:.4f}  "
+            f"SAM {m['sam']:.2f} deg  MSE(norm) {m['mse_norm']:.4f}"
+        )
+    print(f"written to {args.out}/metrics.json")
+    return 0

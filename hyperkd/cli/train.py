@@ -1,4 +1,4 @@
-"""``hyperkd train-teacher``, ``hyperkd train`` and ``hyperkd evaluate``.
+"""``hyperkd train-teacher`` and ``hyperkd train`` (``hyperkd evaluate``: :mod:`hyperkd.cli.evaluation`).
 
 Every training command writes ``DIR/model.safetensors`` + ``DIR/config.json`` (plus
 ``DIR/metrics.jsonl`` and ``DIR/checkpoints/``), so ``--teacher`` and ``--checkpoint`` accept a
@@ -24,7 +24,7 @@ LOSSES = defaults.LOSSES
 
 @dataclass(frozen=True)
 class TrainCommand:
-    """One ``hyperkd train``/``train-teacher``/``evaluate`` invocation, as typed values."""
+    """One ``hyperkd train``/``train-teacher`` invocation, as typed values."""
 
     command: str
     config: Any
@@ -124,7 +124,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the official weights. Writes DIR/model.safetensors in Prithvi's checkpoint layout.",
     )
     teacher.add_argument("--tiles", required=True, metavar="URL", help="tile store")
-    _add_out_or_run(teacher, "teacher")
+    add_out_or_run(teacher, "teacher")
     teacher.add_argument("--preset", choices=TEACHER_PRESETS, default=defaults.PRETRAIN_TEACHER_PRESET,
                          help=f"architecture (default {defaults.PRETRAIN_TEACHER_PRESET})")  # fmt: skip
     teacher.add_argument(
@@ -144,7 +144,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the MSE + SSIM + KLD loss; the teacher is a train-teacher run or an official Prithvi .pt.",
     )
     train.add_argument("--tiles", required=True, metavar="URL", help="tile store")
-    _add_out_or_run(train, "student")
+    add_out_or_run(train, "student")
     train.add_argument(
         "--teacher",
         metavar="CKPT",
@@ -205,38 +205,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_training_args(train)
     train.set_defaults(handler=run_train)
 
-    evaluate = subparsers.add_parser(
-        "evaluate",
-        help="PSNR, SSIM and SAM of a student run on a split",
-        description="Mask a split's tiles (fixed seed), reconstruct them with a student run and "
-        "write DIR/metrics.json with psnr, ssim and sam on reflectance scale.",
-    )
-    evaluate.add_argument(
-        "--checkpoint", metavar="CKPT", help="student run directory (default: RUN/student)"
-    )
-    evaluate.add_argument(
-        "--tiles", metavar="URL", help="tile store (default: the one RUN/run.json names)"
-    )
-    evaluate.add_argument("--split", default="test", metavar="SPLIT", help="default test")
-    _add_out_or_run(evaluate, "evaluate")
-    evaluate.add_argument("--masking", choices=MASKINGS, default="random", help="default random")
-    evaluate.add_argument(
-        "--mask-ratio", type=float, default=0.75, metavar="F", help="default 0.75"
-    )
-    evaluate.add_argument("--batch-size", type=int, default=8, metavar="N", help="default 8")
-    evaluate.add_argument("--seed", type=int, default=0, metavar="N", help="mask seed (default 0)")
-    evaluate.add_argument(
-        "--teacher", metavar="CKPT", help="also score this teacher in teacher space, same masks"
-    )
-    evaluate.add_argument("--teacher-preset", choices=TEACHER_PRESETS, default="prithvi-eo-1.0-100m",
-                          help="architecture of a .pt teacher (default prithvi-eo-1.0-100m)")  # fmt: skip
-    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                          help="default: CUDA when present")  # fmt: skip
-    add_storage_options(evaluate)
-    evaluate.set_defaults(handler=run_evaluate)
 
-
-def _add_out_or_run(parser: argparse.ArgumentParser, part: str) -> None:
+def add_out_or_run(parser: argparse.ArgumentParser, part: str) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", metavar="DIR", help="output directory")
     where.add_argument(
@@ -374,57 +344,4 @@ def run_train(args: argparse.Namespace) -> int:
     if args.run is not None:
         _write_manifest(args)
     print(f"student written to {args.out}/model.safetensors")
-    return 0
-
-
-def _batches_with_progress(config: Any) -> dict[str, Any]:
-    """The split's dataset and its batches (as ``evaluate`` would make them) behind a progress
-    bar that appears with the first batch, after ``evaluate`` has checked its inputs."""
-    import math
-
-    from hyperkd.cli.common import progress_iter
-    from hyperkd.model.data.loader import make_loader
-    from hyperkd.model.train.runs import open_tiles
-
-    dataset = open_tiles(config.tiles, config.split, config.storage_options)
-    loader = make_loader(dataset, config.batch_size, shuffle=False, drop_last=False, num_workers=0)
-    total = math.ceil(len(dataset) / config.batch_size)
-    batches = progress_iter(loader, total, f"evaluate {config.split}", "batch")
-    return {"dataset": dataset, "batches": batches}
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    from hyperkd.model.evaluate.reconstruction import evaluate
-    from hyperkd.model.nets.masking import Masking
-    from hyperkd.model.train.config import EvaluateConfig
-
-    resolve_run(args, "evaluate")
-    command = TrainCommand(
-        "evaluate",
-        EvaluateConfig(
-            checkpoint=args.checkpoint,
-            tiles=args.tiles,
-            out=args.out,
-            split=args.split,
-            masking=Masking(args.masking, args.mask_ratio),
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=args.device,
-            teacher=args.teacher,
-            teacher_preset=args.teacher_preset,
-            storage_options=storage_options(args.storage_options) or None,
-        ),
-    )
-    result = evaluate(command.config, **_batches_with_progress(command.config))
-    print(f"{result['n_tiles']} {args.split} tiles, masked patches (PSNR peak 1 / band range, dB):")
-    rows = [("student", result), *result["baselines"].items()]
-    if "teacher" in result:
-        rows += [("teacher (6 bands)", result["teacher"])]
-        rows += [(f"  {k} (6 bands)", v) for k, v in result["teacher"]["baselines"].items()]
-    for name, m in rows:
-        print(
-            f"  {name:<22} PSNR {m['psnr']:.2f} / {m['psnr_range']:.2f}  SSIM {m['ssim']:.4f}  "
-            f"SAM {m['sam']:.2f} deg  MSE(norm) {m['mse_norm']:.4f}"
-        )
-    print(f"written to {args.out}/metrics.json")
     return 0
