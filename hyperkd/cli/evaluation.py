@@ -177,8 +177,9 @@ def run_ablate(args: argparse.Namespace) -> int:
 
 
 def run_downstream(args: argparse.Namespace) -> int:
-    from hyperkd.model.evaluate.downstream import DownstreamConfig, markdown_table
+    from hyperkd.model.evaluate.downstream import DownstreamConfig
     from hyperkd.model.evaluate.downstream import run_downstream as evaluate_task
+    from hyperkd.model.evaluate.downstream_results import markdown_table
 
     baseline = args.baseline_checkpoint
     if args.ablation is not None:

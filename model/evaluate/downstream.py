@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -50,6 +49,7 @@ from torch import nn
 from hyperkd.model.data.dataset import TileDataset
 from hyperkd.model.data.loader import make_loader
 from hyperkd.model.evaluate import pixels, probes
+from hyperkd.model.evaluate.downstream_results import write_results
 from hyperkd.model.nets.mae import StudentMAE
 from hyperkd.model.train.runs import load_student
 from hyperkd.pipeline.store.guard import check_output
@@ -371,31 +371,6 @@ def run_downstream(
     return result
 
 
-def table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (one per method and mode) of a result, as display strings."""
-    metrics = list(result["metrics"])
-    names = {"accuracy": "overall accuracy", "macro_f1": "macro-F1", "r2": "R²", "rmse": "RMSE"}
-    unit = " (g/kg)" if result["task"] == "soc" else ""
-    head = [
-        "method",
-        "mode",
-        *(names[m] + (unit if m == "rmse" else "") for m in metrics),
-        "time (s)",
-    ]
-    rows = [
-        [r["method"], r["mode"], *(f"{r[m]:.3f}" for m in metrics), f"{r['seconds']:.1f}"]
-        for r in result["results"]
-    ]
-    return head, rows
-
-
-def markdown_table(result: Mapping[str, Any]) -> str:
-    """The results as a markdown table (one row per method and mode)."""
-    head, rows = table(result)
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
 def result_name(cfg: DownstreamConfig) -> str:
     """``<task>``, or ``<task>_<label><codes>`` with ``only`` (e.g. ``soc_landcover5``); with
     patch-level labels ``_patch`` follows (``landcover_patch``)."""
@@ -403,22 +378,3 @@ def result_name(cfg: DownstreamConfig) -> str:
     if cfg.only is not None:
         name += f"_{cfg.only[0]}{'-'.join(str(c) for c in cfg.only[1])}"
     return name + ("_patch" if cfg.label_level == "patch" else "")
-
-
-def write_results(out: Path, result: Mapping[str, Any]) -> None:
-    """``downstream_<name>.json`` and ``.md`` in ``out`` (name: :func:`result_name`)."""
-    out.mkdir(parents=True, exist_ok=True)
-    name = result["name"]
-    (out / f"downstream_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    unit = " (g/kg)" if result["task"] == "soc" else ""
-    text = [
-        f"# Downstream: {name}{unit}",
-        "",
-        f"Label `{result['label']}` of `{result['data']}`; trained on {result['n_train_pixels']} {result['train_split']} "
-        f"pixels, scored on {result['n_eval_pixels']} {result['eval_split']} pixels.",
-        "",
-        markdown_table(result),
-        "",
-        *(f"- {note}" for note in result["notes"]),
-    ]
-    (out / f"downstream_{name}.md").write_text("\n".join(text).rstrip() + "\n")

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from hyperkd.model.evaluate.downstream import table as downstream_table
+from hyperkd.model.evaluate.downstream_results import table as downstream_table
 from hyperkd.model.nets.masking import Masking
 from hyperkd.model.report import figures
 from hyperkd.pipeline.store.guard import check_output
