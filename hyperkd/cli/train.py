@@ -1,4 +1,4 @@
-"""``hyperkd train-teacher`` and ``hyperkd train`` (``hyperkd evaluate``: :mod:`hyperkd.cli.evaluation`).
+"""``hyperkd train-teacher`` and ``hyperkd train`` (``evaluate``: :mod:`hyperkd.cli.evaluation`).
 
 Every training command writes ``DIR/model.safetensors`` + ``DIR/config.json`` (plus
 ``DIR/metrics.jsonl`` and ``DIR/checkpoints/``), so ``--teacher`` and ``--checkpoint`` accept a

@@ -41,7 +41,8 @@ def markdown_table(result: Mapping[str, Any]) -> str:
 
 
 def write_results(out: Path, result: Mapping[str, Any]) -> None:
-    """``downstream_<name>.json`` and ``.md`` in ``out`` (name: :func:`hyperkd.model.evaluate.downstream.result_name`)."""
+    """``downstream_<name>.json`` and ``.md`` in ``out``; the name is the result's ``name``
+    (:func:`hyperkd.model.evaluate.downstream.result_name`)."""
     out.mkdir(parents=True, exist_ok=True)
     name = result["name"]
     (out / f"downstream_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
