@@ -327,9 +327,9 @@ def student_config(
       128 x 2, wider than the encoder because it predicts P*P*C values per patch (8*8*218);
       at 32 wide it underfits. Over ``spectral_dim`` components it predicts P*P*k values
       (8*8*16 in the demo) and is 64 x 2: on the demo's val split as good as 128 x 2 after
-      3000 steps, masked and visible patches alike, at 1.4-1.6x the step. (64 x 1 matched it on
-      masked patches but its visible-patch outputs, which the loss never sees, fell apart;
-      benchmarks/SCIENCE.md.)
+      3000 steps, masked and visible patches alike, at 1.4-1.6x the step; after 6000 steps
+      0.1 dB behind, so longer runs should widen it. (64 x 1 matched it on masked patches but
+      its visible-patch outputs, which the loss never sees, fell apart; benchmarks/SCIENCE.md.)
     - ``small``: ViT-S (384 x 12, 6 heads), decoder 256 x 4.
     - ``base``: the paper's ViT-B (768 x 12, 12 heads), decoder 512 x 8 (16 heads).
     The distilled block is 8 of 12, or the same 2/3 depth for ``tiny``.
