@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-from spectral_basis import cache_of, scene_tiles, seconds
+from spectral_basis import add_step_args, cache_of, samples_per_s, scene_of
 
 from hyperkd.model.nets.mae import StudentMAE, student_config
 from hyperkd.model.nets.masking import Masking
@@ -86,18 +85,9 @@ def student_step(tiles: torch.Tensor, batch: int, args: argparse.Namespace, *, f
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--tiles", type=int, default=64, help="tiles in the cache")
-    p.add_argument("--tile", type=int, default=64)
-    p.add_argument("--patch", type=int, default=8)
-    p.add_argument("--bands", type=int, default=218)
-    p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
+    add_step_args(p)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tiles = scene_tiles(args.tiles, args.tile, args.bands)
+    tiles = scene_of(args)
     steps = {
         "teacher, loop update": teacher_step(tiles, args.batch, args.patch, fused=False),
         "teacher, fused update": teacher_step(tiles, args.batch, args.patch, fused=True),
@@ -111,13 +101,7 @@ def main() -> None:
     print(f"batch {args.batch}, {args.tiles} tiles of {args.bands} bands x {args.tile}^2 px, "
           f"rank {args.rank}, {torch.get_num_threads()} threads; "
           f"medians of {args.repeats} x {args.steps} steps")  # fmt: skip
-    for step in steps.values():
-        step()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(args.repeats):
-        for name, step in steps.items():  # alternating, so load hits every variant alike
-            times[name].append(seconds(step, args.steps))
-    rate = {k: args.steps * args.batch / statistics.median(v) for k, v in times.items()}
+    rate = samples_per_s(steps, args.batch, args)
     for name, r in rate.items():
         print(f"{name:32s} {r:8.1f} samples/s")
     old, fused, new = (rate[f"student, {k}"] for k in

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,9 +90,8 @@ def seconds(step, n: int) -> float:  # type: ignore[no-untyped-def]
     return time.perf_counter() - t
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batches", type=int, nargs="+", default=[8, 32])
+def add_step_args(p: argparse.ArgumentParser) -> None:
+    """The scene and timing arguments of the demo-step benchmarks (this one, demo_steps.py)."""
     p.add_argument("--tiles", type=int, default=64, help="tiles in the cache")
     p.add_argument("--tile", type=int, default=64)
     p.add_argument("--patch", type=int, default=8)
@@ -100,24 +100,41 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
+
+
+def scene_of(args: argparse.Namespace) -> torch.Tensor:
+    """Sets ``--threads`` and returns the ``--tiles`` scene-factory tiles (:func:`scene_tiles`)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    tiles = scene_tiles(args.tiles, args.tile, args.bands)
+    return scene_tiles(args.tiles, args.tile, args.bands)
+
+
+def samples_per_s(steps: dict[str, Any], batch: int, args: argparse.Namespace) -> dict[str, float]:
+    """Each step's samples/s: one warm-up call, then ``--repeats`` timings of ``--steps`` calls,
+    the steps alternating so that load hits them alike; medians."""
+    for step in steps.values():
+        step()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            times[name].append(seconds(step, args.steps))
+    return {k: args.steps * batch / statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batches", type=int, nargs="+", default=[8, 32])
+    add_step_args(p)
+    args = p.parse_args()
+    tiles = scene_of(args)
     print(f"{args.tiles} tiles of {args.bands} bands x {args.tile}^2 px, rank {args.rank}, "
           f"{torch.get_num_threads()} threads; medians of {args.repeats} x {args.steps} steps")  # fmt: skip
     rates: dict[tuple[str, int], float] = {}
     for batch in args.batches:
         steps = {b: stepper(b, tiles, batch, args) for b in ("learned", "fixed")}
-        for step in steps.values():
-            step()  # warm-up
-        times: dict[str, list[float]] = {b: [] for b in steps}
-        for _ in range(args.repeats):
-            for basis, step in steps.items():  # alternating, so load hits both alike
-                times[basis].append(seconds(step, args.steps))
-        for basis in steps:
-            rates[basis, batch] = args.steps * batch / statistics.median(times[basis])
-            print(f"batch {batch:3d} {basis:8s} {rates[basis, batch]:8.1f} samples/s")
+        for basis, rate in samples_per_s(steps, batch, args).items():
+            rates[basis, batch] = rate
+            print(f"batch {batch:3d} {basis:8s} {rate:8.1f} samples/s")
     last = [
         f"b{b}/fixed_vs_learned={rates['fixed', b] / rates['learned', b]:.2f}" for b in args.batches
     ]
