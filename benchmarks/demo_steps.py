@@ -10,10 +10,14 @@ on the same tiles, alternating, medians of ``--repeats`` timings of ``--steps`` 
   demo student (16 fixed spectral components).
 - ``decoder``: the demo student's decoder 64 x 2, what the ``tiny`` preset now builds over
   spectral components, against the 128 x 2 it built before (both with the fused update).
+- ``fields``: drawing the student's batch from a cache of its task's ``batch_fields``
+  (components, residual, valid mask) against one of every field a tile store holds (also the
+  teacher's bands, both significance maps, three label rasters and the tile ids), as the
+  trainer cached it before. This times the batch alone, not the step around it.
 
 The last line is ``teacher/fused=<speed-up> student/fused=<speed-up>
-student/decoder=<speed-up> student/both=<speed-up>`` (both: the new student step against the
-old one, loop update and 128 x 2 decoder).
+student/decoder=<speed-up> student/both=<speed-up> batch/fields=<speed-up>`` (both: the new
+student step against the old one, loop update and 128 x 2 decoder).
 
     .venv/bin/python benchmarks/demo_steps.py --repeats 5
 """
@@ -82,6 +86,35 @@ def student_step(tiles: torch.Tensor, batch: int, args: argparse.Namespace, *, f
     return _stepper(task, cache, n, batch, fused)
 
 
+def batch_draw(tiles: torch.Tensor, batch: int, args: argparse.Namespace, *,
+               every_field: bool) -> Step:  # fmt: skip
+    """Drawing one augmented student batch from the in-memory cache; ``every_field``: the
+    cache also holds what the task never reads, each field as the tile store decodes it."""
+    n, bands, tile, _ = tiles.shape
+    config = student_config("tiny", img_size=tile, patch_size=args.patch, in_chans=bands,
+                            spectral_dim=args.rank, spectral_basis="fixed")  # fmt: skip
+    student = StudentMAE(config)
+    student.init_spectral_basis(tiles.permute(0, 2, 3, 1).reshape(-1, bands)[::7])
+    task = DistillationTask(student, Masking("random"), LossConfig("mse"))
+    components, residual = student.project_bands(tiles)
+    grid = tile // args.patch
+    fields = {"student_components": components, "student_residual": residual,
+              "valid": torch.ones(n, tile, tile, dtype=torch.bool)}  # fmt: skip
+    assert set(fields) == set(task.batch_fields)
+    if every_field:
+        fields |= {
+            "teacher": tiles[:, :6].contiguous(),
+            "significance_gabor": torch.rand(n, grid, grid),
+            "significance_wavelet": torch.rand(n, grid, grid),
+            "label_landcover": torch.zeros(n, tile, tile, dtype=torch.int64),
+            "label_crop_type": torch.zeros(n, tile, tile, dtype=torch.int64),
+            "label_soc": torch.zeros(n, tile, tile),
+            "tile_id": torch.arange(n),
+        }
+    cache, rng = cache_of(fields), np.random.default_rng(0)
+    return lambda: cache.batch(rng.integers(0, n, batch), rng.integers(0, 8, batch))  # type: ignore[func-returns-value]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=32)
@@ -97,6 +130,8 @@ def main() -> None:
                                                       decoder=(128, 2)),
         "student, fused, decoder 64x2": student_step(tiles, args.batch, args, fused=True,
                                                      decoder=(64, 2)),
+        "batch, all fields": batch_draw(tiles, args.batch, args, every_field=True),
+        "batch, task fields": batch_draw(tiles, args.batch, args, every_field=False),
     }  # fmt: skip
     print(f"batch {args.batch}, {args.tiles} tiles of {args.bands} bands x {args.tile}^2 px, "
           f"rank {args.rank}, {torch.get_num_threads()} threads; "
@@ -109,7 +144,8 @@ def main() -> None:
     print(
         f"teacher/fused={rate['teacher, fused update'] / rate['teacher, loop update']:.2f} "
         f"student/fused={fused / old:.2f} student/decoder={new / fused:.2f} "
-        f"student/both={new / old:.2f}"
+        f"student/both={new / old:.2f} "
+        f"batch/fields={rate['batch, task fields'] / rate['batch, all fields']:.2f}"
     )
 
 

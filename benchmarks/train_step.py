@@ -198,7 +198,8 @@ def fed_ratio(
     from hyperkd.model.data.dataset import TileDataset
     from hyperkd.model.data.loader import make_loader
     from hyperkd.model.train.config import TrainConfig
-    from hyperkd.model.train.trainer import DistEnv, fit
+    from hyperkd.model.train.distributed import DistEnv
+    from hyperkd.model.train.trainer import fit
 
     env = DistEnv(rank=0, world_size=1, device=device, owns_group=False)
     dataset = TileDataset(tiles, split="train")

@@ -1,4 +1,4 @@
-"""The demo-step benchmark runs end to end in a reduced form and prints its four ratios."""
+"""The demo-step benchmark runs end to end in a reduced form and prints its five ratios."""
 
 from __future__ import annotations
 
@@ -18,5 +18,11 @@ def test_demo_steps_benchmark_prints_its_ratios() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     last = dict(kv.split("=") for kv in done.stdout.strip().splitlines()[-1].split())
-    assert set(last) == {"teacher/fused", "student/fused", "student/decoder", "student/both"}
+    assert set(last) == {
+        "teacher/fused",
+        "student/fused",
+        "student/decoder",
+        "student/both",
+        "batch/fields",
+    }
     assert all(float(v) > 0 for v in last.values()), last

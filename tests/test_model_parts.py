@@ -20,7 +20,7 @@ from hyperkd.model.nets.prithvi import (
     teacher_config,
 )
 from hyperkd.model.train.losses import LossConfig, feature_kld, masked_patch_mse, ssim_map
-from hyperkd.model.train.tasks import DistillationTask, tokens_to_grid
+from hyperkd.model.train.tasks import DistillationTask, TeacherPretrainTask, tokens_to_grid
 
 
 # --- reference sin-cos tables, transcribed from the numpy originals (terratorch, MAE) ---
@@ -342,3 +342,47 @@ def test_distillation_compares_teacher_tokens_on_the_student_grid() -> None:
     assert all(p.grad is None for p in task.teacher.parameters())  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="needs a teacher"):
         DistillationTask(student, Masking("random"), LossConfig("mse+ssim+kld"))
+
+
+def test_a_task_names_every_batch_field_it_reads() -> None:
+    """A cached train split keeps a task's ``batch_fields`` only, so they must be all it reads."""
+    torch.manual_seed(0)
+    tiny = dict(img_size=32, patch_size=8)
+    full = StudentMAE(student_config("tiny", in_chans=10, **tiny))
+    component = StudentMAE(
+        student_config("tiny", in_chans=10, spectral_dim=3, spectral_basis="fixed", **tiny)
+    )
+    component.init_spectral_basis(torch.rand(500, 10))
+    images = torch.rand(2, 10, 32, 32)
+    components, residual = component.project_bands(images)
+    sample = {
+        "student": images,
+        "student_components": components,
+        "student_residual": residual,
+        "teacher": torch.rand(2, 6, 32, 32),
+        "significance_gabor": torch.rand(2, 4, 4),
+        "significance_wavelet": torch.rand(2, 4, 4),
+        "valid": torch.ones(2, 32, 32, dtype=torch.bool),
+        "label_landcover": torch.zeros(2, 32, 32, dtype=torch.int64),
+        "tile_id": torch.arange(2),
+    }
+    teacher = Teacher(PrithviMAE(teacher_config("tiny", **tiny)))
+    tasks = {
+        ("student", "valid", "significance_gabor", "teacher"): DistillationTask(
+            full, Masking("gabor"), LossConfig(), teacher
+        ),
+        ("student_components", "student_residual", "valid"): DistillationTask(
+            component, Masking("random"), LossConfig("mse")
+        ),
+        ("teacher", "valid"): TeacherPretrainTask(
+            PrithviMAE(teacher_config("tiny", **tiny)), Masking("random")
+        ),
+    }
+    for fields, task in tasks.items():
+        assert sorted(task.batch_fields) == sorted(fields)
+        batch = {k: sample[k] for k in task.batch_fields}
+        assert task(batch, task.make_mask(batch))["loss"].isfinite()
+        for missing in set(fields) - {"valid"}:  # valid is optional: all pixels count
+            partial = {k: v for k, v in batch.items() if k != missing}
+            with pytest.raises(KeyError, match=missing):
+                task(partial, task.make_mask(partial))

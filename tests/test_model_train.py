@@ -188,7 +188,7 @@ import dataclasses, sys, torch
 from safetensors.torch import save_file
 import hyperkd.model.train.runs as runs
 from hyperkd.model.data.dataset import TileDataset
-from hyperkd.model.train.trainer import setup_distributed
+from hyperkd.model.train.distributed import setup_distributed
 from test_model_train import _distill_config
 env = setup_distributed("cpu")
 assert env.world_size == 2, env

@@ -18,11 +18,11 @@ from hyperkd.model.data.memory import MemoryTiles, fits_in_memory, tile_bytes
 from hyperkd.model.nets.mae import StudentMAE, student_config
 from hyperkd.model.nets.masking import Masking
 from hyperkd.model.train.config import DistillConfig, TrainConfig
+from hyperkd.model.train.distributed import setup_distributed
 from hyperkd.model.train.losses import LossConfig, feature_kld, masked_patch_mse
 from hyperkd.model.train.runs import load_teacher, run_distill
 from hyperkd.model.train.split import cache_train_split, component_cache, train_pixels
 from hyperkd.model.train.tasks import DistillationTask, valid_patches
-from hyperkd.model.train.trainer import setup_distributed
 
 BANDS, SIZE, PATCH, K = 12, 32, 8, 3
 
@@ -160,10 +160,12 @@ def test_the_cache_holds_components_and_residuals_not_bands(store: str, tmp_path
         spectral_basis="fixed",
     )  # fmt: skip
     cached, factory = cache_train_split(
-        config, setup_distributed("cpu"), dataset, None, **component_cache(task)
-    )
+        config, setup_distributed("cpu"), dataset, None, fields=task.batch_fields,
+        **component_cache(task),
+    )  # fmt: skip
     assert isinstance(cached, MemoryTiles) and factory is not None
-    assert "student" not in cached.tiles
+    # Only what the task reads is kept and batched: no bands, labels, teacher or maps.
+    assert set(cached.tiles) == {"student_components", "student_residual", "valid"}
     assert cached.tiles["student_components"].shape[1:] == (K, info.tile_size, info.tile_size)
     components, residual = student.project_bands(dataset[0]["student"][None])
     torch.testing.assert_close(cached[0]["student_components"], components[0])
@@ -173,6 +175,9 @@ def test_the_cache_holds_components_and_residuals_not_bands(store: str, tmp_path
     # The cache budget counts k + 1 channels, so a split too big at C bands can still fit.
     per_tile = tile_bytes(info, student_channels=K + 1)
     assert per_tile < tile_bytes(info)
+    kept = tile_bytes(info, student_channels=K + 1, fields=task.batch_fields)
+    t = info.tile_size
+    assert kept == 4 * (K + 1) * t * t + t * t  # components + residual, and the valid mask
     budget = len(dataset) * per_tile
     assert fits_in_memory(dataset, budget, student_channels=K + 1)
     assert not fits_in_memory(dataset, budget)

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from hyperkd.defaults import MASKINGS
+
 __all__ = ["MemoryTiles", "fits_in_memory", "memory_loader_factory", "tile_bytes"]
 
 DEFAULT_BUDGET = 2 * 1024**3
@@ -33,21 +35,19 @@ def tile_bytes(
     """Decoded bytes of one cached tile: float32 student and teacher, maps, valid mask, labels.
 
     ``student_channels``: float32 channels kept for the student (default: its C bands; a
-    fixed-basis student keeps k components and a residual). ``fields``: only the student-free
-    fields named (a teacher's ``teacher`` and ``valid``), or None for all.
+    fixed-basis student keeps k components and a residual). ``fields``: only the sample keys
+    named (a task's ``batch_fields``; any ``student*`` key counts the student's channels once),
+    or None for all.
     """
     t, g = info.tile_size, info.tile_size // info.patch_size
-    student = info.n_bands if student_channels is None else student_channels
-    sizes = {
-        "student": 4 * student * t * t,
-        "teacher": 4 * 6 * t * t,
-        "maps": 8 * g * g,
-        "valid": t * t,
-        "labels": 8 * len(info.labels) * t * t,
-    }
-    if fields is not None:
-        return sum(sizes[k] for k in fields if k in sizes)
-    return sum(sizes.values())
+    student = 4 * (info.n_bands if student_channels is None else student_channels) * t * t
+    sizes = {"teacher": 4 * 6 * t * t, "valid": t * t, "tile_id": 8}
+    sizes |= {f"significance_{kind}": 4 * g * g for kind in MASKINGS if kind != "random"}
+    sizes |= {f"label_{name}": 8 * t * t for name in info.labels}
+    if fields is None:
+        return student + sum(sizes.values())
+    keeps_student = any(k.startswith("student") for k in fields)
+    return student * keeps_student + sum(sizes.get(k, 0) for k in fields)
 
 
 def fits_in_memory(

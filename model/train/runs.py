@@ -35,6 +35,7 @@ from hyperkd.model.train.config import (
     TeacherPretrainConfig,
     TrainConfig,
 )
+from hyperkd.model.train.distributed import DistEnv, LoaderFactory
 from hyperkd.model.train.losses import LossConfig
 from hyperkd.model.train.split import (
     cache_train_split,
@@ -43,7 +44,7 @@ from hyperkd.model.train.split import (
     train_pixels,
 )
 from hyperkd.model.train.tasks import DistillationTask, TeacherPretrainTask
-from hyperkd.model.train.trainer import DistEnv, LoaderFactory, fit
+from hyperkd.model.train.trainer import fit
 from hyperkd.pipeline.sensors import prithvi_preset
 
 _logger = logging.getLogger(__name__)
@@ -284,7 +285,7 @@ def run_distill(
         )
     task = DistillationTask(student, config.masking, config.loss, teacher)
     dataset, loader_factory = cache_train_split(
-        config, env, dataset, loader_factory, **component_cache(task)
+        config, env, dataset, loader_factory, fields=task.batch_fields, **component_cache(task)
     )
     run_config = {
         "kind": "student",
@@ -315,9 +316,10 @@ def run_teacher_pretrain(
 ) -> dict[str, float]:
     """``hyperkd train-teacher``: MAE pretraining of a Prithvi architecture on teacher tiles."""
     env, dataset = open_train_split(config, env, dataset)
-    # A teacher reads its six bands only (TeacherPretrainTask.forward).
+    # Cached first: reading the split draws a loader seed from torch's RNG, and the teacher's
+    # weights have always come after that draw.
     dataset, loader_factory = cache_train_split(
-        config, env, dataset, loader_factory, fields=("teacher", "valid")
+        config, env, dataset, loader_factory, fields=TeacherPretrainTask.batch_fields
     )
     info = dataset.info
     model = PrithviMAE(

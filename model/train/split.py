@@ -16,8 +16,13 @@ import numpy as np
 import torch
 
 from hyperkd.model.train.config import DistillConfig, TeacherPretrainConfig
+from hyperkd.model.train.distributed import (
+    DistEnv,
+    LoaderFactory,
+    seed_everything,
+    setup_distributed,
+)
 from hyperkd.model.train.tasks import DistillationTask
-from hyperkd.model.train.trainer import DistEnv, LoaderFactory, seed_everything, setup_distributed
 from hyperkd.pipeline.store.guard import check_output
 
 __all__ = ["cache_train_split", "component_cache", "open_train_split", "train_pixels"]

@@ -101,6 +101,15 @@ class DistillationTask(nn.Module):
         may carry ``student_components`` and ``student_residual`` instead of ``student``."""
         return self.student.spectral_fixed and not self.loss_config.use_ssim
 
+    @property
+    def batch_fields(self) -> tuple[str, ...]:
+        """The batch keys :meth:`make_mask` and :meth:`forward` read: what a cached train split
+        keeps and copies into each batch (labels and unused maps stay out)."""
+        images = ("student_components", "student_residual") if self.component_loss else ("student",)
+        significance = (self.masking.significance_key,) if self.masking.significance_key else ()
+        teacher = ("teacher",) if self.loss_config.use_kd else ()
+        return (*images, "valid", *significance, *teacher)
+
     def make_mask(self, batch: Batch, generator: torch.Generator | None = None) -> PatchMask:
         imgs = batch["student"] if "student" in batch else batch["student_components"]
         key = self.masking.significance_key
@@ -194,6 +203,9 @@ class TeacherPretrainTask(nn.Module):
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state, strict=True)
+
+    batch_fields = ("teacher", "valid")
+    """The batch keys :meth:`forward` reads: the six bands and where they are valid."""
 
     def make_mask(self, batch: Batch, generator: torch.Generator | None = None) -> PatchMask:
         imgs = batch["teacher"]
