@@ -101,12 +101,7 @@ def evaluate(
     if dataset is None:
         dataset = open_tiles(config.tiles, config.split, config.storage_options)
     info = dataset.info
-    c = model.config
-    if (info.n_bands, info.tile_size, info.patch_size) != (c.in_chans, c.img_size, c.patch_size):
-        raise ValueError(
-            f"tile store has {info.n_bands} bands, {info.tile_size}-px tiles and {info.patch_size}-px "
-            f"patches; the student was trained on {c.in_chans}, {c.img_size} and {c.patch_size}"
-        )
+    _check_fits(model.config, info)
     device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
     teacher = None
     if config.teacher is not None:
@@ -121,19 +116,17 @@ def evaluate(
         stats = split_band_stats(_loader(train, config.batch_size), keys, STATS_MAX_TILES)
     else:
         stats = split_band_stats(train_batches(), keys, STATS_MAX_TILES)
-    if batches is None:
-        batches = _loader(dataset, config.batch_size)
     model.to(device)
-    student = _Scorer(info.student_mean, info.student_std, stats["student"], c.patch_size,
-                      config.per_tile)  # fmt: skip
+    student = _Scorer(info.student_mean, info.student_std, stats["student"],
+                      model.config.patch_size, config.per_tile)  # fmt: skip
     teach = None
     if teacher is not None:
         teach = _Scorer(info.teacher_mean, info.teacher_std, stats["teacher"],
                         teacher.config.patch_size, config.per_tile)  # fmt: skip
     generator = torch.Generator().manual_seed(config.seed)
     teacher_generator = torch.Generator().manual_seed(config.seed + 1)
-    n_tiles, tile_ids = 0, []
-    for batch in batches:
+    tile_ids: list[int] = []
+    for batch in batches if batches is not None else _loader(dataset, config.batch_size):
         imgs = batch["student"].to(device)
         valid = batch.get("valid")
         valid = None if valid is None else valid.to(device)
@@ -143,23 +136,57 @@ def evaluate(
         student.update(recon, imgs, pm, model.grid, valid)
         if teacher is not None and teach is not None:
             timgs = batch["teacher"].to(device)
-            tgrid = teacher.grid[1:]
             # Same grid: the student's masks; otherwise random masks at the same ratio.
-            tpm = (
-                pm
-                if tgrid == model.grid
-                else Masking("random", config.masking.ratio)(
-                    timgs.shape[0], teacher.num_patches, generator=teacher_generator, device=device
-                )
-            )
-            tlatent = teacher.forward_encoder(timgs, tpm)
-            trecon = teacher.unpatchify(teacher.forward_decoder(tlatent, tpm.ids_restore))[:, :, 0]
-            teach.update(trecon, timgs, tpm, tgrid, valid)
-        n_tiles += imgs.shape[0]
+            same_grid = teacher.grid[1:] == model.grid
+            tpm = pm if same_grid else _random_masks(config.masking.ratio, teacher, timgs,
+                                                     teacher_generator)  # fmt: skip
+            teach.update(_teacher_reconstruction(teacher, timgs, tpm), timgs, tpm,
+                         teacher.grid[1:], valid)  # fmt: skip
         tile_ids += [int(t) for t in batch.get("tile_id", torch.full((imgs.shape[0],), -1))]
-    if n_tiles == 0:
+    if not tile_ids:
         raise ValueError(f"split {config.split!r} of {config.tiles} holds no tiles")
-    result = student.result()
+    result = _finite(student.result(), config)
+    if teach is not None:
+        result["teacher"] = teach.result() | {"checkpoint": str(config.teacher)}
+    result |= {
+        "n_tiles": len(tile_ids),
+        "split": config.split,
+        "masking": dataclasses.asdict(config.masking),
+        "checkpoint": str(config.checkpoint),
+        "band_range_tiles": stats["student"].n_tiles,
+    }
+    if config.per_tile:
+        result["tile_id"] = tile_ids
+    atomic_write_text(
+        Path(config.out) / "metrics.json", json.dumps(result, indent=1, sort_keys=True)
+    )
+    return result
+
+
+def _check_fits(c: Any, info: Any) -> None:
+    """The student was trained on tiles like these: same bands, tile and patch size."""
+    if (info.n_bands, info.tile_size, info.patch_size) != (c.in_chans, c.img_size, c.patch_size):
+        raise ValueError(
+            f"tile store has {info.n_bands} bands, {info.tile_size}-px tiles and {info.patch_size}-px "
+            f"patches; the student was trained on {c.in_chans}, {c.img_size} and {c.patch_size}"
+        )
+
+
+def _random_masks(ratio: float, teacher: Any, timgs: torch.Tensor,
+                  generator: torch.Generator) -> PatchMask:  # fmt: skip
+    return Masking("random", ratio)(
+        timgs.shape[0], teacher.num_patches, generator=generator, device=timgs.device
+    )
+
+
+def _teacher_reconstruction(teacher: Any, timgs: torch.Tensor, tpm: PatchMask) -> torch.Tensor:
+    """(B, 6, H, W) normalised: the teacher's decoder output over its six bands."""
+    tlatent = teacher.forward_encoder(timgs, tpm)
+    return teacher.unpatchify(teacher.forward_decoder(tlatent, tpm.ids_restore))[:, :, 0]
+
+
+def _finite(result: dict[str, Any], config: EvaluateConfig) -> dict[str, Any]:
+    """``result``, or a one-line error when a metric is NaN or inf (nothing is written)."""
     if not math.isfinite(result["psnr"]):
         raise ValueError(
             f"the student's reconstructions of the {config.split} tiles are not finite "
@@ -171,18 +198,4 @@ def evaluate(
             f"the student's metrics are not finite ({', '.join(f'{k} {v}' for k, v in bad.items())}"
             f"); its weights or the tiles hold NaN or inf. {config.out}/metrics.json not written"
         )
-    if teach is not None:
-        result["teacher"] = teach.result() | {"checkpoint": str(config.teacher)}
-    result |= {
-        "n_tiles": n_tiles,
-        "split": config.split,
-        "masking": dataclasses.asdict(config.masking),
-        "checkpoint": str(config.checkpoint),
-        "band_range_tiles": stats["student"].n_tiles,
-    }
-    if config.per_tile:
-        result["tile_id"] = tile_ids
-    atomic_write_text(
-        Path(config.out) / "metrics.json", json.dumps(result, indent=1, sort_keys=True)
-    )
     return result
