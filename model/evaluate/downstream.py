@@ -43,13 +43,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from hyperkd.model.data.dataset import TileDataset
-from hyperkd.model.data.loader import make_loader
 from hyperkd.model.evaluate import pixels, probes
 from hyperkd.model.evaluate.downstream_results import write_results
+from hyperkd.model.evaluate.finetune import finetune
 from hyperkd.model.nets.mae import StudentMAE
 from hyperkd.model.train.runs import load_student
 from hyperkd.pipeline.store.guard import check_output
@@ -115,67 +113,6 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-# --- fine-tuning --------------------------------------------------------------------------
-
-
-def finetune(
-    net: probes.SegmentationHead,
-    ds: TileDataset,
-    label: str,
-    target_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    cfg: DownstreamConfig,
-    device: torch.device,
-) -> list[float]:
-    """``cfg.finetune_steps`` AdamW steps on every labelled pixel; returns the loss per step.
-
-    ``target_fn(label, valid)`` maps a (B, T, T) label batch to ``(target, use)`` with ``use``
-    a (B, T, T) bool selection; classification targets are class indices, regression targets
-    standardised values.
-    """
-    classes = net.head.out_channels > 1
-    patch = ds.info.patch_size if cfg.label_level == "patch" else None
-    opt = torch.optim.AdamW(
-        [
-            {"params": net.encoder.parameters(), "lr": cfg.finetune_lr},
-            {"params": net.head.parameters(), "lr": 10 * cfg.finetune_lr},
-        ],
-        weight_decay=0.01,
-    )
-    loader = make_loader(
-        ds, min(cfg.batch_size, len(ds)), seed=cfg.seed, num_workers=0, drop_last=False
-    )
-    net.train()
-    losses: list[float] = []
-    epoch = 0
-    while len(losses) < cfg.finetune_steps:
-        loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            lab, use = batch[f"label_{label}"], pixels.usable(batch, cfg.only)
-            if patch is not None:
-                lab = pixels.patch_labels(lab, use, patch, classes)
-            target, use = target_fn(lab, use)
-            if not use.any():
-                continue
-            out = net(batch["student"].to(device))  # (B, K, T, T)
-            use = use.to(device)
-            if classes:
-                loss = F.cross_entropy(out.permute(0, 2, 3, 1)[use], target.to(device)[use])
-            else:
-                loss = F.mse_loss(out[:, 0][use], target.to(device)[use])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            losses.append(float(loss.detach()))
-            if len(losses) >= cfg.finetune_steps:
-                break
-        epoch += 1
-        if epoch > 10 * cfg.finetune_steps + 10:  # no labelled pixel in any train tile
-            raise ValueError(f"no labelled train pixel for label_{label}")
-    net.eval()
-    return losses
 
 
 # --- the evaluation -----------------------------------------------------------------------
@@ -249,48 +186,19 @@ def run_downstream(
     label, classes = TASKS[cfg.task]
     check_output(cfg.out, "files", [cfg.checkpoint, cfg.data, cfg.baseline_checkpoint])
     device = _device(cfg.device)
-    train = TileDataset(cfg.data, split="train", storage_options=cfg.storage_options)
-    if label not in train.info.labels:
-        raise ValueError(
-            f"tile store {cfg.data} has no label_{label} (labels: {sorted(train.info.labels) or 'none'})"
-        )
-    if cfg.only is not None and cfg.only[0] not in train.info.labels:
-        raise ValueError(
-            f"tile store {cfg.data} has no label_{cfg.only[0]} to select pixels with --only"
-        )
-    patch = train.info.patch_size if cfg.label_level == "patch" else None
-    train_sample = pixels.split_sample(
-        train, label, classes, cfg.max_train_pixels, cfg.seed, cfg.only, patch
-    )
-    if len(train_sample) == 0:
-        raise ValueError(f"no labelled pixel for label_{label} in the train split of {cfg.data}")
-    eval_split, eval_ds, eval_sample = "test", None, None
-    for split in ("test", "val"):
-        if train.info.splits.get(split, 0) == 0:
-            continue
-        eval_ds = TileDataset(cfg.data, split=split, storage_options=cfg.storage_options)
-        eval_sample = pixels.split_sample(
-            eval_ds, label, classes, cfg.max_eval_pixels, cfg.seed + 1, cfg.only, patch
-        )
-        if len(eval_sample):
-            eval_split = split
-            break
-    if eval_ds is None or eval_sample is None or len(eval_sample) == 0:
-        raise ValueError(
-            f"no labelled pixel for label_{label} in the test or val split of {cfg.data}"
-        )
-
+    data = _Samples.draw(cfg, label, classes)
     methods, run_config, notes = _encoders(cfg, device)
     if cfg.only is not None:
         notes.insert(0, f"only pixels whose label_{cfg.only[0]} is one of {list(cfg.only[1])}")
     if classes:
-        codes = np.unique(train_sample.target)
-        missing = sorted(set(np.unique(eval_sample.target).tolist()) - set(codes.tolist()))
+        codes = np.unique(data.train_sample.target)
+        missing = sorted(set(np.unique(data.eval_sample.target).tolist()) - set(codes.tolist()))
         if missing:
             notes.append(
-                f"classes {missing} occur in {eval_split} but not in train; they count as errors"
+                f"classes {missing} occur in {data.eval_split} but not in train; they count as "
+                "errors"
             )
-    targets = probes.Targets.from_train(train_sample.target, classes)
+    targets = probes.Targets.from_train(data.train_sample.target, classes)
     score = probes.classification_metrics if classes else probes.regression_metrics
     rows: list[dict[str, Any]] = []
     total = sum(1 + (e is not None and cfg.finetune_steps > 0) for e in methods.values())
@@ -305,42 +213,110 @@ def run_downstream(
     if progress is not None:
         progress(0, total)
     for name, encoder in methods.items():
-        t0 = time.perf_counter()
-        fn: pixels.FeatureFn = (
-            pixels.features_without_encoder(name, train.info.patch_size)
-            if encoder is None
-            else functools.partial(probes.pixel_features, encoder)
-        )
-        x_train = pixels.gather(train, train_sample, fn, cfg.batch_size, device)
-        x_eval = pixels.gather(eval_ds, eval_sample, fn, cfg.batch_size, device)
-        probe = targets.fit_probe(x_train, train_sample.target)
-        pred = targets.decode_probe(probe.predict(x_eval))
-        row = {"method": name, "mode": "linear probe", **score(eval_sample.target, pred)}
-        scored(row | {"seconds": time.perf_counter() - t0})
-        if encoder is None or cfg.finetune_steps == 0:
-            continue
-        t0 = time.perf_counter()
-        net = probes.SegmentationHead(copy.deepcopy(encoder), targets.out_dim).to(device)
-        net.init_from_probe(probe)
-        losses = finetune(net, train, label, targets.pixel_targets, cfg, device)
-        pred = targets.decode_outputs(
-            pixels.gather(eval_ds, eval_sample, net, cfg.batch_size, device)
-        )
-        row = {
-            "method": name,
-            "mode": f"fine-tune {cfg.finetune_steps} steps",
-            **score(eval_sample.target, pred),
-        }
-        scored(
-            row
-            | {
-                "seconds": time.perf_counter() - t0,
-                "finetune_loss_first_last": [losses[0], losses[-1]],
-            }
-        )
+        probe, row = _probe(name, encoder, data, targets, score, cfg, device)
+        scored(row)
+        if encoder is not None and cfg.finetune_steps > 0:
+            scored(_finetune(name, encoder, probe, data, targets, score, label, cfg, device))
     if cfg.embeddings:
-        scored(_probe_store(cfg, (train, train_sample), (eval_ds, eval_sample), targets, score))
-    result = {
+        scored(
+            _probe_store(
+                cfg, (data.train, data.train_sample), (data.eval_ds, data.eval_sample), targets,
+                score,
+            )
+        )  # fmt: skip
+    result = _result(cfg, label, classes, data, run_config, notes, rows)
+    write_results(Path(cfg.out), result)
+    return result
+
+
+@dataclass(frozen=True)
+class _Samples:
+    """The labelled pixels a task is probed on: from the train split, and from the first of
+    test and val that holds any."""
+
+    train: TileDataset
+    train_sample: probes.PixelSample
+    eval_split: str
+    eval_ds: TileDataset
+    eval_sample: probes.PixelSample
+
+    @classmethod
+    def draw(cls, cfg: DownstreamConfig, label: str, classes: bool) -> _Samples:
+        train = TileDataset(cfg.data, split="train", storage_options=cfg.storage_options)
+        labels = train.info.labels
+        if label not in labels:
+            raise ValueError(
+                f"tile store {cfg.data} has no label_{label} (labels: {sorted(labels) or 'none'})"
+            )
+        if cfg.only is not None and cfg.only[0] not in labels:
+            raise ValueError(
+                f"tile store {cfg.data} has no label_{cfg.only[0]} to select pixels with --only"
+            )
+        patch = train.info.patch_size if cfg.label_level == "patch" else None
+        train_sample = pixels.split_sample(
+            train, label, classes, cfg.max_train_pixels, cfg.seed, cfg.only, patch
+        )
+        if len(train_sample) == 0:
+            raise ValueError(
+                f"no labelled pixel for label_{label} in the train split of {cfg.data}"
+            )
+        for split in ("test", "val"):
+            if train.info.splits.get(split, 0) == 0:
+                continue
+            eval_ds = TileDataset(cfg.data, split=split, storage_options=cfg.storage_options)
+            eval_sample = pixels.split_sample(
+                eval_ds, label, classes, cfg.max_eval_pixels, cfg.seed + 1, cfg.only, patch
+            )
+            if len(eval_sample):
+                return cls(train, train_sample, split, eval_ds, eval_sample)
+        raise ValueError(
+            f"no labelled pixel for label_{label} in the test or val split of {cfg.data}"
+        )
+
+
+def _probe(name: str, encoder: Any, data: _Samples, targets: probes.Targets, score: Callable,
+           cfg: DownstreamConfig, device: torch.device) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """A linear probe on ``name``'s per-pixel features (an encoder's, or features that need
+    none when ``encoder`` is None); returns the probe and its result row."""
+    t0 = time.perf_counter()
+    fn: pixels.FeatureFn = (
+        pixels.features_without_encoder(name, data.train.info.patch_size)
+        if encoder is None
+        else functools.partial(probes.pixel_features, encoder)
+    )
+    x_train = pixels.gather(data.train, data.train_sample, fn, cfg.batch_size, device)
+    x_eval = pixels.gather(data.eval_ds, data.eval_sample, fn, cfg.batch_size, device)
+    probe = targets.fit_probe(x_train, data.train_sample.target)
+    pred = targets.decode_probe(probe.predict(x_eval))
+    row = {"method": name, "mode": "linear probe", **score(data.eval_sample.target, pred)}
+    return probe, row | {"seconds": time.perf_counter() - t0}
+
+
+def _finetune(name: str, encoder: Any, probe: Any, data: _Samples, targets: probes.Targets,
+              score: Callable, label: str, cfg: DownstreamConfig,
+              device: torch.device) -> dict[str, Any]:  # fmt: skip
+    """The encoder and a segmentation head started at the probe, fine-tuned; its result row."""
+    t0 = time.perf_counter()
+    net = probes.SegmentationHead(copy.deepcopy(encoder), targets.out_dim).to(device)
+    net.init_from_probe(probe)
+    losses = finetune(net, data.train, label, targets.pixel_targets, cfg, device)
+    pred = targets.decode_outputs(
+        pixels.gather(data.eval_ds, data.eval_sample, net, cfg.batch_size, device)
+    )
+    return {
+        "method": name,
+        "mode": f"fine-tune {cfg.finetune_steps} steps",
+        **score(data.eval_sample.target, pred),
+        "seconds": time.perf_counter() - t0,
+        "finetune_loss_first_last": [losses[0], losses[-1]],
+    }
+
+
+def _result(cfg: DownstreamConfig, label: str, classes: bool, data: _Samples,
+            run_config: dict[str, Any], notes: list[str],
+            rows: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+    """The task's result document (``downstream_<name>.json``)."""
+    return {
         "task": cfg.task,
         "name": result_name(cfg),
         "label": f"label_{label}",
@@ -350,10 +326,10 @@ def run_downstream(
         "checkpoint": cfg.checkpoint,
         "baseline_checkpoint": cfg.baseline_checkpoint,
         "train_split": "train",
-        "eval_split": eval_split,
-        "n_train_pixels": len(train_sample),
-        "n_eval_pixels": len(eval_sample),
-        "classes": [int(c) for c in np.unique(train_sample.target)] if classes else None,
+        "eval_split": data.eval_split,
+        "n_train_pixels": len(data.train_sample),
+        "n_eval_pixels": len(data.eval_sample),
+        "classes": [int(c) for c in np.unique(data.train_sample.target)] if classes else None,
         "features": "encoder patch tokens (no masking, final LayerNorm) resampled bilinearly to pixels; "
         "raw-spectra: normalised pixel spectrum; patch-mean-spectra: each patch's mean spectrum, "
         "resampled like the tokens",
@@ -367,8 +343,6 @@ def run_downstream(
         "notes": notes,
         "results": rows,
     }
-    write_results(Path(cfg.out), result)
-    return result
 
 
 def result_name(cfg: DownstreamConfig) -> str:
