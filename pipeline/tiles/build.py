@@ -32,13 +32,7 @@ from hyperkd.pipeline.sensors import prithvi_preset
 from hyperkd.pipeline.store.commit import commit, partial_path, sweep_killed_partials
 from hyperkd.pipeline.store.guard import check_output
 from hyperkd.pipeline.store.location import CubeStore
-from hyperkd.pipeline.tiles.index import (
-    SPLITS,
-    block_splits,
-    drop_leaks,
-    tile_fraction,
-    tile_origins,
-)
+from hyperkd.pipeline.tiles.index import SPLITS, plan_tiles
 from hyperkd.pipeline.tiles.labels import load_label
 from hyperkd.pipeline.tiles.schema import TILES_VERSION
 from hyperkd.pipeline.tiles.stac import publish_tiles
@@ -145,39 +139,6 @@ class TileSummary:
 # -- the index ----------------------------------------------------------------------------
 
 
-def _plan(
-    scenes: Sequence[xr.Dataset], cfg: TileConfig
-) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Tile index columns (before the write pass) and the drop counts."""
-    T = cfg.tile_size
-    scene_i, origins, fractions = [], [], []
-    for i, scene in enumerate(scenes):
-        valid = np.asarray(scene["valid"].values, dtype=bool)
-        o = tile_origins(valid.shape[0], valid.shape[1], T, cfg.train_step)  # holds the stride grid
-        scene_i.append(np.full(len(o), i, dtype=np.int64))
-        origins.append(o)
-        fractions.append(tile_fraction(valid, o, T))
-    sc, org, vf = np.concatenate(scene_i), np.concatenate(origins), np.concatenate(fractions)
-    ok = vf >= cfg.min_valid
-    dropped = {"invalid": int((~ok).sum())}
-    sc, org, vf = sc[ok], org[ok], vf[ok]
-    splits = block_splits(org, cfg.block_px, cfg.split_fractions, cfg.seed)
-    # Only train tiles use the finer train grid: val and test keep the stride grid.
-    on_grid = (splits == "train") | np.all(org % cfg.step == 0, axis=1)
-    sc, org, vf, splits = sc[on_grid], org[on_grid], vf[on_grid], splits[on_grid]
-    keep = drop_leaks(org, splits, T)
-    dropped["leakage"] = int((~keep).sum())
-    order = np.lexsort((org[keep, 1], org[keep, 0], sc[keep]))
-    cols = {
-        "scene_i": sc[keep][order],
-        "y0": org[keep, 0][order].astype(np.int32),
-        "x0": org[keep, 1][order].astype(np.int32),
-        "valid_fraction": vf[keep][order],
-        "split": splits[keep][order],
-    }
-    return cols, dropped
-
-
 # -- writing ------------------------------------------------------------------------------
 
 
@@ -250,14 +211,7 @@ def write_tile_store(
     t_start = time.perf_counter()
     scenes = list(scenes)
     labels = dict(labels or {})
-    if not scenes:
-        raise ValueError("no scenes to tile")
-    keys = [scene_key(s, i) for i, s in enumerate(scenes)]
-    for s, (sid, _) in zip(scenes, keys, strict=True):
-        check_scene(s, cfg, sid)
-    grid = scene_grid(scenes[0])
-    if any(scene_grid(s) != grid for s in scenes[1:]):
-        raise ValueError("scenes do not share one grid (CRS, transform and shape must match)")
+    keys, grid = _checked_scenes(scenes, cfg)
     # Before anything else touches the output: never replace what is not a tile store.
     check_output(out_url, "tiles", [*source_cubes, *labels.values()], storage_options)
     token = source_token if source_token is not None else dask.base.tokenize(*scenes)
@@ -272,17 +226,8 @@ def write_tile_store(
         return done
 
     layers = [load_label(name, path, grid) for name, path in labels.items()]
-    cols, dropped = _plan(scenes, cfg)
+    cols, dropped = plan_tiles(scenes, cfg)  # refuses a plan without tiles, train or val/test
     n = len(cols["y0"])
-    if n == 0:
-        raise ValueError(
-            f"no tile has a valid fraction of at least {cfg.min_valid}; nothing to write"
-        )
-    if not (cols["split"] == "train").any():
-        raise ValueError(
-            "no train tiles: the student statistics need at least one (more scene or smaller blocks)"
-        )
-    _check_splits(cols["split"], cfg)
     bands = band_selection(scenes[0])
 
     target = _local_path(out_url) if _is_local(out_url) else None
@@ -291,16 +236,7 @@ def write_tile_store(
     write_url = str(partial_path(target)) if target is not None else out_url
     try:
         location = CubeStore(write_url, storage_options)
-        if target is None:
-            # The root document goes first, so a half-deleted old store never verifies.
-            if location.exists("zarr.json"):
-                location.fs.rm(location.path("zarr.json"))  # s3fs 0.4 lacks rm_file
-            location.delete_tree()
-        # The kind marker goes first, so an interrupted in-place (fsspec) build is still
-        # recognised as a tile store, and replaced, by the next build.
-        root = zarr.open_group(
-            location.zarr_store(), mode="w", attributes={"hyperkd:kind": "tiles"}
-        )
+        root = _fresh_root(location, in_place=target is None)
         arrays = create_arrays(root, n, len(bands), cfg, layers)
         moments, cloud, significance = write_tiles(
             scenes, cols, arrays, layers, cfg, bands, progress
@@ -330,21 +266,29 @@ def write_tile_store(
     return TileSummary(out_url, n, splits, dropped, False, params, seconds)
 
 
-def _check_splits(split: np.ndarray, cfg: TileConfig) -> None:
-    """Refuse empty val/test splits (unless allowed), naming them and the fix."""
-    empty = [s for s in SPLITS[1:] if not (split == s).any()]
-    if not empty or cfg.allow_empty_splits:
-        return
-    fix = (
-        f"pass a smaller --split-block (now {cfg.block_px} px, at least the tile size "
-        f"{cfg.tile_size} px)"
-        if cfg.block_px > cfg.tile_size
-        else "tile a larger region, or try another --seed"
-    )
-    raise ValueError(
-        f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} came out empty "
-        f"({len(split)} tiles): {fix}, or pass --allow-empty-splits"
-    )
+def _checked_scenes(scenes: list[xr.Dataset], cfg: TileConfig) -> tuple[list[Any], Any]:
+    """Each scene's key, and the grid they share; refuses scenes the store cannot hold."""
+    if not scenes:
+        raise ValueError("no scenes to tile")
+    keys = [scene_key(s, i) for i, s in enumerate(scenes)]
+    for s, (sid, _) in zip(scenes, keys, strict=True):
+        check_scene(s, cfg, sid)
+    grid = scene_grid(scenes[0])
+    if any(scene_grid(s) != grid for s in scenes[1:]):
+        raise ValueError("scenes do not share one grid (CRS, transform and shape must match)")
+    return keys, grid
+
+
+def _fresh_root(location: CubeStore, *, in_place: bool) -> zarr.Group:
+    """An empty store's root group, marked as a tile store before anything else is written."""
+    if in_place:
+        # The root document goes first, so a half-deleted old store never verifies.
+        if location.exists("zarr.json"):
+            location.fs.rm(location.path("zarr.json"))  # s3fs 0.4 lacks rm_file
+        location.delete_tree()
+    # The kind marker goes first, so an interrupted in-place (fsspec) build is still
+    # recognised as a tile store, and replaced, by the next build.
+    return zarr.open_group(location.zarr_store(), mode="w", attributes={"hyperkd:kind": "tiles"})
 
 
 def _scenes_with_products(enmap: xr.Dataset, pcfg: Any) -> list[xr.Dataset]:

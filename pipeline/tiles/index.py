@@ -1,8 +1,9 @@
 """The tile index: the grid of tiles over a cube, valid-fraction filtering and leak-free splits.
 
-Pure numpy. A tile is addressed by the pixel offsets ``(y0, x0)`` of its upper-left corner in
-the cube grid and covers ``[y0, y0 + T) x [x0, x0 + T)``. Splits are decided by *location*
-only, never by time, so the same ground is in the same split in every scene of the cube.
+Numpy; of a scene only its valid mask is read. A tile is addressed by the pixel offsets
+``(y0, x0)`` of its upper-left corner in the cube grid and covers ``[y0, y0 + T) x [x0, x0 +
+T)``. Splits are decided by *location* only, never by time, so the same ground is in the same
+split in every scene of the cube. :func:`plan_tiles` puts it together for a tile store.
 """
 
 from __future__ import annotations
@@ -10,8 +11,14 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from hyperkd.pipeline.tiles.build import TileConfig
 
 SPLITS = ("train", "val", "test")
 
@@ -130,3 +137,67 @@ def drop_leaks(origins: np.ndarray, splits: np.ndarray, tile_size: int) -> np.nd
         low = _DROP_PRIORITY[str(place_split[i])] < _DROP_PRIORITY[str(place_split[j])]
         keep_place[i if low else j] = False
     return keep_place[where.ravel()]
+
+
+def plan_tiles(
+    scenes: Sequence[xr.Dataset], cfg: TileConfig
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The tile index columns (``scene_i``, ``y0``, ``x0``, ``valid_fraction``, ``split``, before
+    the write pass) and the counts of tiles dropped as ``invalid`` or for ``leakage``.
+
+    Refuses (ValueError) a plan with no tile, no train tile, or an empty val or test split
+    (unless ``cfg.allow_empty_splits``).
+    """
+    T = cfg.tile_size
+    scene_i, origins, fractions = [], [], []
+    for i, scene in enumerate(scenes):
+        valid = np.asarray(scene["valid"].values, dtype=bool)
+        o = tile_origins(valid.shape[0], valid.shape[1], T, cfg.train_step)  # holds the stride grid
+        scene_i.append(np.full(len(o), i, dtype=np.int64))
+        origins.append(o)
+        fractions.append(tile_fraction(valid, o, T))
+    sc, org, vf = np.concatenate(scene_i), np.concatenate(origins), np.concatenate(fractions)
+    ok = vf >= cfg.min_valid
+    dropped = {"invalid": int((~ok).sum())}
+    sc, org, vf = sc[ok], org[ok], vf[ok]
+    splits = block_splits(org, cfg.block_px, cfg.split_fractions, cfg.seed)
+    # Only train tiles use the finer train grid: val and test keep the stride grid.
+    on_grid = (splits == "train") | np.all(org % cfg.step == 0, axis=1)
+    sc, org, vf, splits = sc[on_grid], org[on_grid], vf[on_grid], splits[on_grid]
+    keep = drop_leaks(org, splits, T)
+    dropped["leakage"] = int((~keep).sum())
+    order = np.lexsort((org[keep, 1], org[keep, 0], sc[keep]))
+    cols = {
+        "scene_i": sc[keep][order],
+        "y0": org[keep, 0][order].astype(np.int32),
+        "x0": org[keep, 1][order].astype(np.int32),
+        "valid_fraction": vf[keep][order],
+        "split": splits[keep][order],
+    }
+    if len(order) == 0:
+        raise ValueError(
+            f"no tile has a valid fraction of at least {cfg.min_valid}; nothing to write"
+        )
+    if not (cols["split"] == "train").any():
+        raise ValueError(
+            "no train tiles: the student statistics need at least one (more scene or smaller blocks)"
+        )
+    _check_splits(cols["split"], cfg)
+    return cols, dropped
+
+
+def _check_splits(split: np.ndarray, cfg: TileConfig) -> None:
+    """Refuse empty val/test splits (unless allowed), naming them and the fix."""
+    empty = [s for s in SPLITS[1:] if not (split == s).any()]
+    if not empty or cfg.allow_empty_splits:
+        return
+    fix = (
+        f"pass a smaller --split-block (now {cfg.block_px} px, at least the tile size "
+        f"{cfg.tile_size} px)"
+        if cfg.block_px > cfg.tile_size
+        else "tile a larger region, or try another --seed"
+    )
+    raise ValueError(
+        f"the {' and '.join(empty)} split{'s' if len(empty) > 1 else ''} came out empty "
+        f"({len(split)} tiles): {fix}, or pass --allow-empty-splits"
+    )
