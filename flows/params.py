@@ -157,7 +157,7 @@ class PipelineParams(RegionParams):
     @classmethod
     def _dask_address(cls, value: str | None) -> str | None:
         if value is not None:
-            from hyperkd.pipeline.ingest.parallel import check_dask_address
+            from hyperkd.pipeline.ingest.pool import check_dask_address
 
             check_dask_address(value)
         return value

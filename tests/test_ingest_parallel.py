@@ -152,9 +152,9 @@ def test_cli_ingest_refuses_a_bad_dask_address_before_any_work(
     extra: list[str], message: str,
 ) -> None:  # fmt: skip
     from hyperkd.cli import main
-    from hyperkd.pipeline.ingest import parallel
+    from hyperkd.pipeline.ingest import pool
 
-    monkeypatch.setattr(parallel, "CONNECT_TIMEOUT_S", 1.0)  # port 9 (discard) does not answer
+    monkeypatch.setattr(pool, "CONNECT_TIMEOUT_S", 1.0)  # port 9 (discard) does not answer
     out = tmp_path / "cube.zarr"
     assert main([*_ingest_argv(catalog, out), *extra]) == 2
     captured = capsys.readouterr()

@@ -80,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> IngestConfig:
     """One frozen :class:`IngestConfig`; ``ValueError`` with one line on bad input."""
     from hyperkd.pipeline.cube.bandmap import load_band_table
-    from hyperkd.pipeline.ingest.parallel import check_dask_address
+    from hyperkd.pipeline.ingest.pool import check_dask_address
     from hyperkd.pipeline.ingest.region import IngestConfig, IngestParams
 
     check_dask_address(args.dask_address)

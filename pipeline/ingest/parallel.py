@@ -2,12 +2,11 @@
 
 A scene's load (COG reads, decompression, the warp of HLS onto the EnMAP grid, quality folding)
 and its chunk writes are the expensive part, and scenes do not depend on each other, so up to
-``workers`` scenes run at once: on local threads, or as tasks on a dask distributed cluster
-(``dask_address``: ``tcp://host:port``, or ``local`` for a LocalCluster of ``workers``
-single-threaded processes). Each worker writes its scene's chunks straight into the cube at the
-slot the writer gave it (:mod:`hyperkd.pipeline.cube.staging`; the cube's URL must reach the
-same storage from every worker: an object store, or a shared file system) and returns only
-metadata.
+``workers`` scenes run at once, on local threads or as tasks on a dask distributed cluster
+(:mod:`hyperkd.pipeline.ingest.pool`). Each worker writes its scene's chunks straight into the
+cube at the slot the writer gave it (:mod:`hyperkd.pipeline.cube.staging`; the cube's URL must
+reach the same storage from every worker: an object store, or a shared file system) and
+returns only metadata.
 
 What stays serial is what must: the one writer holding the cube's lock commits the scenes in
 the plan's order (each group's time order), each run of finished scenes with one root-document
@@ -19,17 +18,12 @@ are loaded in parallel but written by the writer, as in the serial path.
 from __future__ import annotations
 
 import contextlib
-import os
-import re
 import time
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pystac
-from rasterio.errors import NotGeoreferencedWarning
 
 from hyperkd.pipeline.cube import CubeLayout, CubeWriter, SceneWrite
 from hyperkd.pipeline.cube.bandmap import load_band_table
@@ -42,6 +36,7 @@ from hyperkd.pipeline.cube.staging import (
     write_slot,
 )
 from hyperkd.pipeline.cube.timeline import order_key
+from hyperkd.pipeline.ingest.pool import ScenePool, quiet_warnings, scene_pool
 from hyperkd.pipeline.ingest.region import (
     IngestConfig,
     IngestParams,
@@ -60,24 +55,6 @@ from hyperkd.pipeline.stac.items import datatake_of, scene_datetime
 from hyperkd.pipeline.stac.search import search
 from hyperkd.pipeline.stac.sources import Source, resolve_source
 from hyperkd.pipeline.store.guard import check_output
-
-CONNECT_TIMEOUT_S = 10.0
-"""How long to wait for the dask scheduler at ``dask_address`` to answer."""
-_ADDRESS = re.compile(r"(?:(?:tcp|tls)://)?(?:\[[0-9a-fA-F:]+\]|[\w.-]+):\d{1,5}")
-
-
-def check_dask_address(address: str | None) -> None:
-    """``ValueError`` (one line) unless ``address`` is None, ``local`` or ``[tcp|tls://]host:port``."""
-    if address is None or address == "local" or _ADDRESS.fullmatch(address):
-        return
-    raise ValueError(
-        f"dask address {address!r}: expected tcp://HOST:PORT (a dask scheduler) or 'local'"
-    )
-
-
-def default_workers() -> int:
-    """Scenes loaded at once when not told: the cores, at most 8 (memory: one scene each)."""
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 def load_scene(
@@ -100,60 +77,10 @@ def load_scene(
     """
     import dask
 
-    with _quiet() if quiet else contextlib.nullcontext():
+    with quiet_warnings() if quiet else contextlib.nullcontext():
         scene = _scene_write(pystac.Item.from_dict(item), source, grid, params, paired_enmap)
         refl, valid = dask.compute(scene.reflectance, scene.valid, scheduler=scheduler)
     return replace(scene, reflectance=refl, valid=valid)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        # As in the serial path (region._write_one): odc-stac's harmless identity warps.
-        warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
-        warnings.filterwarnings("ignore", category=PendingDeprecationWarning, module=r"odc\.")
-        yield
-
-
-@dataclass(frozen=True)
-class ScenePool:
-    """Where scenes run: ``submit(fn, *args) -> future``, and ``width``, the scenes kept in
-    flight at once."""
-
-    submit: Callable[..., Any]
-    width: int
-
-
-@contextlib.contextmanager
-def scene_pool(dask_address: str | None, workers: int | None = None) -> Iterator[ScenePool]:
-    """``workers`` local threads, or the dask cluster at ``dask_address`` (``local``: a
-    LocalCluster of ``workers`` processes). ``workers=None``: the cores here (at most 8), or,
-    on a running cluster, its worker threads. ``ValueError`` (one line) when the address is
-    malformed or does not answer within :data:`CONNECT_TIMEOUT_S`."""
-    if dask_address is None:
-        width = workers or default_workers()
-        with _quiet(), ThreadPoolExecutor(width, thread_name_prefix="ingest") as ex:
-            yield ScenePool(lambda fn, *args: ex.submit(fn, *args, False, "threads"), width)
-        return
-    from distributed import Client, LocalCluster
-
-    check_dask_address(dask_address)
-    with contextlib.ExitStack() as stack:
-        try:
-            if dask_address == "local":
-                workers = workers or default_workers()
-                cluster = stack.enter_context(
-                    LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0")
-                )
-                dask_address = cluster.scheduler_address
-            # Not the default scheduler: dask inside this process keeps its own threads.
-            client = stack.enter_context(
-                Client(dask_address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-            )
-        except OSError as exc:
-            raise ValueError(f"cannot reach dask scheduler {dask_address}: {exc}") from None
-        width = workers or max(1, sum(client.nthreads().values()))
-        yield ScenePool(lambda fn, *args: client.submit(fn, *args, pure=False), width)
 
 
 def stage_scene(
@@ -170,7 +97,7 @@ def stage_scene(
     a worker and returns only the scene's small metadata, never its arrays."""
     t0 = time.monotonic()
     scene = load_scene(item, source, grid, params, paired_enmap, quiet, scheduler)
-    with _quiet() if quiet else contextlib.nullcontext():
+    with quiet_warnings() if quiet else contextlib.nullcontext():
         count = write_slot(target, scene.reflectance, scene.valid, scheduler)
     return Staged(replace(scene, reflectance=None, valid=None), count, time.monotonic() - t0)
 
