@@ -146,14 +146,32 @@ def _verify(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
     version = attrs["hyperkd:tiles_version"]
     if version not in READABLE_VERSIONS:
         problems.append(f"unknown tiles version {version}")
-    T, P, stride = int(attrs["tile_size"]), int(attrs["patch_size"]), int(attrs["stride"])
+    T, P = int(attrs["tile_size"]), int(attrs["patch_size"])
     if T % P:
         problems.append(f"tile size {T} is not a multiple of patch size {P}")
         return problems
     if "student" not in root:
         return [*problems, "array student is missing"]
     n, C = int(root["student"].shape[0]), len(attrs["band_wavelength"])
-    dim_sizes = sizes(n, C, T, P)
+    checked = _check_arrays(root, attrs, sizes(n, C, T, P), problems)
+    _check_band_attrs(attrs, C, problems)
+    if version in READABLE_VERSIONS and version >= 2:
+        problems += _check_xarray(url, storage_options, attrs)
+    index = {
+        k: _check_array(root, f"index/{k}", (n,), d, problems) for k, d in INDEX_DTYPES.items()
+    }
+    if any(a is None for a in index.values()):
+        return problems
+    col = {k: np.asarray(a[:]) for k, a in index.items()}  # type: ignore[index]
+    _check_index(col, attrs, n, problems)
+    if checked["valid"] is not None and checked["significance_gabor"] is not None and n:
+        _spot_check(checked["valid"], checked["significance_gabor"], col, n, problems)
+    return problems
+
+
+def _check_arrays(root: Any, attrs: dict[str, Any], dim_sizes: dict[str, int],
+                  problems: list[str]) -> dict[str, Any]:  # fmt: skip
+    """Every schema and label array with its shape and dtype; the handles (None if unusable)."""
     arrays = {a.name: (a.shape(dim_sizes), a.dtype) for a in TILE_ARRAYS}
     for name, record in attrs["labels"].items():
         arrays[f"label_{name}"] = (
@@ -165,24 +183,27 @@ def _verify(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
     }
     extra = sorted(k for k in root.array_keys() if k.startswith("label_") and k not in arrays)
     problems += [f"array {k} is not listed in the labels attribute" for k in extra]
+    return checked
 
-    _finite_list(attrs, "band_fwhm", C, problems) if attrs["band_fwhm"] else None
-    _finite_list(attrs, "student_mean", C, problems)
-    _finite_list(attrs, "student_std", C, problems, positive=True)
+
+def _check_band_attrs(attrs: dict[str, Any], bands: int, problems: list[str]) -> None:
+    """The per-band lists (FWHM, normalisation) are finite and as long as their bands."""
+    if attrs["band_fwhm"]:
+        _finite_list(attrs, "band_fwhm", bands, problems)
+    _finite_list(attrs, "student_mean", bands, problems)
+    _finite_list(attrs, "student_std", bands, problems, positive=True)
     n_teacher = len(TEACHER_BANDS)
     _finite_list(attrs, "teacher_mean", n_teacher, problems)
     _finite_list(attrs, "teacher_std", n_teacher, problems, positive=True)
     if list(attrs["teacher_bands"]) != list(TEACHER_BANDS):
         problems.append(f"teacher_bands are {attrs['teacher_bands']}, expected {TEACHER_BANDS}")
-    if version in READABLE_VERSIONS and version >= 2:
-        problems += _check_xarray(url, storage_options, attrs)
 
-    index = {
-        k: _check_array(root, f"index/{k}", (n,), d, problems) for k, d in INDEX_DTYPES.items()
-    }
-    if any(a is None for a in index.values()):
-        return problems
-    col = {k: np.asarray(a[:]) for k, a in index.items()}  # type: ignore[index]
+
+def _check_index(col: dict[str, np.ndarray], attrs: dict[str, Any], n: int,
+                 problems: list[str]) -> None:  # fmt: skip
+    """Ids, offsets on their grids and inside the cube, valid fractions, split names and
+    counts, and no two splits at one place or touching (leakage)."""
+    T, stride = int(attrs["tile_size"]), int(attrs["stride"])
     if not np.array_equal(col["tile_id"], np.arange(n)):
         problems.append("index/tile_id is not 0..n-1")
     h, w = (int(v) for v in attrs["grid_shape"])
@@ -220,16 +241,18 @@ def _verify(url: str, storage_options: Mapping[str, Any] | None) -> list[str]:
             f"{len(leaks)} pairs of tiles in different splits touch, e.g. {split[first][i]} at "
             f"{tuple(places[i])} and {split[first][j]} at {tuple(places[j])}"
         )
-    if checked["valid"] is not None and checked["significance_gabor"] is not None and n:
-        for t in np.unique(np.linspace(0, n - 1, min(n, _SPOT_CHECKS)).astype(int)):
-            frac = float(np.mean(checked["valid"][int(t)]))
-            if not np.isclose(frac, vf[t], atol=1e-6):
-                problems.append(
-                    f"tile {t}: index valid_fraction {vf[t]} != stored valid mask {frac}"
-                )
-            sig = float(np.nanmean(checked["significance_gabor"][int(t)]))
-            if not np.isclose(sig, col["significance"][t], rtol=1e-4, atol=1e-6):
-                problems.append(
-                    f"tile {t}: index significance {col['significance'][t]} != mean Gabor map {sig}"
-                )
-    return problems
+
+
+def _spot_check(valid: Any, gabor: Any, col: dict[str, np.ndarray], n: int,
+                problems: list[str]) -> None:  # fmt: skip
+    """The index's valid fraction and significance agree with the stored arrays (spread tiles)."""
+    vf = col["valid_fraction"]
+    for t in np.unique(np.linspace(0, n - 1, min(n, _SPOT_CHECKS)).astype(int)):
+        frac = float(np.mean(valid[int(t)]))
+        if not np.isclose(frac, vf[t], atol=1e-6):
+            problems.append(f"tile {t}: index valid_fraction {vf[t]} != stored valid mask {frac}")
+        sig = float(np.nanmean(gabor[int(t)]))
+        if not np.isclose(sig, col["significance"][t], rtol=1e-4, atol=1e-6):
+            problems.append(
+                f"tile {t}: index significance {col['significance'][t]} != mean Gabor map {sig}"
+            )
