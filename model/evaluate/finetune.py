@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +14,22 @@ from hyperkd.model.data.dataset import TileDataset
 from hyperkd.model.data.loader import make_loader
 from hyperkd.model.evaluate import pixels, probes
 
-if TYPE_CHECKING:
-    from hyperkd.model.evaluate.downstream import DownstreamConfig
+
+class FinetuneSettings(Protocol):
+    """What fine-tuning reads of a :class:`~hyperkd.model.evaluate.downstream.DownstreamConfig`."""
+
+    @property
+    def finetune_steps(self) -> int: ...
+    @property
+    def finetune_lr(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def label_level(self) -> str: ...
+    @property
+    def only(self) -> tuple[str, tuple[int, ...]] | None: ...
 
 
 def finetune(
@@ -23,7 +37,7 @@ def finetune(
     ds: TileDataset,
     label: str,
     target_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    cfg: DownstreamConfig,
+    cfg: FinetuneSettings,
     device: torch.device,
 ) -> list[float]:
     """``cfg.finetune_steps`` AdamW steps on every labelled pixel; returns the loss per step.

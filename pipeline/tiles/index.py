@@ -18,7 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     import xarray as xr
 
-    from hyperkd.pipeline.tiles.build import TileConfig
+    from hyperkd.pipeline.tiles.config import TileConfig
 
 SPLITS = ("train", "val", "test")
 
