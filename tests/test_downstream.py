@@ -5,8 +5,10 @@ EnMAP tiles with their real land-cover labels."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -262,3 +264,36 @@ def test_patch_mean_spectra_average_each_patch_at_the_encoders_resolution() -> N
     out = pixels.patch_mean_spectra(imgs, 4)
     assert out.shape == imgs.shape and torch.allclose(out[:, 0], torch.full((1, 8, 8), 3.0))
     assert out[0, 1, 0, 0] == 7.5 and out[0, 1, 7, 7] == 0.0  # far corners keep their patch
+
+
+def test_a_killed_result_write_leaves_the_previous_result_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hyperkd.model.evaluate import downstream_results
+    from hyperkd.model.train import checkpoint
+
+    def result(macro_f1: float) -> dict[str, Any]:
+        row = {"method": "raw-spectra", "mode": "linear probe", "accuracy": 0.5,
+               "macro_f1": macro_f1, "seconds": 1.0}  # fmt: skip
+        return {"name": "landcover", "task": "landcover", "label": "label_landcover",
+                "data": "tiles.zarr", "n_train_pixels": 10, "train_split": "train",
+                "n_eval_pixels": 5, "eval_split": "test", "metrics": ["accuracy", "macro_f1"],
+                "results": [row], "notes": []}  # fmt: skip
+
+    downstream_results.write_results(tmp_path, result(0.25))
+    real_replace = os.replace
+
+    def killed_at_the_json(src: str, dst: Any) -> None:
+        if str(dst).endswith(".json"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed_at_the_json)
+    with pytest.raises(KeyboardInterrupt):
+        downstream_results.write_results(tmp_path, result(0.75))
+    kept = json.loads((tmp_path / "downstream_landcover.json").read_text())
+    assert kept["results"][0]["macro_f1"] == 0.25  # the previous record, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "downstream_landcover.json",
+        "downstream_landcover.md",
+    ]  # no temporary file left behind

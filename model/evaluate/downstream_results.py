@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hyperkd.model.train.checkpoint import atomic_write_text
+
 __all__ = ["markdown_table", "table", "write_results"]
 
 
@@ -42,10 +44,10 @@ def markdown_table(result: Mapping[str, Any]) -> str:
 
 def write_results(out: Path, result: Mapping[str, Any]) -> None:
     """``downstream_<name>.json`` and ``.md`` in ``out``; the name is the result's ``name``
-    (:func:`hyperkd.model.evaluate.downstream.result_name`)."""
-    out.mkdir(parents=True, exist_ok=True)
+    (:func:`hyperkd.model.evaluate.downstream.result_name`). Each file is replaced atomically,
+    the markdown first and the JSON (the record the report reads) last, so a killed run leaves
+    the previous result or the new one, never a truncated file."""
     name = result["name"]
-    (out / f"downstream_{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     unit = " (g/kg)" if result["task"] == "soc" else ""
     text = [
         f"# Downstream: {name}{unit}",
@@ -57,4 +59,5 @@ def write_results(out: Path, result: Mapping[str, Any]) -> None:
         "",
         *(f"- {note}" for note in result["notes"]),
     ]
-    (out / f"downstream_{name}.md").write_text("\n".join(text).rstrip() + "\n")
+    atomic_write_text(out / f"downstream_{name}.md", "\n".join(text).rstrip() + "\n")
+    atomic_write_text(out / f"downstream_{name}.json", json.dumps(result, indent=1) + "\n")
