@@ -191,6 +191,9 @@ class DistillationTask(nn.Module):
 class TeacherPretrainTask(nn.Module):
     """MAE pretraining of a Prithvi architecture on the six-band teacher tiles (random masking)."""
 
+    batch_fields = ("teacher", "valid")
+    """The batch keys :meth:`forward` reads: the six bands and where they are valid."""
+
     def __init__(self, model: PrithviMAE, masking: Masking) -> None:
         super().__init__()
         if masking.kind != "random":
@@ -203,9 +206,6 @@ class TeacherPretrainTask(nn.Module):
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state, strict=True)
-
-    batch_fields = ("teacher", "valid")
-    """The batch keys :meth:`forward` reads: the six bands and where they are valid."""
 
     def make_mask(self, batch: Batch, generator: torch.Generator | None = None) -> PatchMask:
         imgs = batch["teacher"]
