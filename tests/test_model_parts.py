@@ -386,3 +386,17 @@ def test_a_task_names_every_batch_field_it_reads() -> None:
             partial = {k: v for k, v in batch.items() if k != missing}
             with pytest.raises(KeyError, match=missing):
                 task(partial, task.make_mask(partial))
+
+
+def test_a_student_refuses_tiles_it_was_not_trained_on() -> None:
+    from types import SimpleNamespace
+
+    from hyperkd.model.train.runs import check_student_fits
+
+    student = StudentMAE(student_config("tiny", img_size=32, patch_size=8, in_chans=10))
+    fits = SimpleNamespace(n_bands=10, tile_size=32, patch_size=8)
+    check_student_fits(student, fits, "tiles.zarr")
+    for wrong in ({"n_bands": 12}, {"tile_size": 64}, {"patch_size": 16}):
+        info = SimpleNamespace(**(vars(fits) | wrong))
+        with pytest.raises(ValueError, match="the student was trained on 10, 32 and 8"):
+            check_student_fits(student, info, "tiles.zarr")

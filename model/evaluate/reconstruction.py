@@ -19,7 +19,7 @@ from hyperkd.model.evaluate.metrics import REFLECTANCE_SCALE, MetricMeter, recon
 from hyperkd.model.nets.masking import Masking, PatchMask
 from hyperkd.model.train.checkpoint import atomic_write_text
 from hyperkd.model.train.config import EvaluateConfig
-from hyperkd.model.train.runs import load_student, load_teacher, open_tiles
+from hyperkd.model.train.runs import check_student_fits, load_student, load_teacher, open_tiles
 from hyperkd.model.train.tasks import mask_image
 from hyperkd.pipeline.store.guard import check_output
 
@@ -101,7 +101,7 @@ def evaluate(
     if dataset is None:
         dataset = open_tiles(config.tiles, config.split, config.storage_options)
     info = dataset.info
-    _check_fits(model.config, info)
+    check_student_fits(model, info, config.tiles)
     device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
     teacher = None
     if config.teacher is not None:
@@ -161,15 +161,6 @@ def evaluate(
         Path(config.out) / "metrics.json", json.dumps(result, indent=1, sort_keys=True)
     )
     return result
-
-
-def _check_fits(c: Any, info: Any) -> None:
-    """The student was trained on tiles like these: same bands, tile and patch size."""
-    if (info.n_bands, info.tile_size, info.patch_size) != (c.in_chans, c.img_size, c.patch_size):
-        raise ValueError(
-            f"tile store has {info.n_bands} bands, {info.tile_size}-px tiles and {info.patch_size}-px "
-            f"patches; the student was trained on {c.in_chans}, {c.img_size} and {c.patch_size}"
-        )
 
 
 def _random_masks(ratio: float, teacher: Any, timgs: torch.Tensor,

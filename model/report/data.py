@@ -13,7 +13,7 @@ from hyperkd.model.data.dataset import TileDataset
 from hyperkd.model.evaluate.baselines import interpolation
 from hyperkd.model.evaluate.metrics import tile_metrics, to_reflectance
 from hyperkd.model.nets.masking import Masking
-from hyperkd.model.train.runs import load_student
+from hyperkd.model.train.runs import check_student_fits, load_student
 from hyperkd.model.train.tasks import mask_image
 
 
@@ -76,12 +76,8 @@ def sample_reconstructions(
     reconstruct them with the student run in ``student_dir``."""
     model, run = load_student(student_dir)
     ds = _pick_split(tiles_url, storage_options)
-    info = ds.info
-    c = model.config
-    if (info.n_bands, info.tile_size, info.patch_size) != (c.in_chans, c.img_size, c.patch_size):
-        raise ValueError(
-            f"tile store {tiles_url} does not match the student in {student_dir} (bands, tile or patch size)"
-        )
+    info, c = ds.info, model.config
+    check_student_fits(model, info, tiles_url)
     masking = masking or Masking(**run.get("run", {}).get("masking", {}))
     picks = np.unique(np.linspace(0, len(ds) - 1, min(n_tiles, len(ds))).round().astype(int))
     items = [ds[int(i)] for i in picks]

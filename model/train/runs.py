@@ -352,3 +352,15 @@ def load_student(checkpoint: str) -> tuple[StudentMAE, dict[str, Any]]:
     model = StudentMAE(MAEConfig(**run["model"]))
     model.load_state_dict(state, strict=True)
     return model.eval(), run
+
+
+def check_student_fits(model: StudentMAE, info: Any, tiles: str) -> None:
+    """ValueError (one line) unless the tile store ``tiles`` (its ``info``) has the bands, tile
+    size and patch size the student was trained on."""
+    c = model.config
+    if (info.n_bands, info.tile_size, info.patch_size) != (c.in_chans, c.img_size, c.patch_size):
+        raise ValueError(
+            f"tile store {tiles} has {info.n_bands} bands, {info.tile_size}-px tiles and "
+            f"{info.patch_size}-px patches; the student was trained on {c.in_chans}, "
+            f"{c.img_size} and {c.patch_size}"
+        )
