@@ -36,6 +36,60 @@ def _bbox_lonlat(grid: EmbeddingGrid) -> list[float]:
     return [float(west), float(south), float(east), float(north)]
 
 
+def _cube_dimensions(
+    grid: EmbeddingGrid, start: datetime | None, end: datetime | None, dim: int, epsg: int | None
+) -> dict[str, Any]:
+    """``cube:dimensions``: time (ISO, UTC), feature (0 .. dim-1), y and x (units of the CRS
+    ``epsg``: extents are the patch grid's outer edges, ``y`` ascending; steps are one patch)."""
+    a, _, c, _, e, f = grid.transform
+    x_extent = [float(c), float(c + a * len(grid.x))]
+    y_extent = sorted([float(f), float(f + e * len(grid.y))])
+    return {
+        "time": {"type": "temporal", "extent": [_iso(start), _iso(end)]},
+        "feature": {"type": "other", "extent": [0, dim - 1], "step": 1},
+        "y": {
+            "type": "spatial",
+            "axis": "y",
+            "extent": y_extent,
+            "step": float(e),
+            "reference_system": epsg,
+        },
+        "x": {
+            "type": "spatial",
+            "axis": "x",
+            "extent": x_extent,
+            "step": float(a),
+            "reference_system": epsg,
+        },
+    }
+
+
+def _cube_variables() -> dict[str, Any]:
+    """``cube:variables``: the embeddings and the share of valid pixels behind each."""
+    return {
+        "embedding": {
+            "type": "data",
+            "dimensions": ["time", "feature", "y", "x"],
+            "description": "student encoder patch token after the final LayerNorm",
+        },
+        "valid_fraction": {
+            "type": "auxiliary",
+            "dimensions": ["time", "y", "x"],
+            "unit": "1",
+            "description": "share of the patch's pixels that were valid",
+        },
+    }
+
+
+def _description(dim: int, attrs: Mapping[str, Any]) -> str:
+    model = attrs.get("hyperkd:model", {})
+    return (
+        f"Per-patch embeddings ({dim} features) of the hyperkd student "
+        f"({model.get('preset', '?')}) over the EnMAP scenes of a hyperkd cube, on its "
+        f"{attrs.get('hyperkd:patch_size')}-px patch grid."
+    )
+
+
 def collection(
     grid: EmbeddingGrid,
     times: np.ndarray,
@@ -50,19 +104,10 @@ def collection(
 
     epsg = CRS.from_user_input(grid.crs).to_epsg()
     start, end = (_utc(np.min(times)), _utc(np.max(times))) if len(times) else (None, None)
-    a, _, c, _, e, f = grid.transform
-    spatial = {
-        "x": [float(c), float(c + a * len(grid.x))],
-        "y": sorted([float(f), float(f + e * len(grid.y))]),
-    }
-    model = attrs.get("hyperkd:model", {})
+    dimensions = _cube_dimensions(grid, start, end, dim, epsg)
     coll = pystac.Collection(
         id=collection_id,
-        description=(
-            f"Per-patch embeddings ({dim} features) of the hyperkd student "
-            f"({model.get('preset', '?')}) over the EnMAP scenes of a hyperkd cube, on its "
-            f"{attrs.get('hyperkd:patch_size')}-px patch grid."
-        ),
+        description=_description(dim, attrs),
         extent=pystac.Extent(
             pystac.SpatialExtent([_bbox_lonlat(grid)]),
             pystac.TemporalExtent([[start, end]]),
@@ -71,37 +116,8 @@ def collection(
         title="hyperkd student embeddings",
         keywords=["EnMAP", "hyperspectral", "embeddings", "foundation model"],
         extra_fields={
-            "cube:dimensions": {
-                "time": {"type": "temporal", "extent": [_iso(start), _iso(end)]},
-                "feature": {"type": "other", "extent": [0, dim - 1], "step": 1},
-                "y": {
-                    "type": "spatial",
-                    "axis": "y",
-                    "extent": spatial["y"],
-                    "step": float(e),
-                    "reference_system": epsg,
-                },
-                "x": {
-                    "type": "spatial",
-                    "axis": "x",
-                    "extent": spatial["x"],
-                    "step": float(a),
-                    "reference_system": epsg,
-                },
-            },
-            "cube:variables": {
-                "embedding": {
-                    "type": "data",
-                    "dimensions": ["time", "feature", "y", "x"],
-                    "description": "student encoder patch token after the final LayerNorm",
-                },
-                "valid_fraction": {
-                    "type": "auxiliary",
-                    "dimensions": ["time", "y", "x"],
-                    "unit": "1",
-                    "description": "share of the patch's pixels that were valid",
-                },
-            },
+            "cube:dimensions": dimensions,
+            "cube:variables": _cube_variables(),
         },
     )
     coll.stac_extensions = [DATACUBE]
