@@ -27,7 +27,48 @@ from hyperkd.cli.train import add_out_or_run, resolve_run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    # The order here is the order of ``hyperkd --help``.
     _register_evaluate(subparsers)
+    _register_ablate(subparsers)
+    _register_downstream(subparsers)
+    _register_report(subparsers)
+
+
+def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="PSNR, SSIM and SAM of a student run on a split",
+        description="Mask a split's tiles (fixed seed), reconstruct them with a student run and "
+        "write DIR/metrics.json with psnr, ssim and sam on reflectance scale.",
+    )
+    evaluate.add_argument(
+        "--checkpoint", metavar="CKPT", help="student run directory (default: RUN/student)"
+    )
+    evaluate.add_argument(
+        "--tiles", metavar="URL", help="tile store (default: the one RUN/run.json names)"
+    )
+    evaluate.add_argument("--split", default="test", metavar="SPLIT", help="default test")
+    add_out_or_run(evaluate, "evaluate")
+    evaluate.add_argument(
+        "--masking", choices=defaults.MASKINGS, default="random", help="default random"
+    )
+    evaluate.add_argument(
+        "--mask-ratio", type=float, default=0.75, metavar="F", help="default 0.75"
+    )
+    evaluate.add_argument("--batch-size", type=int, default=8, metavar="N", help="default 8")
+    evaluate.add_argument("--seed", type=int, default=0, metavar="N", help="mask seed (default 0)")
+    evaluate.add_argument(
+        "--teacher", metavar="CKPT", help="also score this teacher in teacher space, same masks"
+    )
+    evaluate.add_argument("--teacher-preset", choices=defaults.TEACHER_PRESETS, default=defaults.OFFICIAL_TEACHER_PRESET,
+                          help=f"architecture of a .pt teacher (default {defaults.OFFICIAL_TEACHER_PRESET})")  # fmt: skip
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                          help="default: CUDA when present")  # fmt: skip
+    add_storage_options(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
+
+
+def _register_ablate(subparsers: argparse._SubParsersAction) -> None:
     ablate = subparsers.add_parser(
         "ablate",
         formatter_class=HelpFormatter,
@@ -68,6 +109,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_storage_options(ablate)
     ablate.set_defaults(handler=run_ablate)
 
+
+def _register_downstream(subparsers: argparse._SubParsersAction) -> None:
     down = subparsers.add_parser(
         "downstream",
         formatter_class=HelpFormatter,
@@ -91,25 +134,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="fine-tune steps per encoder (0 = probe only)",
     )
-    base = down.add_mutually_exclusive_group()
-    base.add_argument(
-        "--baseline-checkpoint",
-        default=None,
-        metavar="CKPT",
-        help="the no-teacher student's run directory",
-    )
-    base.add_argument(
-        "--ablation",
-        default=None,
-        metavar="DIR",
-        help="take the no-teacher student from DIR/cells/no-teacher",
-    )
-    down.add_argument(
-        "--embeddings",
-        default=None,
-        metavar="URL",
-        help="also probe an embeddings store of the tile store's cube (hyperkd embed)",
-    )
+    _add_downstream_comparisons(down)
     down.add_argument(
         "--only",
         default=None,
@@ -130,6 +155,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_storage_options(down)
     down.set_defaults(handler=run_downstream)
 
+
+def _add_downstream_comparisons(down: argparse.ArgumentParser) -> None:
+    """What the student's encoder is scored against, besides the baselines every run has."""
+    base = down.add_mutually_exclusive_group()
+    base.add_argument(
+        "--baseline-checkpoint",
+        default=None,
+        metavar="CKPT",
+        help="the no-teacher student's run directory",
+    )
+    base.add_argument(
+        "--ablation",
+        default=None,
+        metavar="DIR",
+        help="take the no-teacher student from DIR/cells/no-teacher",
+    )
+    down.add_argument(
+        "--embeddings",
+        default=None,
+        metavar="URL",
+        help="also probe an embeddings store of the tile store's cube (hyperkd embed)",
+    )
+
+
+def _register_report(subparsers: argparse._SubParsersAction) -> None:
     report = subparsers.add_parser(
         "report",
         formatter_class=HelpFormatter,
@@ -272,40 +322,6 @@ def _read(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
-    evaluate = subparsers.add_parser(
-        "evaluate",
-        help="PSNR, SSIM and SAM of a student run on a split",
-        description="Mask a split's tiles (fixed seed), reconstruct them with a student run and "
-        "write DIR/metrics.json with psnr, ssim and sam on reflectance scale.",
-    )
-    evaluate.add_argument(
-        "--checkpoint", metavar="CKPT", help="student run directory (default: RUN/student)"
-    )
-    evaluate.add_argument(
-        "--tiles", metavar="URL", help="tile store (default: the one RUN/run.json names)"
-    )
-    evaluate.add_argument("--split", default="test", metavar="SPLIT", help="default test")
-    add_out_or_run(evaluate, "evaluate")
-    evaluate.add_argument(
-        "--masking", choices=defaults.MASKINGS, default="random", help="default random"
-    )
-    evaluate.add_argument(
-        "--mask-ratio", type=float, default=0.75, metavar="F", help="default 0.75"
-    )
-    evaluate.add_argument("--batch-size", type=int, default=8, metavar="N", help="default 8")
-    evaluate.add_argument("--seed", type=int, default=0, metavar="N", help="mask seed (default 0)")
-    evaluate.add_argument(
-        "--teacher", metavar="CKPT", help="also score this teacher in teacher space, same masks"
-    )
-    evaluate.add_argument("--teacher-preset", choices=defaults.TEACHER_PRESETS, default=defaults.OFFICIAL_TEACHER_PRESET,
-                          help=f"architecture of a .pt teacher (default {defaults.OFFICIAL_TEACHER_PRESET})")  # fmt: skip
-    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                          help="default: CUDA when present")  # fmt: skip
-    add_storage_options(evaluate)
-    evaluate.set_defaults(handler=run_evaluate)
 
 
 def _batches_with_progress(config: Any) -> dict[str, Any]:

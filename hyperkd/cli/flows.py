@@ -138,6 +138,14 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    # The order here is the order of ``hyperkd --help``.
+    _register_demo(sub)
+    _register_pipeline(sub)
+    _register_serve(sub)
+    _register_deploy(sub)
+
+
+def _register_demo(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
         sub, "demo",
         help="run the whole job on the embedded demo region (one Prefect flow run)",
@@ -154,6 +162,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    f"/ {defaults.DEMO_STUDENT_STEPS})")  # fmt: skip
     p.set_defaults(handler=_demo)
 
+
+def _register_pipeline(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
         sub, "pipeline",
         help="run the hyperkd-pipeline flow for one region",
@@ -204,6 +214,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: threads of this process)")  # fmt: skip
     p.set_defaults(handler=_pipeline)
 
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
         sub, "serve",
         help="serve scheduled Prefect deployments from a schedules file (one machine)",
@@ -211,12 +223,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "this process until interrupted (which pauses their schedules). For separate CPU and "
         "GPU machines use `hyperkd deploy` and Prefect workers instead.",
     )  # fmt: skip
-    p.add_argument("--schedules", required=True, metavar="FILE",
-                   help="YAML file, see examples/schedules.yaml")  # fmt: skip
+    _add_schedules_argument(p)
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help="max concurrent flow runs (default: no limit)")  # fmt: skip
     p.set_defaults(handler=_serve)
 
+
+def _register_deploy(sub: argparse._SubParsersAction) -> None:
     p = add_parser(
         sub, "deploy",
         help="register scheduled deployments on Prefect work pools (CPU and GPU workers)",
@@ -225,10 +238,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "work_pool overrides). Start workers with `prefect worker start --pool NAME` on "
         "machines with hyperkd installed.",
     )  # fmt: skip
-    p.add_argument("--schedules", required=True, metavar="FILE",
-                   help="YAML file, see examples/schedules.yaml")  # fmt: skip
+    _add_schedules_argument(p)
     p.add_argument("--cpu-pool", default=defaults.CPU_POOL, metavar="POOL",
                    help="work pool for ingest and tiles")  # fmt: skip
     p.add_argument("--gpu-pool", default=defaults.GPU_POOL, metavar="POOL",
                    help="work pool for training, evaluation and reports")  # fmt: skip
     p.set_defaults(handler=_deploy)
+
+
+def _add_schedules_argument(parser: argparse.ArgumentParser) -> None:
+    """``--schedules``: ``serve`` and ``deploy`` read the same file."""
+    parser.add_argument("--schedules", required=True, metavar="FILE",
+                        help="YAML file, see examples/schedules.yaml")  # fmt: skip

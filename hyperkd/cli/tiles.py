@@ -9,6 +9,8 @@ line.
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--cube", required=True, metavar="URL", help="cube (path or fsspec URL)")
     parser.add_argument("--out", required=True, metavar="URL", help="tile store to write")
+    _add_grid_args(parser)
+    _add_store_args(parser)
+    add_storage_options(parser)
+    parser.set_defaults(handler=run_tiles)
+
+
+def _add_grid_args(parser: argparse.ArgumentParser) -> None:
+    """Where the tiles lie: their edge, the patch grid inside them and the step between them."""
     parser.add_argument(
         "--tile-size", type=int, default=128, metavar="PX", help="tile edge (default 128)"
     )
@@ -61,6 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="step of train tiles, a divisor of the stride: overlapping train tiles, val and "
         "test unchanged (default: the stride)",
     )
+
+
+def _add_store_args(parser: argparse.ArgumentParser) -> None:
+    """What the store holds and how it is made: labels, kept tiles, splits, shards, workers."""
     parser.add_argument(
         "--labels",
         action="append",
@@ -107,11 +121,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="ADDR",
         help="dask scheduler tcp://host:port, or 'local' for a LocalCluster",
     )
-    add_storage_options(parser)
-    parser.set_defaults(handler=run_tiles)
 
 
 def run_tiles(args: argparse.Namespace) -> int:
+    command = _tiles_command(args)
+
+    from hyperkd.pipeline.tiles.build import build_tiles
+
+    cfg = _tile_config(command)
+    with _tile_progress() as progress:
+        summary = build_tiles(
+            command.cube,
+            command.out,
+            cfg,
+            labels=dict(command.labels),
+            dask_address=command.dask_address,
+            storage_options=storage_options(args.storage_options),
+            progress=progress,
+        )
+    print(_summary_line(summary))
+    return 0
+
+
+def _tiles_command(args: argparse.Namespace) -> TilesCommand:
+    """The arguments as a :class:`TilesCommand`; ``ValueError`` for a bad or repeated label."""
     from hyperkd.pipeline.tiles.labels import parse_label_arg
 
     command = TilesCommand(
@@ -132,13 +165,13 @@ def run_tiles(args: argparse.Namespace) -> int:
     names = [name for name, _ in command.labels]
     if len(set(names)) != len(names):
         raise ValueError(f"label names repeat: {names}")
+    return command
 
-    from tqdm import tqdm
 
-    from hyperkd.pipeline.redaction import clean_href
-    from hyperkd.pipeline.tiles.build import TileConfig, build_tiles
+def _tile_config(command: TilesCommand) -> Any:  # -> TileConfig
+    from hyperkd.pipeline.tiles.build import TileConfig
 
-    cfg = TileConfig(
+    return TileConfig(
         tile_size=command.tile_size,
         patch_size=command.patch_size,
         stride=command.stride,
@@ -149,6 +182,13 @@ def run_tiles(args: argparse.Namespace) -> int:
         seed=command.seed,
         shard=command.shard,
     )
+
+
+@contextlib.contextmanager
+def _tile_progress() -> Iterator[Callable[[int, int], None]]:
+    """``progress(done, total)`` for :func:`build_tiles`, behind a bar closed on the way out."""
+    from tqdm import tqdm
+
     bars: list[Any] = []
 
     def progress(done: int, total: int) -> None:
@@ -159,24 +199,19 @@ def run_tiles(args: argparse.Namespace) -> int:
         bars[0].update(done - bars[0].n)
 
     try:
-        summary = build_tiles(
-            command.cube,
-            command.out,
-            cfg,
-            labels=dict(command.labels),
-            dask_address=command.dask_address,
-            storage_options=storage_options(args.storage_options),
-            progress=progress,
-        )
+        yield progress
     finally:
         for bar in bars:
             bar.close()
+
+
+def _summary_line(summary: Any) -> str:
+    """One line on the store written (or found up to date), its splits and dropped tiles."""
+    from hyperkd.pipeline.redaction import clean_href
+
     splits = ", ".join(f"{k} {v}" for k, v in summary.splits.items())
     dropped = ", ".join(f"{k} {v}" for k, v in summary.dropped.items())
     state = (
         "up to date, nothing written" if summary.skipped else f"written in {summary.seconds:.1f} s"
     )
-    print(
-        f"tile store {clean_href(summary.out_url)}: {summary.n_tiles} tiles ({splits}); dropped: {dropped}; {state}"
-    )
-    return 0
+    return f"tile store {clean_href(summary.out_url)}: {summary.n_tiles} tiles ({splits}); dropped: {dropped}; {state}"

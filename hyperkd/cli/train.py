@@ -32,6 +32,13 @@ class TrainCommand:
 
 
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
+    # train-teacher and train both turn these into one TrainConfig (_train_config).
+    _add_schedule_args(parser)
+    _add_run_control_args(parser)
+
+
+def _add_schedule_args(parser: argparse.ArgumentParser) -> None:
+    """How long the run is and how the optimizer steps: length, batch, seed, lr schedule."""
     length = parser.add_mutually_exclusive_group(required=True)
     length.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
     length.add_argument("--epochs", type=int, metavar="N", help="passes over the train split")
@@ -80,6 +87,10 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
         metavar="NORM",
         help="max gradient norm, 0 = off (default 1.0)",
     )
+
+
+def _add_run_control_args(parser: argparse.ArgumentParser) -> None:
+    """Where and how the run executes: logging, checkpoints, resume, device, loaders, storage."""
     parser.add_argument(
         "--log-every",
         type=int,
@@ -117,6 +128,12 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    # The order here is the order of ``hyperkd --help``.
+    _register_train_teacher(subparsers)
+    _register_train(subparsers)
+
+
+def _register_train_teacher(subparsers: argparse._SubParsersAction) -> None:
     teacher = subparsers.add_parser(
         "train-teacher",
         help="MAE-pretrain the Prithvi architecture on the six-band teacher tiles",
@@ -127,16 +144,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_out_or_run(teacher, "teacher")
     teacher.add_argument("--preset", choices=TEACHER_PRESETS, default=defaults.PRETRAIN_TEACHER_PRESET,
                          help=f"architecture (default {defaults.PRETRAIN_TEACHER_PRESET})")  # fmt: skip
-    teacher.add_argument(
-        "--mask-ratio",
-        type=float,
-        default=0.75,
-        metavar="F",
-        help="masked share of patches (default 0.75)",
-    )
+    _add_mask_ratio(teacher)
     _add_training_args(teacher)
     teacher.set_defaults(handler=run_train_teacher)
 
+
+def _register_train(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train",
         help="train the student MAE, distilled from a teacher",
@@ -162,14 +175,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="with --spectral-dim: learn the components from their PCA start, or keep "
                        "them fixed at the PCA (the loss then runs on the K components, ~4x cheaper "
                        f"steps; default {defaults.SPECTRAL_BASIS})")  # fmt: skip
-    train.add_argument("--masking", choices=MASKINGS, default="gabor", help="default gabor")
-    train.add_argument(
+    _add_masking_args(train)
+    _add_loss_args(train)
+    _add_training_args(train)
+    train.set_defaults(handler=run_train)
+
+
+def _add_mask_ratio(parser: argparse.ArgumentParser) -> None:
+    """One declaration for train-teacher and train, which mask the same share by default."""
+    parser.add_argument(
         "--mask-ratio",
         type=float,
         default=0.75,
         metavar="F",
         help="masked share of patches (default 0.75)",
     )
+
+
+def _add_masking_args(train: argparse.ArgumentParser) -> None:
+    """Which patches the student must reconstruct."""
+    train.add_argument("--masking", choices=MASKINGS, default="gabor", help="default gabor")
+    _add_mask_ratio(train)
     train.add_argument(
         "--sample-masking", action="store_true", help="draw guided masks with a temperature"
     )
@@ -180,6 +206,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="T",
         help="guided sampling temperature (default 1)",
     )
+
+
+def _add_loss_args(train: argparse.ArgumentParser) -> None:
+    """The loss and the weights of its terms."""
     train.add_argument(
         "--loss", choices=LOSSES, default=defaults.LOSS, help=f"default {defaults.LOSS}"
     )
@@ -202,8 +232,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="T",
         help="KLD softmax temperature",
     )
-    _add_training_args(train)
-    train.set_defaults(handler=run_train)
 
 
 def add_out_or_run(parser: argparse.ArgumentParser, part: str) -> None:
