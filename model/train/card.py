@@ -115,6 +115,52 @@ def _add_assets(item: Any) -> None:
     )
 
 
+def _bands(names: Sequence[str], wavelengths: Sequence[float]) -> list[dict[str, Any]]:
+    """STAC 1.1 ``bands``: each band's name and, where known (not NaN), its EO centre
+    wavelength in micrometres (``wavelengths`` are nm)."""
+    return [
+        {"name": n} | ({} if w != w else {"eo:center_wavelength": round(w / 1000.0, 6)})
+        for n, w in zip(names, wavelengths, strict=True)
+    ]
+
+
+def _patch_tokens_output(tokens: int, dim: int, patch: int) -> Any:
+    """The MLM output: ``(batch, tokens, dim)`` encoder tokens, one per ``patch``-px patch."""
+    from pystac.extensions.mlm import ModelOutput, ResultStructure
+
+    return ModelOutput.create(
+        name="patch_tokens",
+        tasks=["similarity-search"],
+        result=ResultStructure.create(
+            shape=[-1, tokens, dim],
+            dim_order=["batch", "token", "embedding"],
+            data_type="float32",
+        ),
+        description=f"encoder tokens after the final LayerNorm, one per {patch}-px "
+        "patch in row-major grid order (forward_features)",
+    )
+
+
+def _hyperparameters(
+    model: Mapping[str, Any], spec: Mapping[str, Any], size: int, patch: int, dim: int, encoder: int
+) -> Any:
+    """The MLM hyperparameters: preset, tile and patch size (px), token width, depth, heads,
+    encoder parameter count, and the run's masking and loss."""
+    from pystac.extensions.mlm import Hyperparameters
+
+    return Hyperparameters.create(
+        preset=model.get("preset", "?"),
+        patch_size=patch,
+        tile_size=size,
+        embed_dim=dim,
+        depth=model.get("depth"),
+        num_heads=model.get("num_heads"),
+        encoder_parameters=encoder,
+        masking=spec.get("masking"),
+        loss=spec.get("loss"),
+    )
+
+
 def mlm_item(
     config: Mapping[str, Any],
     weights: Mapping[str, torch.Tensor],
@@ -124,12 +170,7 @@ def mlm_item(
 ) -> dict[str, Any]:
     """The run as a STAC Item with the MLM extension (JSON-able dict)."""
     import pystac
-    from pystac.extensions.mlm import (
-        Hyperparameters,
-        MLMExtension,
-        ModelOutput,
-        ResultStructure,
-    )
+    from pystac.extensions.mlm import MLMExtension
 
     model, spec = config.get("model", {}), config.get("run", {})
     kind, preset = _kind(config), model.get("preset", "?")
@@ -144,10 +185,7 @@ def mlm_item(
         datetime=created or datetime.now(UTC),
         properties={"license": LICENSE, "description": _title(config)},
     )
-    item.properties["bands"] = [
-        {"name": n} | ({} if w != w else {"eo:center_wavelength": round(w / 1000.0, 6)})
-        for n, w in zip(names, wavelengths, strict=True)
-    ]
+    item.properties["bands"] = _bands(names, wavelengths)
     item.stac_extensions.append(EO)
     model_input = _model_input(config)
     MLMExtension.ext(item, add_if_missing=True).apply(
@@ -163,30 +201,8 @@ def mlm_item(
         + (" distilled from a Prithvi teacher" if spec.get("teacher") else ""),
         batch_size_suggestion=16,
         input=[model_input],
-        output=[
-            ModelOutput.create(
-                name="patch_tokens",
-                tasks=["similarity-search"],
-                result=ResultStructure.create(
-                    shape=[-1, tokens, dim],
-                    dim_order=["batch", "token", "embedding"],
-                    data_type="float32",
-                ),
-                description=f"encoder tokens after the final LayerNorm, one per {patch}-px "
-                "patch in row-major grid order (forward_features)",
-            )
-        ],
-        hyperparameters=Hyperparameters.create(
-            preset=preset,
-            patch_size=patch,
-            tile_size=size,
-            embed_dim=dim,
-            depth=model.get("depth"),
-            num_heads=model.get("num_heads"),
-            encoder_parameters=encoder,
-            masking=spec.get("masking"),
-            loss=spec.get("loss"),
-        ),
+        output=[_patch_tokens_output(tokens, dim, patch)],
+        hyperparameters=_hyperparameters(model, spec, size, patch, dim, encoder),
     )
     if metrics:
         item.properties["hyperkd:metrics"] = dict(metrics)
