@@ -12,9 +12,13 @@ import argparse
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hyperkd.cli.common import add_storage_options, storage_options
+
+if TYPE_CHECKING:  # the pipeline is imported when a command runs, not for ``--help``
+    from hyperkd.pipeline.tiles.build import TileSummary
+    from hyperkd.pipeline.tiles.config import TileConfig
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,7 @@ def _tiles_command(args: argparse.Namespace) -> TilesCommand:
     return command
 
 
-def _tile_config(command: TilesCommand) -> Any:  # -> TileConfig
+def _tile_config(command: TilesCommand) -> TileConfig:
     from hyperkd.pipeline.tiles.build import TileConfig
 
     return TileConfig(
@@ -205,7 +209,7 @@ def _tile_progress() -> Iterator[Callable[[int, int], None]]:
             bar.close()
 
 
-def _summary_line(summary: Any) -> str:
+def _summary_line(summary: TileSummary) -> str:
     """One line on the store written (or found up to date), its splits and dropped tiles."""
     from hyperkd.pipeline.redaction import clean_href
 
