@@ -12,7 +12,8 @@ import torch
 from hyperkd.model.data.dataset import TileDataset
 from hyperkd.model.evaluate.baselines import interpolation
 from hyperkd.model.evaluate.metrics import tile_metrics, to_reflectance
-from hyperkd.model.nets.masking import Masking
+from hyperkd.model.nets.mae import StudentMAE
+from hyperkd.model.nets.masking import Masking, PatchMask
 from hyperkd.model.train.runs import check_student_fits, load_student
 from hyperkd.model.train.tasks import mask_image
 
@@ -60,6 +61,62 @@ def _pick_split(url: str, storage_options: Mapping[str, Any] | None) -> TileData
     raise ValueError(f"tile store {url} holds no tiles")
 
 
+def _evenly_spaced(ds: TileDataset, n_tiles: int) -> dict[str, torch.Tensor]:
+    """``n_tiles`` tiles spread evenly over ``ds`` (all of them when it holds fewer), each of
+    the dataset's fields stacked with a leading ``(n,)`` axis."""
+    picks = np.unique(np.linspace(0, len(ds) - 1, min(n_tiles, len(ds))).round().astype(int))
+    items = [ds[int(i)] for i in picks]
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+def _masked_reconstruction(
+    model: StudentMAE, batch: dict[str, torch.Tensor], masking: Masking, seed: int
+) -> tuple[PatchMask, torch.Tensor, torch.Tensor]:
+    """Masks drawn from a generator seeded ``seed``; their (n, 1, T, T) pixel image; and the
+    student's composite, (n, C, T, T) normalised: its prediction in masked patches, the tile
+    elsewhere."""
+    imgs = batch["student"]  # (n, C, T, T)
+    key = masking.significance_key
+    pm = masking(
+        imgs.shape[0],
+        model.num_patches,
+        significance=batch[key] if key else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    latent, _ = model.forward_encoder(imgs, pm)
+    pred = model.unpatchify(model.forward_decoder(latent, pm.ids_restore))  # (n, C, T, T)
+    m_img = mask_image(pm.mask, model.grid, model.config.patch_size)  # (n, 1, T, T)
+    return pm, m_img, pred * m_img + imgs * (1 - m_img)
+
+
+def _sample_pixels(
+    true_r: torch.Tensor,
+    recon_r: torch.Tensor,
+    chosen: np.ndarray,
+    tile_ids: torch.Tensor,
+    n_pixels: int,
+    seed: int,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """``n_pixels`` pixels, from the tiles in turn, each drawn uniformly among a tile's
+    ``chosen`` (n, T, T) pixels not drawn yet (a tile with none left is passed over), by a
+    generator seeded ``seed``: their true and reconstructed (C,) reflectance spectra (from
+    ``true_r``, ``recon_r`` (n, C, T, T)) and a title each. Clears the drawn pixels in ``chosen``."""
+    rng = np.random.default_rng(seed)
+    pixel_true, pixel_recon, titles = [], [], []
+    for k in range(n_pixels):
+        tile = k % chosen.shape[0]
+        ys, xs = np.nonzero(chosen[tile])
+        if ys.size == 0:
+            continue
+        j = int(rng.integers(ys.size))
+        y, x = int(ys[j]), int(xs[j])
+        chosen[tile, y, x] = False
+        pixel_true.append(true_r[tile, :, y, x].numpy())
+        pixel_recon.append(recon_r[tile, :, y, x].numpy())
+        titles.append(f"tile {int(tile_ids[tile])}, pixel (y={y}, x={x})")
+    return pixel_true, pixel_recon, titles
+
+
 @torch.no_grad()
 def sample_reconstructions(
     student_dir: str,
@@ -79,21 +136,9 @@ def sample_reconstructions(
     info, c = ds.info, model.config
     check_student_fits(model, info, tiles_url)
     masking = masking or Masking(**run.get("run", {}).get("masking", {}))
-    picks = np.unique(np.linspace(0, len(ds) - 1, min(n_tiles, len(ds))).round().astype(int))
-    items = [ds[int(i)] for i in picks]
-    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    batch = _evenly_spaced(ds, n_tiles)
     imgs = batch["student"]  # (n, C, T, T)
-    key = masking.significance_key
-    pm = masking(
-        len(items),
-        model.num_patches,
-        significance=batch[key] if key else None,
-        generator=torch.Generator().manual_seed(seed),
-    )
-    latent, _ = model.forward_encoder(imgs, pm)
-    pred = model.unpatchify(model.forward_decoder(latent, pm.ids_restore))  # (n, C, T, T)
-    m_img = mask_image(pm.mask, model.grid, c.patch_size)  # (n, 1, T, T)
-    composite = pred * m_img + imgs * (1 - m_img)
+    pm, m_img, composite = _masked_reconstruction(model, batch, masking, seed)
     true_r = to_reflectance(imgs, info.student_mean, info.student_std)
     recon_r = to_reflectance(composite, info.student_mean, info.student_std)
     valid = batch["valid"]
@@ -103,21 +148,10 @@ def sample_reconstructions(
         guess * m_img + imgs * (1 - m_img), info.student_mean, info.student_std
     )
     interp_psnr = tile_metrics(interp_r, true_r, m_img * valid[:, None])["psnr"]
-
-    rng = np.random.default_rng(seed)
-    pixel_true, pixel_recon, titles = [], [], []
     chosen = (m_img[:, 0].bool() & valid).numpy()  # (n, T, T) masked valid pixels
-    for k in range(n_pixels):
-        tile = k % len(items)
-        ys, xs = np.nonzero(chosen[tile])
-        if ys.size == 0:
-            continue
-        j = int(rng.integers(ys.size))
-        y, x = int(ys[j]), int(xs[j])
-        chosen[tile, y, x] = False
-        pixel_true.append(true_r[tile, :, y, x].numpy())
-        pixel_recon.append(recon_r[tile, :, y, x].numpy())
-        titles.append(f"tile {int(batch['tile_id'][tile])}, pixel (y={y}, x={x})")
+    pixel_true, pixel_recon, titles = _sample_pixels(
+        true_r, recon_r, chosen, batch["tile_id"], n_pixels, seed
+    )
     grid = model.grid
     empty = np.zeros((0, c.in_chans), np.float32)
     return ReconstructionSample(
