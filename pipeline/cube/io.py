@@ -31,23 +31,14 @@ from typing import Any
 import numpy as np
 
 from hyperkd.pipeline.cube.derived import plan_variables
-from hyperkd.pipeline.cube.faults import PausingTarget, pause_point
-from hyperkd.pipeline.cube.layout import (
-    CORE_VARIABLES,
-    CubeLayout,
-    Grid,
-    SceneWrite,
-    array_doc,
-    encode_time,
-    group_doc,
-    group_specs,
-    static_values,
-)
+from hyperkd.pipeline.cube.faults import pause_point
+from hyperkd.pipeline.cube.layout import CORE_VARIABLES, CubeLayout, Grid, SceneWrite, encode_time
+from hyperkd.pipeline.cube.new_cube import root_attributes, write_groups
 from hyperkd.pipeline.cube.read import ROOT_DOC
+from hyperkd.pipeline.cube.scene_chunks import EmptySceneError, array_handle, write_scene
 from hyperkd.pipeline.cube.schema import CUBE_VERSION, GROUPS, READABLE_VERSIONS
 from hyperkd.pipeline.cube.stac import publish_cube
 from hyperkd.pipeline.cube.timeline import PROGRESS, Edit, copy_slot, insert_index, plan_edit
-from hyperkd.pipeline.store.integrity import WRITE_EVERY_CHUNK
 from hyperkd.pipeline.store.location import CubeLock, CubeStore
 
 PENDING = "hyperkd:pending"
@@ -56,10 +47,6 @@ PENDING = "hyperkd:pending"
 
 class NotACubeError(ValueError):
     """The URL holds something that is not a hyperkd cube."""
-
-
-class EmptySceneError(ValueError):
-    """A scene that would add fewer valid pixels than required: reported, not committed."""
 
 
 class CubeWriter:
@@ -205,13 +192,7 @@ class CubeWriter:
     # -- writing -----------------------------------------------------------------------------
     def _array(self, path: str, doc: Mapping[str, Any]) -> Any:
         """A zarr array handle on ``path`` whose metadata is ``doc`` (nothing is written)."""
-        from zarr.core.array import Array, AsyncArray
-        from zarr.core.metadata.v3 import ArrayV3Metadata
-        from zarr.storage import StorePath
-
-        meta = ArrayV3Metadata.from_dict(copy.deepcopy(dict(doc)))
-        # Every chunk is written, fill values too, so an absent chunk is always damage.
-        return Array(AsyncArray(meta, StorePath(self.zstore, path), config=WRITE_EVERY_CHUNK))
+        return array_handle(self.zstore, path, doc)
 
     def _commit(self, changed: list[str]) -> None:
         """Replace the root document (the commit point), then the changed arrays' own docs."""
@@ -244,33 +225,8 @@ class CubeWriter:
             raise NotACubeError(f"{self.store.url} exists and is not a hyperkd cube: not writing")
         for group in GROUPS:  # an earlier run killed before its first commit
             self.store.delete_tree(group)
-        nodes: dict[str, dict[str, Any]] = {}
-        for group in GROUPS:
-            gattrs = layout.grid.geozarr_attrs() | {"hyperkd:group": group}
-            gdoc = group_doc(gattrs)
-            self.store.write_json(f"{group}/zarr.json", gdoc)
-            nodes[group] = gdoc | {
-                "consolidated_metadata": {
-                    "kind": "inline",
-                    "must_understand": False,
-                    "metadata": {},
-                }
-            }
-            values = static_values(group, layout.grid, layout.bands)
-            for spec in group_specs(group, layout.grid, layout.bands, layout.tile_size):
-                path = f"{group}/{spec.name}"
-                nodes[path] = array_doc(spec)
-                if spec.name in values:
-                    self._array(path, nodes[path])[...] = values[spec.name]
-                self.store.write_json(f"{path}/zarr.json", nodes[path])
-        self.nodes = nodes
-        self.attrs = {
-            "hyperkd:cube_version": CUBE_VERSION,
-            "hyperkd:region": layout.region,
-            "hyperkd:tile_size": int(layout.tile_size),
-            "hyperkd:scenes": [],
-            "Conventions": "CF-1.8",
-        }
+        self.nodes = write_groups(self.store, self.zstore, layout)
+        self.attrs = root_attributes(layout, CUBE_VERSION)
         self._commit([])
 
     def append(self, scene: SceneWrite, *, replaces: str | None = None) -> None:
@@ -342,35 +298,15 @@ class CubeWriter:
         return [*(s for s in self.scenes if s["group"] != group), *records]
 
     def _write_staged(self, scene: SceneWrite, slot: int, size: int) -> None:
-        """Write the scene's chunks at ``slot`` through handles sized ``size`` (uncommitted)."""
-        import dask.array as da
-
+        """Write the scene's chunks at ``slot`` through handles sized ``size`` (uncommitted);
+        on any error they are deleted again."""
         group = scene.group
         self._drop_uncommitted(group)
         try:
             arr = {
                 p.split("/", 1)[1]: self._array(p, d) for p, d in self._resized(group, size).items()
             }
-            arr["time"][slot] = encode_time(scene.time)
-            arr["scene_id"][slot] = scene.scene_id
-            for name, label in scene.labels.items():
-                arr[name][slot] = label
-            refl, valid = (
-                _as_dask(scene.reflectance, arr["reflectance"]),
-                _as_dask(scene.valid, arr["valid"]),
-            )
-            if refl.shape != arr["reflectance"].shape[1:] or valid.shape != arr["valid"].shape[1:]:
-                raise ValueError(
-                    f"scene {scene.scene_id}: arrays {refl.shape}/{valid.shape} do not match the "
-                    f"cube's {arr['reflectance'].shape[1:]}/{arr['valid'].shape[1:]}"
-                )
-            da.store(
-                [refl[None], valid[None]],
-                [PausingTarget(arr["reflectance"], "scene-chunks"), arr["valid"]],
-                regions=[(slice(slot, slot + 1),), (slice(slot, slot + 1),)],
-                lock=False,
-            )
-            self._check_valid(arr["valid"], slot, scene.scene_id)
+            write_scene(arr, scene, slot, self.min_valid_pixels)
             self.lock.check()
         except BaseException:
             self._drop_uncommitted(group)
@@ -409,17 +345,6 @@ class CubeWriter:
         self.store.delete_tree(PROGRESS)
         self.lock.refresh()
 
-    def _check_valid(self, valid: Any, n: int, scene_id: str) -> None:
-        """Raise :class:`EmptySceneError` when the written scene ``n`` has too few valid pixels
-        (read back from the store: one small bool array, no second read of the inputs)."""
-        if self.min_valid_pixels <= 0:
-            return
-        count = int(np.count_nonzero(valid[n]))
-        if count < self.min_valid_pixels:
-            raise EmptySceneError(
-                f"{count} valid pixels in the cube's region (fewer than {self.min_valid_pixels})"
-            )
-
     def write_variables(self, group: str, ds: Any) -> list[str]:
         """Add or overwrite derived variables of ``group`` (see :func:`write_variables`)."""
         plans = plan_variables(self.nodes, self.tile_size, group, ds)
@@ -441,18 +366,6 @@ class CubeWriter:
         self.store.delete_tree()
         self.lock.held = False
         self.attrs, self.nodes = {}, {}
-
-
-def _as_dask(values: Any, target: Any) -> Any:
-    """``values`` as a dask array chunked like ``target``'s shards, or its chunks when it is
-    not sharded (minus the time axis): one dask block per stored object, so no two blocks
-    write into one shard."""
-    import dask.array as da
-
-    chunks = (getattr(target, "shards", None) or target.chunks)[1:]
-    if isinstance(values, da.Array):
-        return values.rechunk(chunks) if values.chunksize != chunks else values
-    return da.from_array(np.asarray(values), chunks=chunks)
 
 
 def write_variables(

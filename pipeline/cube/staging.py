@@ -25,11 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from hyperkd.pipeline.cube.faults import PausingTarget
-from hyperkd.pipeline.cube.io import CubeWriter, SceneWrite, _as_dask
+from hyperkd.pipeline.cube.io import CubeWriter, SceneWrite
 from hyperkd.pipeline.cube.layout import encode_time
+from hyperkd.pipeline.cube.scene_chunks import array_handle, store_scene_arrays
 from hyperkd.pipeline.cube.timeline import copy_slot, insert_index
-from hyperkd.pipeline.store.integrity import WRITE_EVERY_CHUNK
 from hyperkd.pipeline.store.location import CubeLock, CubeStore
 
 SCENE_ARRAYS = ("reflectance", "valid")
@@ -65,16 +64,6 @@ def slot_target(writer: CubeWriter, group: str, slot: int) -> SlotTarget:
     return SlotTarget(store.url, dict(store.storage_options), group, slot, docs, writer.lock.token)
 
 
-def _handle(store: Any, path: str, doc: Mapping[str, Any]) -> Any:
-    """A zarr array on ``path`` whose metadata is ``doc`` (as ``CubeWriter._array``)."""
-    from zarr.core.array import Array, AsyncArray
-    from zarr.core.metadata.v3 import ArrayV3Metadata
-    from zarr.storage import StorePath
-
-    meta = ArrayV3Metadata.from_dict(copy.deepcopy(dict(doc)))
-    return Array(AsyncArray(meta, StorePath(store, path), config=WRITE_EVERY_CHUNK))
-
-
 def write_slot(target: SlotTarget, reflectance: Any, valid: Any, scheduler: str) -> int:
     """Write one scene's ``reflectance`` ``(band, y, x)`` and ``valid`` ``(y, x)`` at
     ``target.slot``; returns the number of valid pixels. Runs on a worker.
@@ -83,29 +72,14 @@ def write_slot(target: SlotTarget, reflectance: Any, valid: Any, scheduler: str)
     Raises ``ValueError`` when the arrays do not fit the cube and ``CubeLockedError`` when the
     writer lost its lock (nothing is written then; a half-written slot is never committed).
     """
-    import dask.array as da
-
     store = CubeStore(target.url, target.storage_options)
     lock = CubeLock(store)
     lock.token, lock.held = target.token, True
     lock.check()
     zstore = store.zarr_store()
-    arr = {name: _handle(zstore, f"{target.group}/{name}", target.docs[name])
+    arr = {name: array_handle(zstore, f"{target.group}/{name}", target.docs[name])
            for name in SCENE_ARRAYS}  # fmt: skip
-    refl, ok = _as_dask(reflectance, arr["reflectance"]), _as_dask(valid, arr["valid"])
-    if refl.shape != arr["reflectance"].shape[1:] or ok.shape != arr["valid"].shape[1:]:
-        raise ValueError(
-            f"arrays {refl.shape}/{ok.shape} do not match the cube's "
-            f"{arr['reflectance'].shape[1:]}/{arr['valid'].shape[1:]}"
-        )
-    slot = slice(target.slot, target.slot + 1)
-    da.store(
-        [refl[None], ok[None]],
-        [PausingTarget(arr["reflectance"], "scene-chunks"), arr["valid"]],
-        regions=[(slot,), (slot,)],
-        lock=False,
-        scheduler=scheduler,
-    )
+    store_scene_arrays(arr, reflectance, valid, target.slot, scheduler=scheduler)
     lock.check()
     return int(np.count_nonzero(np.asarray(valid)))
 
