@@ -103,19 +103,9 @@ def evaluate(
     info = dataset.info
     check_student_fits(model, info, config.tiles)
     device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
-    teacher = None
-    if config.teacher is not None:
-        teacher = load_teacher(
-            config.teacher, img_size=info.tile_size, preset=config.teacher_preset,
-            teacher_mean=info.teacher_mean, teacher_std=info.teacher_std,
-            patch_size=info.patch_size, seed=config.seed,
-        ).model.to(device)  # fmt: skip
+    teacher = _teacher(config, info, device)
     keys = ("student", "teacher") if teacher is not None else ("student",)
-    if train_batches is None:
-        train = open_tiles(config.tiles, "train", config.storage_options)
-        stats = split_band_stats(_loader(train, config.batch_size), keys, STATS_MAX_TILES)
-    else:
-        stats = split_band_stats(train_batches(), keys, STATS_MAX_TILES)
+    stats = _band_stats(config, keys, train_batches)
     model.to(device)
     student = _Scorer(info.student_mean, info.student_std, stats["student"],
                       model.config.patch_size, config.per_tile)  # fmt: skip
@@ -123,10 +113,60 @@ def evaluate(
     if teacher is not None:
         teach = _Scorer(info.teacher_mean, info.teacher_std, stats["teacher"],
                         teacher.config.patch_size, config.per_tile)  # fmt: skip
+    if batches is None:
+        batches = _loader(dataset, config.batch_size)
+    tile_ids = _score_batches(config, model, student, teacher, teach, batches, device)
+    if not tile_ids:
+        raise ValueError(f"split {config.split!r} of {config.tiles} holds no tiles")
+    result = _result(config, student, teach, stats, tile_ids)
+    atomic_write_text(
+        Path(config.out) / "metrics.json", json.dumps(result, indent=1, sort_keys=True)
+    )
+    return result
+
+
+def _teacher(config: EvaluateConfig, info: Any, device: torch.device) -> Any:
+    """``config.teacher`` built for the store's tiles and teacher statistics, on ``device``;
+    None without one."""
+    if config.teacher is None:
+        return None
+    return load_teacher(
+        config.teacher, img_size=info.tile_size, preset=config.teacher_preset,
+        teacher_mean=info.teacher_mean, teacher_std=info.teacher_std,
+        patch_size=info.patch_size, seed=config.seed,
+    ).model.to(device)  # fmt: skip
+
+
+def _band_stats(
+    config: EvaluateConfig,
+    keys: tuple[str, ...],
+    train_batches: Callable[[], Iterable[Batch]] | None,
+) -> dict[str, BandStats]:
+    """Band statistics of ``keys`` over at most ``STATS_MAX_TILES`` train tiles: those of
+    ``train_batches``, or of the store's train split without it."""
+    if train_batches is None:
+        train = open_tiles(config.tiles, "train", config.storage_options)
+        return split_band_stats(_loader(train, config.batch_size), keys, STATS_MAX_TILES)
+    return split_band_stats(train_batches(), keys, STATS_MAX_TILES)
+
+
+def _score_batches(
+    config: EvaluateConfig,
+    model: Any,
+    student: _Scorer,
+    teacher: Any,
+    teach: _Scorer | None,
+    batches: Iterable[Batch],
+    device: torch.device,
+) -> list[int]:
+    """Scores the student's reconstructions of every batch into ``student`` (and the teacher's
+    into ``teach``); returns the tile ids scored, in order (-1 where a batch has none)."""
+    # Fixed seeds: two runs score the same masks. The teacher's own draws (other patch grid)
+    # take a generator of their own, so adding a teacher leaves the student's masks as they are.
     generator = torch.Generator().manual_seed(config.seed)
     teacher_generator = torch.Generator().manual_seed(config.seed + 1)
     tile_ids: list[int] = []
-    for batch in batches if batches is not None else _loader(dataset, config.batch_size):
+    for batch in batches:
         imgs = batch["student"].to(device)
         valid = batch.get("valid")
         valid = None if valid is None else valid.to(device)
@@ -143,24 +183,7 @@ def evaluate(
             teach.update(_teacher_reconstruction(teacher, timgs, tpm), timgs, tpm,
                          teacher.grid[1:], valid)  # fmt: skip
         tile_ids += [int(t) for t in batch.get("tile_id", torch.full((imgs.shape[0],), -1))]
-    if not tile_ids:
-        raise ValueError(f"split {config.split!r} of {config.tiles} holds no tiles")
-    result = _finite(student.result(), config)
-    if teach is not None:
-        result["teacher"] = teach.result() | {"checkpoint": str(config.teacher)}
-    result |= {
-        "n_tiles": len(tile_ids),
-        "split": config.split,
-        "masking": dataclasses.asdict(config.masking),
-        "checkpoint": str(config.checkpoint),
-        "band_range_tiles": stats["student"].n_tiles,
-    }
-    if config.per_tile:
-        result["tile_id"] = tile_ids
-    atomic_write_text(
-        Path(config.out) / "metrics.json", json.dumps(result, indent=1, sort_keys=True)
-    )
-    return result
+    return tile_ids
 
 
 def _random_masks(ratio: float, teacher: Any, timgs: torch.Tensor,
@@ -174,6 +197,30 @@ def _teacher_reconstruction(teacher: Any, timgs: torch.Tensor, tpm: PatchMask) -
     """(B, 6, H, W) normalised: the teacher's decoder output over its six bands."""
     tlatent = teacher.forward_encoder(timgs, tpm)
     return teacher.unpatchify(teacher.forward_decoder(tlatent, tpm.ids_restore))[:, :, 0]
+
+
+def _result(
+    config: EvaluateConfig,
+    student: _Scorer,
+    teach: _Scorer | None,
+    stats: dict[str, BandStats],
+    tile_ids: list[int],
+) -> dict[str, Any]:
+    """``metrics.json``: the student's metrics and baselines (a ValueError where not finite),
+    the teacher's under ``teacher``, and what was scored: tiles, split, masking, run."""
+    result = _finite(student.result(), config)
+    if teach is not None:
+        result["teacher"] = teach.result() | {"checkpoint": str(config.teacher)}
+    result |= {
+        "n_tiles": len(tile_ids),
+        "split": config.split,
+        "masking": dataclasses.asdict(config.masking),
+        "checkpoint": str(config.checkpoint),
+        "band_range_tiles": stats["student"].n_tiles,
+    }
+    if config.per_tile:
+        result["tile_id"] = tile_ids
+    return result
 
 
 def _finite(result: dict[str, Any], config: EvaluateConfig) -> dict[str, Any]:
