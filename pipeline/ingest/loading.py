@@ -200,28 +200,54 @@ def load_enmap(
 
     Dask chunks are read-sized (whole file blocks); ``CubeWriter.append`` cuts cube tiles.
     """
-    import dask.array as da
-
     key = profile.band_assets["reflectance"]
-    if key not in item.assets:
-        raise ValueError(f"item {item.id} has no {key!r} asset")
-    header = read_header(item.assets[key].get_absolute_href() or "", source)
-    if header.count != len(scene_bands):
-        raise ValueError(
-            f"band-count mismatch: eo:bands lists {len(scene_bands)} bands but "
-            f"the {key} file has {header.count}"
-        )
+    header = _enmap_header(item, source, key, len(scene_bands))
     own = Grid.from_proj(header.grid.crs, header.grid.transform, header.grid.shape)
     resampled = not _same_phase(own, grid)
     quality = [
         k for k, meaning in profile.quality_assets.items()
         if meaning in ENMAP_MASKING and k in item.assets
     ]  # fmt: skip
-    cfg = {
-        item.collection_id: {
+    cfg = _enmap_stac_cfg(item.collection_id, key, header.dtype, scene_bands, quality)
+    chunk = header.read_chunk(tile)
+    ds = _odc_load(
+        _with_grid(item, [key, *quality], own), source, [key, *quality], grid, chunk, cfg, "nearest"
+    )
+    reflectance = _on_cube_bands(ds[key].data[0], plan, scene_bands)
+    valid = _enmap_valid(reflectance, [ds[q].data[0] for q in quality], plan)
+    details = {
+        "band_plan": plan.counts | {"exact_copy": plan.is_identity},
+        "quality_layers": quality,
+        "resampled": resampled,
+        "file_dtype": header.dtype,
+    }
+    return LoadedScene(reflectance, valid, details)
+
+
+def _enmap_header(item: pystac.Item, source: Source, key: str, n_bands: int) -> RasterHeader:
+    """The header of the item's ``key`` (reflectance) file, checked to hold ``n_bands`` bands
+    (the item's ``eo:bands``)."""
+    if key not in item.assets:
+        raise ValueError(f"item {item.id} has no {key!r} asset")
+    header = read_header(item.assets[key].get_absolute_href() or "", source)
+    if header.count != n_bands:
+        raise ValueError(
+            f"band-count mismatch: eo:bands lists {n_bands} bands but "
+            f"the {key} file has {header.count}"
+        )
+    return header
+
+
+def _enmap_stac_cfg(
+    collection: str | None, key: str, dtype: str, scene_bands: EnmapBands, quality: list[str]
+) -> dict[str, Any]:
+    """odc-stac's ``stac_cfg``: the reflectance asset ``key`` as ONE ``(band, y, x)`` variable
+    (per-band variables are ~50x slower on pixel-interleaved COGs), the quality layers uint8."""
+    return {
+        collection: {
             "assets": {
                 key: {
-                    "data_type": header.dtype,
+                    "data_type": dtype,
                     "nodata": scene_bands.nodata,
                     "dims": ["band", "y", "x"],
                 },
@@ -230,23 +256,31 @@ def load_enmap(
             "dims": {"band": len(scene_bands)},
         }
     }
-    chunk = header.read_chunk(tile)
-    ds = _odc_load(
-        _with_grid(item, [key, *quality], own), source, [key, *quality], grid, chunk, cfg, "nearest"
-    )
-    image = ds[key].data[0]
+
+
+def _on_cube_bands(image: Any, plan: BandPlan, scene_bands: EnmapBands) -> Any:
+    """The scene's ``(scene band, y, x)`` file values -> ``(band, y, x)`` int16 on the cube's
+    band axis (``plan``: copy, interpolate or nodata per cube band), lazily, chunk by chunk."""
+    import dask.array as da
+
     gain = np.asarray(scene_bands.gain, dtype=np.float64)
     offset = np.asarray(scene_bands.offset, dtype=np.float64)
     n = len(plan)
-    reflectance = da.map_blocks(
+    return da.map_blocks(
         lambda b: plan.apply(b, nodata=scene_bands.nodata, gain=gain, offset=offset),
         image,
         dtype=np.int16,
         chunks=((n,), *image.chunks[1:]),
     )
+
+
+def _enmap_valid(reflectance: Any, layers: list[Any], plan: BandPlan) -> Any:
+    """``(y, x)`` bool: pixels with a value in every cube band the scene provides and clear
+    (0) in every quality layer ``(y, x)``, lazily."""
+    import dask.array as da
+
     provided = [c for c, k in enumerate(plan.kind) if k in (COPY, INTERPOLATE)]
-    layers = [ds[q].data[0] for q in quality]
-    valid = da.map_blocks(
+    return da.map_blocks(
         lambda r, *ls: enmap_valid(r, *ls, nodata=ENMAP_NODATA, bands=provided),
         reflectance,
         *layers,
@@ -254,13 +288,6 @@ def load_enmap(
         drop_axis=0,
         chunks=reflectance.chunks[1:],
     )
-    details = {
-        "band_plan": plan.counts | {"exact_copy": plan.is_identity},
-        "quality_layers": quality,
-        "resampled": resampled,
-        "file_dtype": header.dtype,
-    }
-    return LoadedScene(reflectance, valid, details)
 
 
 def load_hls(
