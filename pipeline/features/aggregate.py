@@ -203,38 +203,13 @@ def teacher_bands(
     coord. Returns ``(time, teacher_band, y, x)`` with teacher band names as coord: int16
     reflectance x 10000 with nodata -9999, or (``dtype="float32"``) float32 with NaN nodata.
     """
-    if method not in ("mean", "srf"):
-        raise ValueError(f"unknown aggregation method {method!r}: choose 'mean' or 'srf'")
-    if srf is not None and method != "srf":
-        raise ValueError("a tabulated srf was given but method is not 'srf'")
-    if dtype not in ("int16", "float32"):
-        raise ValueError(f"unknown teacher dtype {dtype!r}: choose 'int16' or 'float32'")
-    dims = ("time", "band", "y", "x")
-    if tuple(reflectance.dims) != dims:
-        raise ValueError(f"reflectance dims are {reflectance.dims}, expected {dims}")
+    _check_request(reflectance, method, srf, dtype)
     hls = hls if hls is not None else hls_sensor()
     bands = cube_bands(reflectance, valid_band)
     weights = mean_weights(bands, hls) if method == "mean" else srf_weights(bands, srf, hls)
     fill, scale = input_units(reflectance, nodata)
     as_int16 = dtype == "int16"
-    out_dtype = np.int16 if as_int16 else np.float32
-    n_teacher = len(hls.roles)
-    data = reflectance.data
-    if isinstance(data, da.Array):
-        if len(data.chunks[1]) > 1:
-            data = data.rechunk({1: -1})  # all bands of a pixel in one task
-        out = data.map_blocks(
-            _aggregate_block,
-            weights,
-            fill,
-            scale,
-            as_int16,
-            dtype=out_dtype,
-            chunks=(data.chunks[0], (n_teacher,), data.chunks[2], data.chunks[3]),
-            meta=np.empty((0, 0, 0, 0), dtype=out_dtype),
-        )
-    else:
-        out = _aggregate_block(np.asarray(data), weights, fill, scale, as_int16)
+    out = _aggregate(reflectance.data, weights, fill, scale, as_int16)
     coords = {c: reflectance.coords[c] for c in ("time", "y", "x") if c in reflectance.coords}
     coords.update(
         {k: v for k, v in reflectance.coords.items() if set(v.dims) <= {"time"} and k not in coords}
@@ -256,3 +231,41 @@ def teacher_bands(
         result.attrs.update({"scale_factor": 1e-4, "add_offset": 0.0})
         result.encoding["_FillValue"] = TEACHER_NODATA
     return result
+
+
+def _check_request(
+    reflectance: xr.DataArray, method: str, srf: TabulatedSrf | None, dtype: str
+) -> None:
+    """Refuse an unknown method or dtype, a tabulated SRF without ``method="srf"`` and
+    reflectance whose dims are not ``(time, band, y, x)``."""
+    if method not in ("mean", "srf"):
+        raise ValueError(f"unknown aggregation method {method!r}: choose 'mean' or 'srf'")
+    if srf is not None and method != "srf":
+        raise ValueError("a tabulated srf was given but method is not 'srf'")
+    if dtype not in ("int16", "float32"):
+        raise ValueError(f"unknown teacher dtype {dtype!r}: choose 'int16' or 'float32'")
+    dims = ("time", "band", "y", "x")
+    if tuple(reflectance.dims) != dims:
+        raise ValueError(f"reflectance dims are {reflectance.dims}, expected {dims}")
+
+
+def _aggregate(
+    data: np.ndarray | da.Array, weights: np.ndarray, fill: float, scale: float, as_int16: bool
+) -> np.ndarray | da.Array:
+    """``(time, band, y, x)`` -> ``(time, teacher_band, y, x)`` with ``weights``
+    ``(teacher_band, band)``: one dask task per ``(time, y, x)`` chunk, or at once for numpy."""
+    if not isinstance(data, da.Array):
+        return _aggregate_block(np.asarray(data), weights, fill, scale, as_int16)
+    out_dtype = np.int16 if as_int16 else np.float32
+    if len(data.chunks[1]) > 1:
+        data = data.rechunk({1: -1})  # all bands of a pixel in one task
+    return data.map_blocks(
+        _aggregate_block,
+        weights,
+        fill,
+        scale,
+        as_int16,
+        dtype=out_dtype,
+        chunks=(data.chunks[0], (weights.shape[0],), data.chunks[2], data.chunks[3]),
+        meta=np.empty((0, 0, 0, 0), dtype=out_dtype),
+    )
