@@ -102,7 +102,8 @@ def _params_hash(cfg: TileConfig, source: str, labels: Mapping[str, str]) -> str
 def _existing(
     out_url: str, storage_options: Mapping[str, Any] | None, params: str
 ) -> TileSummary | None:
-    """The summary of an identical, complete store at ``out_url``, else None."""
+    """The summary of an identical, complete store at ``out_url`` (logged: nothing to do),
+    else None."""
     try:
         root = open_store(out_url, storage_options)
     except (FileNotFoundError, ValueError, zarr.errors.NodeTypeValidationError):
@@ -110,14 +111,10 @@ def _existing(
     attrs = dict(root.attrs)
     if attrs.get("params_hash") != params or verify_tiles(out_url, storage_options):
         return None
-    return TileSummary(
-        out_url,
-        int(root["student"].shape[0]),
-        dict(attrs["splits"]),
-        dict(attrs["dropped"]),
-        True,
-        params,
-    )
+    n = int(root["student"].shape[0])
+    done = TileSummary(out_url, n, dict(attrs["splits"]), dict(attrs["dropped"]), True, params)
+    _log.info("tile store %s is up to date (%d tiles); nothing to do", clean_href(out_url), n)
+    return done
 
 
 def write_tile_store(
@@ -152,11 +149,6 @@ def write_tile_store(
     params = _params_hash(cfg, token, labels)
     done = _existing(out_url, storage_options, params)
     if done is not None:
-        _log.info(
-            "tile store %s is up to date (%d tiles); nothing to do",
-            clean_href(out_url),
-            done.n_tiles,
-        )
         return done
 
     layers = [load_label(name, path, grid) for name, path in labels.items()]
@@ -164,10 +156,7 @@ def write_tile_store(
     n = len(cols["y0"])
     bands = band_selection(scenes[0])
 
-    target = _local_path(out_url) if _is_local(out_url) else None
-    if target is not None:
-        sweep_killed_partials(target)
-    write_url = str(partial_path(target)) if target is not None else out_url
+    target, write_url = _write_location(out_url)
     try:
         location = CubeStore(write_url, storage_options)
         root = _fresh_root(location, in_place=target is None)
@@ -181,14 +170,7 @@ def write_tile_store(
             cfg, scenes[0], bands, moments, layers, grid,
             source_cubes=source_cubes, splits=splits, dropped=dropped, params=params,
         )  # fmt: skip
-        # Root attributes last, with the consolidated metadata in the same write: until they
-        # exist the store fails verify_tiles and read_info.
-        write_root(location, {"hyperkd:kind": "tiles", **attrs})
-        problems = verify_tiles(write_url, storage_options)
-        if problems:
-            if target is None:  # in place: take the completeness marker away again
-                root.attrs.update({"hyperkd:tiles_version": None})
-            raise ValueError(f"the new tile store fails verify_tiles: {'; '.join(problems[:3])}")
+        _complete(location, root, attrs, storage_options, in_place=target is None)
         publish_tiles(write_url, storage_options)  # local: inside the partial, renamed with it
         if target is not None:
             commit(Path(write_url), target, "tiles")
@@ -213,6 +195,17 @@ def _checked_scenes(scenes: list[xr.Dataset], cfg: TileConfig) -> tuple[list[Any
     return keys, grid
 
 
+def _write_location(out_url: str) -> tuple[Path | None, str]:
+    """Where the build writes: ``(target, write_url)``. A local store is built in a fresh
+    partial beside ``target`` (after sweeping what killed builds left there) and renamed into
+    place; an fsspec store is written in place (``target`` None, ``write_url`` is ``out_url``)."""
+    if not _is_local(out_url):
+        return None, out_url
+    target = _local_path(out_url)
+    sweep_killed_partials(target)
+    return target, str(partial_path(target))
+
+
 def _fresh_root(location: CubeStore, *, in_place: bool) -> zarr.Group:
     """An empty store's root group, marked as a tile store before anything else is written."""
     if in_place:
@@ -223,6 +216,26 @@ def _fresh_root(location: CubeStore, *, in_place: bool) -> zarr.Group:
     # The kind marker goes first, so an interrupted in-place (fsspec) build is still
     # recognised as a tile store, and replaced, by the next build.
     return zarr.open_group(location.zarr_store(), mode="w", attributes={"hyperkd:kind": "tiles"})
+
+
+def _complete(
+    location: CubeStore,
+    root: zarr.Group,
+    attrs: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None,
+    *,
+    in_place: bool,
+) -> None:
+    """Write the root attributes, the completeness marker, and check the finished store;
+    ValueError (and, in place, the marker taken away again) when it fails ``verify_tiles``."""
+    # Root attributes last, with the consolidated metadata in the same write: until they
+    # exist the store fails verify_tiles and read_info.
+    write_root(location, {"hyperkd:kind": "tiles", **attrs})
+    problems = verify_tiles(location.url, storage_options)
+    if problems:
+        if in_place:  # take the completeness marker away again
+            root.attrs.update({"hyperkd:tiles_version": None})
+        raise ValueError(f"the new tile store fails verify_tiles: {'; '.join(problems[:3])}")
 
 
 def _scenes_with_products(enmap: xr.Dataset, pcfg: Any) -> list[xr.Dataset]:
