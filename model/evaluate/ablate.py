@@ -126,7 +126,6 @@ def _eval_split(cfg: AblationConfig) -> str:
 
 def run_cell(cfg: AblationConfig, cell: Cell, split: str) -> dict[str, Any]:
     """Train (or resume) and evaluate one cell; skipped when already done with equal settings."""
-    from hyperkd.model.evaluate.reconstruction import evaluate
     from hyperkd.model.train.runs import run_distill
 
     folder = Path(cfg.out) / "cells" / cell.name
@@ -148,40 +147,57 @@ def run_cell(cfg: AblationConfig, cell: Cell, split: str) -> dict[str, Any]:
     # The run and its evaluation are siblings: an evaluation never writes inside its input.
     run = folder / "student"
     if not (run / "model.safetensors").is_file() or not (run / "config.json").is_file():
-        train = TrainConfig(
-            out=str(run),
-            steps=cfg.steps,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            optim=OptimConfig(lr=cfg.lr),
-            log_every=max(1, cfg.steps // 50),
-            checkpoint_every=max(1, cfg.steps // 4),
-            resume=latest_checkpoint(run) is not None,
-            device=cfg.device,
-            num_workers=cfg.num_workers,
-            progress=False,
-        )
-        distill = DistillConfig(
-            tiles=cfg.tiles,
-            train=train,
-            teacher=cfg.teacher if cell.uses_teacher else None,
-            teacher_preset=cfg.teacher_preset,
-            preset=cfg.preset,
-            masking=Masking(cell.masking),
-            loss=LossConfig(cell.loss),
-            storage_options=cfg.storage_options,
-        )
+        distill = _distill_config(cfg, cell, run)
         _log.info("cell %s: training %d steps", cell.name, cfg.steps)
         run_distill(distill)
         record = {"settings": settings, "wall_s": time.perf_counter() - t0}
         atomic_write_text(record_path, json.dumps(record, indent=1, sort_keys=True))
     record = json.loads(record_path.read_text())
     train_s = float(record.get("wall_s", math.nan))
-    metrics = evaluate(
+    metrics = _evaluate_cell(cfg, run, folder / "evaluate", split)
+    _log.info("cell %s: PSNR %.2f dB in %.0f s", cell.name, metrics.get("psnr", math.nan), train_s)
+    return {**metrics, "wall_s": train_s}
+
+
+def _distill_config(cfg: AblationConfig, cell: Cell, run: Path) -> DistillConfig:
+    """The cell's training into ``run``: the ablation's one budget, the cell's masking and loss
+    (its teacher only when the loss has a KLD term); resumed from the last checkpoint a killed
+    run left there."""
+    train = TrainConfig(
+        out=str(run),
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        optim=OptimConfig(lr=cfg.lr),
+        log_every=max(1, cfg.steps // 50),
+        checkpoint_every=max(1, cfg.steps // 4),
+        resume=latest_checkpoint(run) is not None,
+        device=cfg.device,
+        num_workers=cfg.num_workers,
+        progress=False,
+    )
+    return DistillConfig(
+        tiles=cfg.tiles,
+        train=train,
+        teacher=cfg.teacher if cell.uses_teacher else None,
+        teacher_preset=cfg.teacher_preset,
+        preset=cfg.preset,
+        masking=Masking(cell.masking),
+        loss=LossConfig(cell.loss),
+        storage_options=cfg.storage_options,
+    )
+
+
+def _evaluate_cell(cfg: AblationConfig, run: Path, out: Path, split: str) -> dict[str, Any]:
+    """``hyperkd evaluate`` of the student in ``run`` on ``split`` into ``out``, with the one
+    masking every cell is scored on (the default: random, ratio 0.75, seed ``cfg.seed``)."""
+    from hyperkd.model.evaluate.reconstruction import evaluate
+
+    return evaluate(
         EvaluateConfig(
             checkpoint=str(run),
             tiles=cfg.tiles,
-            out=str(folder / "evaluate"),
+            out=str(out),
             split=split,
             batch_size=cfg.eval_batch_size,
             seed=cfg.seed,
@@ -189,8 +205,6 @@ def run_cell(cfg: AblationConfig, cell: Cell, split: str) -> dict[str, Any]:
             storage_options=cfg.storage_options,
         )
     )
-    _log.info("cell %s: PSNR %.2f dB in %.0f s", cell.name, metrics.get("psnr", math.nan), train_s)
-    return {**metrics, "wall_s": train_s}
 
 
 def _link_no_teacher(out: Path) -> None:
