@@ -160,38 +160,8 @@ def load_teacher(
         config = dataclasses.replace(PrithviConfig(**run["model"]), img_size=img_size)
         frames, mean, std = 1, run["tile_store"]["teacher_mean"], run["tile_store"]["teacher_std"]
     elif path.is_file():
-        if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
-            try:
-                loaded = torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError as exc:
-                raise ValueError(
-                    f"teacher {path} holds more than tensors; it is not unpickled (weights only)"
-                ) from exc
-            if not isinstance(loaded, dict):
-                raise ValueError(f"teacher {path} holds no state dict")
-            for key in ("model", "state_dict"):
-                if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
-                    loaded = loaded[key]
-            state = {k: v for k, v in loaded.items() if torch.is_tensor(v)}
-        elif path.suffix == ".safetensors":
-            state = load_file(path)
-        else:
-            raise ValueError(
-                f"teacher {path}: expected a run directory, a .pt or a .safetensors file"
-            )
-        if preset == "tiny":
-            # Not a published model: its patch comes from the weights, its statistics are unknown.
-            patch = _patch_of(state)
-            config, frames, mean, std = (
-                teacher_config("tiny", img_size=img_size, patch_size=patch),
-                1,
-                None,
-                None,
-            )
-        else:
-            config = teacher_config(preset, img_size=img_size)
-            p = prithvi_preset(preset)
-            frames, mean, std = p.num_frames, list(p.mean), list(p.std)
+        state = _read_weights(path)
+        config, frames, mean, std = _preset_architecture(preset, state, img_size=img_size)
     else:
         raise FileNotFoundError(f"no teacher at {spec}")
     _check_norm("mean", mean, teacher_mean)
@@ -199,6 +169,43 @@ def load_teacher(
     model = PrithviMAE(config)
     load_prithvi_state_dict(model, state, frames=frames)
     return Teacher(model)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an official teacher file: ``.pt``/``.pth``/``.bin``/``.ckpt`` read
+    weights only (no arbitrary unpickling; a ``model`` or ``state_dict`` entry unwrapped, other
+    entries dropped), ``.safetensors`` with safetensors."""
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f"teacher {path} holds more than tensors; it is not unpickled (weights only)"
+            ) from exc
+        if not isinstance(loaded, dict):
+            raise ValueError(f"teacher {path} holds no state dict")
+        for key in ("model", "state_dict"):
+            if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+        return {k: v for k, v in loaded.items() if torch.is_tensor(v)}
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    raise ValueError(f"teacher {path}: expected a run directory, a .pt or a .safetensors file")
+
+
+def _preset_architecture(
+    preset: str, state: dict[str, torch.Tensor], *, img_size: int
+) -> tuple[PrithviConfig, int, list[float] | None, list[float] | None]:
+    """``(config, frames, mean, std)`` of official weights ``state`` of architecture ``preset``,
+    rebuilt for ``img_size`` tiles: the frames the weights hold and the teacher-band statistics
+    they were trained with (None: unknown)."""
+    if preset == "tiny":
+        # Not a published model: its patch comes from the weights, its statistics are unknown.
+        patch = _patch_of(state)
+        return teacher_config("tiny", img_size=img_size, patch_size=patch), 1, None, None
+    config = teacher_config(preset, img_size=img_size)
+    p = prithvi_preset(preset)
+    return config, p.num_frames, list(p.mean), list(p.std)
 
 
 def distill_config(
