@@ -102,7 +102,22 @@ def enmap_item(
 ) -> dict[str, Any]:
     """A DLR-style ``ENMAP_HSI_L2A`` item dict; asset hrefs are absolute paths (made relative later)."""
     geometry, bbox = _geometry(spec, spec.enmap_transform, (spec.size_px, spec.size_px))
-    proj = _proj(spec)
+    assets = _enmap_assets(files, bands, _proj(spec))
+    properties = _enmap_properties(
+        spec, item_id, start, processed, bands, cover_percent, water_percent
+    )
+    return {
+        "type": "Feature", "stac_version": "1.0.0", "stac_extensions": ENMAP_EXTENSIONS, "id": item_id,
+        "collection": "ENMAP_HSI_L2A", "geometry": geometry, "bbox": bbox, "links": [],
+        "properties": properties, "assets": assets,
+    }  # fmt: skip
+
+
+def _enmap_assets(
+    files: Mapping[str, Path], bands: EnmapBands, proj: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ``image`` asset (one ``eo:bands`` entry per band, with DLR's gain and offset) and the
+    quality assets (uint8 ``raster:bands``), each with the scene's projection ``proj``."""
     eo_bands = [
         {"name": i + 1, "center_wavelength": b.center_nm, "full_width_half_max": b.fwhm_nm,
          "enmap:gain_of_band": g, "enmap:offset_of_band": o}
@@ -124,8 +139,22 @@ def enmap_item(
             "description": f"{key.split('_', 1)[1].replace('_', ' ').capitalize()} quality layer",
             "raster:bands": [raster], **proj, "roles": roles,
         }  # fmt: skip
+    return assets
+
+
+def _enmap_properties(
+    spec: RegionSpec,
+    item_id: str,
+    start: datetime,
+    processed: datetime,
+    bands: EnmapBands,
+    cover_percent: Mapping[str, float],
+    water_percent: float,
+) -> dict[str, Any]:
+    """DLR's item properties: covers (percent of the scene, by quality layer, and water)
+    as rounded integer strings, the 4 s acquisition from ``start``, processing at ``processed``."""
     cloud = cover_percent["quality_cloud"]
-    properties = {
+    return {
         "version": spec.processor_version,
         "created": _iso(processed),
         "updated": _iso(processed),
@@ -148,11 +177,6 @@ def enmap_item(
         "eo:instrument": "HSI",
         "hyperkd:synthetic": True,
     }
-    return {
-        "type": "Feature", "stac_version": "1.0.0", "stac_extensions": ENMAP_EXTENSIONS, "id": item_id,
-        "collection": "ENMAP_HSI_L2A", "geometry": geometry, "bbox": bbox, "links": [],
-        "properties": properties, "assets": assets,
-    }  # fmt: skip
 
 
 def hls_item(
