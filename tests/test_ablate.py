@@ -99,6 +99,7 @@ def test_ablate_rerun_skips_finished_cells(
     stamps = {
         p: p.stat().st_mtime_ns for p in (ablation / "cells").glob("*/student/model.safetensors")
     }
+    table = (ablation / "ablation.csv").read_text()
     argv = [
         "ablate",
         "--tiles",
@@ -111,6 +112,8 @@ def test_ablate_rerun_skips_finished_cells(
     assert main([*argv, "--steps", "2", "--batch-size", "2", "--device", "cpu"]) == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
     assert "| gabor-mse+ssim+kld | gabor | mse+ssim+kld |" in capsys.readouterr().out
+    # the same rows in the same order: the rerun reads the cells' metrics back from disk
+    assert (ablation / "ablation.csv").read_text() == table
     # other settings in the same directory: refused, nothing overwritten
     assert main([*argv, "--steps", "3", "--batch-size", "2", "--device", "cpu"]) == 2
     assert "was run with other settings" in capsys.readouterr().err
