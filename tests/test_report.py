@@ -21,6 +21,7 @@ from eval_helpers import ablation, demo_run, torch_threads
 from PIL import Image
 
 from hyperkd.cli import main
+from hyperkd.model.evaluate.baselines import BASELINES
 from hyperkd.model.report import figures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -128,6 +129,10 @@ def test_report_holds_the_tables(run_dir: Path) -> None:
     interp = metrics["baselines"]["interpolation"]["psnr"]
     assert f"| baseline: interpolation | {interp:.2f} |" in text  # beside the student
     assert "| baseline: interpolation |" in text.split("## Ablation")[1]  # and the cells
+    # the baselines weakest first in both tables, though metrics.json sorts its keys
+    for table in text.split("## Ablation")[:2]:
+        rows = [line.split(" |")[0] for line in table.splitlines() if "| baseline: " in line]
+        assert rows == [f"| baseline: {name}" for name in BASELINES], rows
     assert "| gabor-mse+ssim+kld | gabor | mse+ssim+kld |" in text and "| no-teacher |" in text
     assert "| no-teacher | linear probe |" in text  # the ablation's no-teacher cell as baseline
     assert "| raw-spectra | linear probe |" in text and "R²" in text

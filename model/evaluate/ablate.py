@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hyperkd.model.evaluate.baselines import BASELINES
+from hyperkd.model.evaluate.baselines import in_table_order
 from hyperkd.model.nets.masking import MASKINGS, Masking
 from hyperkd.model.train.checkpoint import atomic_write_text, latest_checkpoint
 from hyperkd.model.train.config import DistillConfig, EvaluateConfig, OptimConfig, TrainConfig
@@ -253,7 +253,7 @@ def run_ablation(cfg: AblationConfig) -> list[dict[str, Any]]:
     # Every cell is scored on the same masks, so the baselines are one set of rows, in their
     # declared order: a rerun reads them back from metrics.json, whose keys are sorted.
     first = results[grid()[0].name].get("baselines", {})
-    for name, m in sorted(first.items(), key=lambda item: _baseline_rank(item[0])):
+    for name, m in in_table_order(first):
         rows.append(
             {"cell": f"baseline: {name}", "masking": "", "loss": "", "trained_as": "",
              "wall_s": math.nan, "steps": "", "seed": "", "eval_split": split,
@@ -265,11 +265,6 @@ def run_ablation(cfg: AblationConfig) -> list[dict[str, Any]]:
 
 
 _METRICS = ("psnr", "ssim", "sam", "psnr_full", "ssim_full", "sam_full", "psnr_range", "mse_norm")
-
-
-def _baseline_rank(name: str) -> int:
-    """Where a baseline's row goes: :data:`BASELINES` order, unknown names after them."""
-    return BASELINES.index(name) if name in BASELINES else len(BASELINES)
 
 
 def write_tables(out: Path, rows: list[dict[str, Any]], cfg: AblationConfig) -> None:

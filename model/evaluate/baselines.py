@@ -18,12 +18,21 @@ come from :func:`split_band_stats`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 BASELINES = ("train_mean", "visible_mean", "interpolation")
+"""The predictors that learn nothing, weakest first: the order of every table that lists them."""
+
+
+def in_table_order(baselines: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``baselines`` (name -> metrics, e.g. read back from a ``metrics.json`` whose keys are
+    sorted) as ``(name, metrics)`` pairs in :data:`BASELINES` order, unknown names last."""
+    rank = {name: i for i, name in enumerate(BASELINES)}
+    return sorted(baselines.items(), key=lambda item: rank.get(item[0], len(rank)))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from hyperkd.model.evaluate.baselines import in_table_order
 from hyperkd.model.evaluate.downstream_results import table as downstream_table
 from hyperkd.model.nets.masking import Masking
 from hyperkd.model.report import figures
@@ -149,14 +150,16 @@ def metrics_section(metrics: dict[str, Any] | None) -> Section:
     header = ["predictor", "PSNR (dB, peak 1)", "PSNR (dB, band range)", "SSIM", "SAM (degrees)",
               "MSE (normalised)"]  # fmt: skip
     rows = [_metric_row("student, masked patches", metrics)]
-    rows += [_metric_row(f"baseline: {k}", v) for k, v in metrics.get("baselines", {}).items()]
+    rows += [
+        _metric_row(f"baseline: {k}", v) for k, v in in_table_order(metrics.get("baselines", {}))
+    ]
     rows += [_metric_row("student, full reconstruction", metrics, "_full")]
     teacher = metrics.get("teacher")
     if teacher:
         rows += [_metric_row("teacher (6 bands), masked patches", teacher)]
         rows += [
             _metric_row(f"teacher space baseline: {k}", v)
-            for k, v in teacher.get("baselines", {}).items()
+            for k, v in in_table_order(teacher.get("baselines", {}))
         ]
     sec.blocks.append(Table(header, rows))
     masking = metrics.get("masking", {})
