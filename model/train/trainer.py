@@ -79,6 +79,24 @@ class _Cursor:
     position: int = 0
 
 
+def _loader(
+    dataset: Any, config: TrainConfig, env: DistEnv, loader_factory: LoaderFactory | None
+) -> tuple[LoaderFactory, Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None]:
+    """The run's batches (``loader_factory``, or the tile loader over ``dataset``) and how the
+    device normalises them (None: they arrive normalised)."""
+    if loader_factory is not None:
+        return loader_factory, None
+    normalise = None
+    if env.device.type == "cuda" and hasattr(dataset, "as_raw"):
+        # Ship int16 tiles (half the bytes of float32) and normalise them on the GPU.
+        dataset = dataset.as_raw()
+        normalise = dataset.normalise_batch
+    factory = default_loader_factory(
+        dataset, config.batch_size, seed=config.seed, env=env, num_workers=config.num_workers
+    )
+    return factory, normalise
+
+
 def fit(
     task: nn.Module,
     dataset: Any,
@@ -109,14 +127,7 @@ def fit(
     env = env or setup_distributed(config.device)
     out = Path(config.out)
     total = _total_steps(len(dataset), config, env)
-    normalise = None
-    if loader_factory is None and env.device.type == "cuda" and hasattr(dataset, "as_raw"):
-        # Ship int16 tiles (half the bytes of float32) and normalise them on the GPU.
-        dataset = dataset.as_raw()
-        normalise = dataset.normalise_batch
-    factory = loader_factory or default_loader_factory(
-        dataset, config.batch_size, seed=config.seed, env=env, num_workers=config.num_workers
-    )
+    factory, normalise = _loader(dataset, config, env, loader_factory)
     task.to(env.device)
     step_once = _Stepper(task, config, env)
     task.train()
