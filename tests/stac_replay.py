@@ -149,91 +149,119 @@ class ReplayServer(_Loopback):
         }
 
 
-def _handler(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _ReplayHandler(BaseHTTPRequestHandler):
+    """Answers one request for ``replay``: a drawn fault, or the route's recorded response."""
 
-        def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
-            pass
+    protocol_version = "HTTP/1.1"
+    replay: ReplayServer
 
-        def do_GET(self) -> None:
-            self._serve("GET")
+    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+        pass
 
-        def do_POST(self) -> None:
-            self._serve("POST")
+    def do_GET(self) -> None:
+        self._serve("GET")
 
-        def _serve(self, method: str) -> None:
-            parts = urlsplit(self.path)
-            query = parse_qs(parts.query)
-            body = None
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                body = json.loads(self.rfile.read(length))
-            outcome = server._fault()
-            server.requests.append(
-                Recorded(method, parts.path, query, body, dict(self.headers.items()), outcome)
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def _serve(self, method: str) -> None:
+        """Parse and record the request, then answer it."""
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        body = self._read_body()
+        outcome = self.replay._fault()
+        self.replay.requests.append(
+            Recorded(method, parts.path, query, body, dict(self.headers.items()), outcome)
+        )
+        try:
+            if outcome == "ok":
+                self._route(method, parts.path, query, body)
+            else:
+                self._send_fault(outcome)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client timed out and closed the socket
+
+    def _read_body(self) -> dict[str, Any] | None:
+        """The JSON request body, or None when there is none."""
+        length = int(self.headers.get("Content-Length") or 0)
+        return json.loads(self.rfile.read(length)) if length else None
+
+    def _send_fault(self, outcome: str) -> None:
+        """Fail on purpose: ``"timeout"`` (a late answer), ``"429"`` or ``"503"``."""
+        if outcome == "timeout":
+            time.sleep(self.replay.hang_s)  # the client has given up by now
+            self._send(200, self.replay.landing())
+        elif outcome == "429":
+            self._send(429, {"code": "TooManyRequests"}, retry_after=self.replay.retry_after_s)
+        elif outcome == "503":
+            self._send(
+                503,
+                {"code": "ServiceUnavailable", "description": "Oops! Something has gone wrong"},
             )
-            try:
-                if outcome == "timeout":
-                    time.sleep(server.hang_s)  # the client has given up by now
-                    self._send(200, server.landing())
-                elif outcome == "429":
-                    self._send(429, {"code": "TooManyRequests"}, retry_after=server.retry_after_s)
-                elif outcome == "503":
-                    self._send(
-                        503,
-                        {
-                            "code": "ServiceUnavailable",
-                            "description": "Oops! Something has gone wrong",
-                        },
-                    )
-                elif parts.path in ("/", ""):
-                    self._send(200, server.landing())
-                elif parts.path == "/conformance":
-                    self._send(200, {"conformsTo": CONFORMANCE})
-                elif parts.path == "/search" and method == "GET":
-                    page = int(query.get("page", ["1"])[0])
-                    following = {k: v[0] for k, v in query.items()} | {"page": str(page + 1)}
-                    link = {
-                        "rel": "next",
-                        "method": "GET",
-                        "href": f"{server.url}/search?{urlencode(following)}",
-                    }
-                    self._send(
-                        200,
-                        server.page((page - 1) * server.page_size, link),
-                        "application/geo+json",
-                    )
-                elif parts.path == "/search" and method == "POST":
-                    start = int((body or {}).get("startIndex", 0))
-                    link = {
-                        "rel": "next",
-                        "method": "POST",
-                        "merge": True,
-                        "body": {"startIndex": start + server.page_size, "limit": server.page_size},
-                        "href": f"{server.url}/search",
-                    }
-                    self._send(200, server.page(start, link), "application/geo+json")
-                else:
-                    self._send(404, {"code": "NotFound", "description": f"no route {parts.path}"})
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client timed out and closed the socket
 
-        def _send(
-            self,
-            status: int,
-            doc: dict[str, Any],
-            kind: str = "application/json",
-            retry_after: int | None = None,
-        ) -> None:
-            data = json.dumps(doc).encode()
-            self.send_response(status)
-            if retry_after is not None:
-                self.send_header("Retry-After", str(retry_after))
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def _route(
+        self, method: str, path: str, query: dict[str, list[str]], body: dict[str, Any] | None
+    ) -> None:
+        """Answer a request that drew no fault, by path and method."""
+        if path in ("/", ""):
+            self._send(200, self.replay.landing())
+        elif path == "/conformance":
+            self._send(200, {"conformsTo": CONFORMANCE})
+        elif path == "/search" and method == "GET":
+            self._search_get(query)
+        elif path == "/search" and method == "POST":
+            self._search_post(body)
+        else:
+            self._send(404, {"code": "NotFound", "description": f"no route {path}"})
+
+    def _search_get(self, query: dict[str, list[str]]) -> None:
+        """A CMR-style page: ``next`` is a GET link repeating the query with ``page=N+1``."""
+        page = int(query.get("page", ["1"])[0])
+        following = {k: v[0] for k, v in query.items()} | {"page": str(page + 1)}
+        link = {
+            "rel": "next",
+            "method": "GET",
+            "href": f"{self.replay.url}/search?{urlencode(following)}",
+        }
+        start = (page - 1) * self.replay.page_size
+        self._send(200, self.replay.page(start, link), "application/geo+json")
+
+    def _search_post(self, body: dict[str, Any] | None) -> None:
+        """A DLR-style page: ``next`` is a POST link merging ``startIndex``/``limit`` into the body."""
+        start = int((body or {}).get("startIndex", 0))
+        size = self.replay.page_size
+        link = {
+            "rel": "next",
+            "method": "POST",
+            "merge": True,
+            "body": {"startIndex": start + size, "limit": size},
+            "href": f"{self.replay.url}/search",
+        }
+        self._send(200, self.replay.page(start, link), "application/geo+json")
+
+    def _send(
+        self,
+        status: int,
+        doc: dict[str, Any],
+        kind: str = "application/json",
+        retry_after: int | None = None,
+    ) -> None:
+        """Write ``doc`` as a JSON response with an exact Content-Length (keep-alive)."""
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        if retry_after is not None:
+            self.send_header("Retry-After", str(retry_after))
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _handler(server: ReplayServer) -> type[BaseHTTPRequestHandler]:
+    """A handler class bound to ``server`` (the HTTP server instantiates it per request)."""
+
+    class Handler(_ReplayHandler):
+        replay = server
 
     return Handler
 

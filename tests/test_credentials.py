@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 import importlib
 import json
 import logging
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stac_replay import ReplayServer, TokenServer
@@ -23,8 +25,9 @@ from hyperkd.pipeline.stac.credentials import (
     strip_credentials,
 )
 from hyperkd.pipeline.stac.http import StacApiError
-from hyperkd.pipeline.stac.search import SearchQuery, search
-from hyperkd.pipeline.stac.sources import RetryPolicy, load_source
+from hyperkd.pipeline.stac.regions import parse_region
+from hyperkd.pipeline.stac.search import SearchQuery, SearchResult, search
+from hyperkd.pipeline.stac.sources import RetryPolicy, Source, load_source
 
 TOKEN = "EDL-TOKEN-SECRET-1f2e3d"
 PASSWORD = "NETRC-PW-SECRET-4c5b6a"
@@ -199,51 +202,82 @@ def test_only_blob_hrefs_are_signed(token_server: TokenServer) -> None:
 # --- nothing leaks ---------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def signed_features(sample_data: Path) -> list[dict[str, Any]]:
+    """The recorded 20-item DLR page, as a server that hands out SAS-signed asset URLs would."""
+    features = json.loads(
+        (sample_data / "stac" / "enmap_dlr_stac_search_page_20items.json").read_text()
+    )["features"]
+    for feature in features:
+        for asset in feature["assets"].values():
+            asset["href"] += f"?sv=2021-06-08&se=2030-01-01&sp=r&sig={SAS_SIG}"
+    return features
+
+
+def _whole_world_query() -> SearchQuery:
+    """One day, anywhere: the replay ignores filters, so only the query's shape matters."""
+    return SearchQuery(
+        ("x",), parse_region("-180,-90,180,90"), dt.date(2025, 7, 8), dt.date(2025, 7, 8)
+    )
+
+
+def _dlr_at(url: str) -> Source:
+    """The shipped DLR source pointed at ``url``, retrying fast."""
+    return dataclasses.replace(load_source("enmap-dlr"), url=url, retry=FAST)
+
+
+def _unreachable_url_with_secrets() -> str:
+    """A STAC URL carrying the netrc password and the token, on a loopback port nobody serves."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://alice:{PASSWORD}@127.0.0.1:{port}/stac?token={TOKEN}"
+
+
+def _unreachable_api_error(query: SearchQuery) -> str:
+    """The message of the error a search against an unreachable, credentialed URL raises."""
+    with pytest.raises(StacApiError) as info:
+        search(query, sources=[_dlr_at(_unreachable_url_with_secrets())])
+    return str(info.value)
+
+
+def _token_endpoint_error(token_server: TokenServer) -> str:
+    """The message of the error signing an already-signed href raises when the endpoint fails."""
+    token_server.fail = True
+    clear_token_cache()  # a cached token would spare the failing endpoint
+    with pytest.raises(StacApiError) as info:
+        reading_href(f"{BLOB}?sig={SAS_SIG}", _pc_source(token_server))
+    return str(info.value)
+
+
+def _texts_that_must_stay_clean(
+    caplog: pytest.LogCaptureFixture, errors: list[str], result: SearchResult
+) -> dict[str, str]:
+    """Everything a user or a log collector could see, by where it would show."""
+    return {
+        "logs": caplog.text,
+        "errors": "\n".join(errors),
+        "result repr": repr(result),
+        "result items": json.dumps([i.to_dict() for i in result.items]),
+        "gdal_env repr": repr(gdal_env(load_source("hls-lpdaac"), [LPDAAC])),
+    }
+
+
 def test_secrets_never_reach_logs_errors_or_results(
-    sample_data: Path,
+    signed_features: list[dict[str, Any]],
     netrc_home: Path,
     token_server: TokenServer,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import datetime as dt
-
-    from hyperkd.pipeline.stac.regions import parse_region
-
     monkeypatch.setenv("EARTHDATA_TOKEN", TOKEN)
     caplog.set_level(logging.DEBUG)
-    features = json.loads(
-        (sample_data / "stac" / "enmap_dlr_stac_search_page_20items.json").read_text()
-    )["features"]
-    for feature in features:  # a server that hands out signed asset URLs
-        for asset in feature["assets"].values():
-            asset["href"] += f"?sv=2021-06-08&se=2030-01-01&sp=r&sig={SAS_SIG}"
-    query = SearchQuery(
-        ("x",), parse_region("-180,-90,180,90"), dt.date(2025, 7, 8), dt.date(2025, 7, 8)
-    )
-    errors: list[str] = []
-    with ReplayServer(features, page_size=5, share_503=0.2, seed=3) as server:
-        result = search(
-            query,
-            sources=[dataclasses.replace(load_source("enmap-dlr"), url=server.url, retry=FAST)],
-        )
+    query = _whole_world_query()
+    with ReplayServer(signed_features, page_size=5, share_503=0.2, seed=3) as server:
+        result = search(query, sources=[_dlr_at(server.url)])
         signed = reading_href(BLOB, _pc_source(token_server))
         logging.getLogger("hyperkd.pipeline.stac.search").info("would read %s", signed)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        broken = f"http://alice:{PASSWORD}@127.0.0.1:{port}/stac?token={TOKEN}"
-        with pytest.raises(StacApiError) as info:
-            search(
-                query,
-                sources=[dataclasses.replace(load_source("enmap-dlr"), url=broken, retry=FAST)],
-            )
-        errors.append(str(info.value))
-        token_server.fail = True
-        clear_token_cache()
-        with pytest.raises(StacApiError) as info:
-            reading_href(f"{BLOB}?sig={SAS_SIG}", _pc_source(token_server))
-        errors.append(str(info.value))
+        errors = [_unreachable_api_error(query), _token_endpoint_error(token_server)]
     # The secrets were in play (a netrc entry for 127.0.0.1, a signed href), yet the loopback
     # API got no netrc basic auth: STAC requests never read netrc.
     assert all("Authorization" not in r.headers for r in server.requests)
@@ -251,14 +285,7 @@ def test_secrets_never_reach_logs_errors_or_results(
     assert any("retry" in r.getMessage() for r in caplog.records)
     assert "unreachable after 3 tries" in errors[0] and "token endpoint" in errors[1]
     basic = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
-    texts = {
-        "logs": caplog.text,
-        "errors": "\n".join(errors),
-        "result repr": repr(result),
-        "result items": json.dumps([i.to_dict() for i in result.items]),
-        "gdal_env repr": repr(gdal_env(load_source("hls-lpdaac"), [LPDAAC])),
-    }
-    for where, text in texts.items():
+    for where, text in _texts_that_must_stay_clean(caplog, errors, result).items():
         for secret in (TOKEN, PASSWORD, SAS_SIG, basic, "SAS-TOKEN-"):
             assert secret not in text, f"{secret!r} leaked into {where}"
 
