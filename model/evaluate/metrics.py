@@ -73,6 +73,15 @@ def tile_metrics(
         ``psnr`` and ``psnr_range`` (dB), ``ssim``, ``sam`` (degrees), each (B,); tiles with no
         selected pixel give NaN.
     """
+    return _tile_scores(_pixel_maps(pred, target, band_range), weight)
+
+
+def _pixel_maps(
+    pred: torch.Tensor, target: torch.Tensor, band_range: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """The per-pixel errors :func:`tile_metrics` averages, computed once for any selection:
+    ``sq`` and ``sq_rel`` (squared error over bands, raw and per band range) and ``sam``
+    (degrees), each (B, 1, H, W), and ``ssim`` (B, C, H, W)."""
     pred, target = pred.float(), target.float()
     c = pred.shape[1]
     rng = (
@@ -80,17 +89,27 @@ def tile_metrics(
         if band_range is None
         else band_range.to(pred.device, torch.float32).clamp_min(1e-6)
     ).view(1, c, 1, 1)
-    empty = weight.float().sum(dim=(1, 2, 3)) == 0  # (B,)
     sq = (pred - target) ** 2  # (B, C, H, W)
-    mse = _weighted_mean(sq.mean(dim=1, keepdim=True), weight)[:, 0]  # (B,)
-    psnr = 10 * torch.log10(PEAK**2 / mse.clamp_min(1e-12))
-    mse_rel = _weighted_mean((sq / rng**2).mean(dim=1, keepdim=True), weight)[:, 0]  # (B,)
-    psnr_range = 10 * torch.log10(1.0 / mse_rel.clamp_min(1e-12))
-    ssim = _weighted_mean(ssim_map(pred, target, rng), weight).mean(dim=1)  # (B,)
     dot = (pred * target).sum(dim=1, keepdim=True)  # (B, 1, H, W)
     norms = pred.norm(dim=1, keepdim=True) * target.norm(dim=1, keepdim=True)
     cos = (dot / norms.clamp_min(1e-12)).clamp(-1.0, 1.0)
-    sam = _weighted_mean(torch.rad2deg(torch.acos(cos)), weight)[:, 0]  # (B,)
+    return {
+        "sq": sq.mean(dim=1, keepdim=True),
+        "sq_rel": (sq / rng**2).mean(dim=1, keepdim=True),
+        "ssim": ssim_map(pred, target, rng),
+        "sam": torch.rad2deg(torch.acos(cos)),
+    }
+
+
+def _tile_scores(maps: dict[str, torch.Tensor], weight: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:func:`tile_metrics` from its :func:`_pixel_maps` and a selection (B, 1, H, W)."""
+    empty = weight.float().sum(dim=(1, 2, 3)) == 0  # (B,)
+    mse = _weighted_mean(maps["sq"], weight)[:, 0]  # (B,)
+    psnr = 10 * torch.log10(PEAK**2 / mse.clamp_min(1e-12))
+    mse_rel = _weighted_mean(maps["sq_rel"], weight)[:, 0]  # (B,)
+    psnr_range = 10 * torch.log10(1.0 / mse_rel.clamp_min(1e-12))
+    ssim = _weighted_mean(maps["ssim"], weight).mean(dim=1)  # (B,)
+    sam = _weighted_mean(maps["sam"], weight)[:, 0]  # (B,)
     nan = torch.full_like(psnr, math.nan)
     values = {"psnr": psnr, "psnr_range": psnr_range, "ssim": ssim, "sam": sam}
     return {k: torch.where(empty, nan, v) for k, v in values.items()}
@@ -122,9 +141,10 @@ def reconstruction_metrics(
     pred_r, target_r = to_reflectance(pred, mean, std), to_reflectance(target, mean, std)
     valid_w = torch.ones_like(mask_img) if valid is None else valid[:, None].to(mask_img.dtype)
     sq_norm = ((pred.float() - target.float()) ** 2).mean(dim=1, keepdim=True)  # (B, 1, H, W)
+    maps = _pixel_maps(pred_r, target_r, band_range)  # shared by both selections
     out = {}
     for suffix, weight in (("", mask_img * valid_w), ("_full", valid_w)):
-        per_tile = tile_metrics(pred_r, target_r, weight, band_range)
+        per_tile = _tile_scores(maps, weight)
         per_tile["mse_norm"] = torch.where(
             weight.sum(dim=(1, 2, 3)) == 0,
             torch.full_like(per_tile["psnr"], math.nan),
