@@ -87,6 +87,26 @@ def test_split_band_stats_use_valid_pixels_only() -> None:
     assert split_band_stats(batches, ("student",), max_tiles=1)["student"].n_tiles == 1
 
 
+def test_split_band_stats_agree_on_whole_and_partly_valid_batches() -> None:
+    g = torch.Generator().manual_seed(0)
+    tiles = torch.rand(3, 5, 8, 8, generator=g) * 100  # (B, C, H, W)
+    whole = torch.ones(3, 8, 8, dtype=torch.bool)
+    every = [
+        split_band_stats([{"student": tiles, "valid": valid}])["student"] for valid in (None, whole)
+    ]
+    partly = whole.clone()
+    partly[0, 0, 0] = False  # one pixel off: the masked path, over the same other pixels
+    masked = split_band_stats([{"student": tiles, "valid": partly}])["student"]
+    kept = tiles.permute(1, 0, 2, 3)[:, partly]  # (C, valid pixels)
+    for stats in every:
+        torch.testing.assert_close(stats.mean, tiles.double().mean(dim=(0, 2, 3)).float())
+        torch.testing.assert_close(stats.minimum, tiles.amin(dim=(0, 2, 3)))
+        torch.testing.assert_close(stats.maximum, tiles.amax(dim=(0, 2, 3)))
+    torch.testing.assert_close(masked.mean, kept.double().mean(dim=1).float())
+    torch.testing.assert_close(masked.minimum, kept.amin(dim=1))
+    torch.testing.assert_close(masked.maximum, kept.amax(dim=1))
+
+
 def test_psnr_matches_scikit_image() -> None:
     metrics = pytest.importorskip("skimage.metrics")
     rng = np.random.default_rng(0)

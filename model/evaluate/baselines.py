@@ -60,25 +60,11 @@ def split_band_stats(
     for batch in batches:
         valid = batch.get("valid")
         for key in keys:
-            x = batch[key].double()  # (B, C, H, W)
-            w = torch.ones_like(x[:, :1]) if valid is None else valid[:, None].to(x.dtype)
-            inf = torch.tensor(torch.inf, dtype=x.dtype)
-            part = [
-                (x * w).sum(dim=(0, 2, 3)),
-                w.sum().expand(x.shape[1]),
-                torch.where(w > 0, x, inf).amin(dim=(0, 2, 3)),
-                torch.where(w > 0, x, -inf).amax(dim=(0, 2, 3)),
-            ]
-            if key not in acc:
-                acc[key] = part
-            else:
-                a = acc[key]
-                acc[key] = [
-                    a[0] + part[0],
-                    a[1] + part[1],
-                    a[2].minimum(part[2]),
-                    a[3].maximum(part[3]),
-                ]
+            part = _band_sums(batch[key], valid)
+            a = acc.get(key)
+            acc[key] = part if a is None else [
+                a[0] + part[0], a[1] + part[1], a[2].minimum(part[2]), a[3].maximum(part[3]),
+            ]  # fmt: skip
         n += int(batch[keys[0]].shape[0])
         if max_tiles is not None and n >= max_tiles:
             break
@@ -89,6 +75,29 @@ def split_band_stats(
         total, count, lo, hi = acc[key]
         out[key] = BandStats((total / count).float(), lo.float(), hi.float(), n)
     return out
+
+
+def _band_sums(x: torch.Tensor, valid: torch.Tensor | None) -> list[torch.Tensor]:
+    """Per band of ``x`` (B, C, H, W) over the pixels ``valid`` (B, H, W) marks (all: None):
+    the sum (float64), the pixel count, the minimum and the maximum, (C,) each.
+
+    Sums accumulate in float64 without a float64 copy of the batch, and min and max stay in
+    the input's dtype (they are exact there); a batch with every pixel valid skips the masking.
+    """
+    dims = (0, 2, 3)
+    if valid is None or bool(valid.all()):
+        count = torch.tensor(float(x.shape[0] * x.shape[2] * x.shape[3]), dtype=torch.float64)
+        return [
+            x.sum(dim=dims, dtype=torch.float64), count.expand(x.shape[1]),
+            x.amin(dim=dims).double(), x.amax(dim=dims).double(),
+        ]  # fmt: skip
+    keep = valid[:, None]  # (B, 1, H, W)
+    count = keep.sum(dtype=torch.float64)
+    return [
+        torch.where(keep, x, 0).sum(dim=dims, dtype=torch.float64), count.expand(x.shape[1]),
+        torch.where(keep, x, torch.inf).amin(dim=dims).double(),
+        torch.where(keep, x, -torch.inf).amax(dim=dims).double(),
+    ]  # fmt: skip
 
 
 def patch_means(
