@@ -50,6 +50,14 @@ from hyperkd.pipeline.sensors import enmap_table
 from hyperkd.pipeline.store.location import CubeStore
 
 READERS = ("open_cube", "tiles")
+Pattern = dict[str, Any] | None
+"""An ``isel`` of reflectance; ``None``: the open itself."""
+Patterns = dict[str, tuple[Pattern, int]]
+"""The patterns by name, each with its ideal bytes."""
+Reads = dict[tuple[str, str, int], list[tuple[int, int, float]]]
+"""Requests, bytes and seconds of every read, by reader, pattern name and layout."""
+Results = dict[tuple[str, str, int], tuple[int, int, float]]
+"""Requests and bytes of the last read and the median seconds, by the keys of :data:`Reads`."""
 
 
 class CountingStore(WrapperStore):
@@ -179,7 +187,8 @@ def read_once(url: str, pattern: dict[str, Any] | None, reader: str) -> tuple[in
     return store.requests, store.bytes, time.perf_counter() - start
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line: cube sizes, repeats, readers and the codec pipeline."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256, help="scene edge, px (256)")
     parser.add_argument("--scenes", type=int, default=3, help="scenes per cube (3)")
@@ -195,39 +204,75 @@ def main() -> None:
         help="zarr-python's own codec pipeline (default, what the library uses), or the Rust "
         "one of the `zarrs` package (pip install zarrs; a process-wide zarr setting) for reads",
     )
-    args = parser.parse_args()
-    readers = tuple(args.reader or READERS)
-    data = scenes(args.scenes, args.size)
-    t, s, n_time = args.tile, args.size, args.scenes
-    patterns: dict[str, tuple[dict[str, Any] | None, int]] = {
+    return parser.parse_args()
+
+
+def access_patterns(size: int, tile: int, n_time: int) -> Patterns:
+    """The patterns by name, each with its ideal bytes (raw int16 of the values asked for)."""
+    s, t = size, tile
+    return {
         "open": (None, 0),
         "band map": ({"time": 0, "band": 100}, s * s * 2),
         "pixel series": ({"y": s // 2 + 3, "x": s // 3}, n_time * 224 * 2),
         "spectrum tile": ({"time": 0, "y": slice(0, t), "x": slice(0, t)}, 224 * t * t * 2),
     }
+
+
+def warm_up(urls: dict[int, str], patterns: Patterns, readers: tuple[str, ...]) -> None:
+    """One untimed spectrum-tile read per reader and layout, checked equal across layouts."""
+    for reader in readers:
+        tiles = [open_reader(url, reader)[0]["reflectance"] for url in urls.values()]
+        tile = patterns["spectrum tile"][0]
+        np.testing.assert_array_equal(tiles[0].isel(tile).values, tiles[1].isel(tile).values)
+
+
+def timed_reads(
+    urls: dict[int, str],
+    patterns: Patterns,
+    readers: tuple[str, ...],
+    repeats: int,
+) -> Reads:
+    """``repeats`` reads of every pattern by every reader on both layouts."""
+    runs: Reads = {}
+    # The layouts take turns (order alternating) so the shared machine's load hits both.
+    for r in range(repeats):
+        for reader in readers:
+            for name, (pattern, _) in patterns.items():
+                for layout in (1, 2) if r % 2 == 0 else (2, 1):
+                    got = read_once(urls[layout], pattern, reader)
+                    runs.setdefault((reader, name, layout), []).append(got)
+    return runs
+
+
+def measure(
+    data: list[np.ndarray],
+    patterns: Patterns,
+    readers: tuple[str, ...],
+    args: argparse.Namespace,
+) -> Reads:
+    """Writes ``data`` as a layout 1 and a layout 2 cube in a temporary directory and times
+    the reads of both there."""
     if args.codec_pipeline == "zarr":
         # zarrs reads a plain local store itself; behind the wrapper it would not be used.
         CubeStore.zarr_store = _counted_zarr_store  # type: ignore[method-assign]
-    runs: dict[tuple[str, str, int], list[tuple[int, int, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         urls = {layout: str(Path(tmp) / f"layout{layout}.zarr") for layout in (1, 2)}
         for layout, url in urls.items():
-            write_cube(url, data, t, layout)
+            write_cube(url, data, args.tile, layout)
         if args.codec_pipeline == "zarrs":
             use_zarrs()  # after writing: only the reads go through it
-        for reader in readers:  # warm up outside the timed reads; both layouts read alike
-            tiles = [open_reader(url, reader)[0]["reflectance"] for url in urls.values()]
-            tile = patterns["spectrum tile"][0]
-            np.testing.assert_array_equal(tiles[0].isel(tile).values, tiles[1].isel(tile).values)
-        # The layouts take turns (order alternating) so the shared machine's load hits both.
-        for r in range(args.repeats):
-            for reader in readers:
-                for name, (pattern, _) in patterns.items():
-                    for layout in (1, 2) if r % 2 == 0 else (2, 1):
-                        got = read_once(urls[layout], pattern, reader)
-                        runs.setdefault((reader, name, layout), []).append(got)
+        warm_up(urls, patterns, readers)
+        runs = timed_reads(urls, patterns, readers, args.repeats)
     CubeStore.zarr_store = _zarr_store  # type: ignore[method-assign]
-    results = {k: (g[-1][0], g[-1][1], statistics.median(x[2] for x in g)) for k, g in runs.items()}
+    return runs
+
+
+def print_table(
+    results: Results,
+    patterns: Patterns,
+    readers: tuple[str, ...],
+) -> None:
+    """The markdown table: requests, bytes and median time per reader, pattern and layout."""
     print("\n| reader | pattern | ideal bytes | layout | requests | bytes read | / ideal | "
           "time (median) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
@@ -241,7 +286,14 @@ def main() -> None:
                     f"| {reader} | {name} | {ideal or ''} | {layout} | {counts} | {over} | "
                     f"{sec * 1e3:.1f} ms |"
                 )
-    print()
+
+
+def print_ratios(
+    results: Results,
+    patterns: Patterns,
+    readers: tuple[str, ...],
+) -> None:
+    """The last lines, one per reader: layout 2 over layout 1, bytes and time per pattern."""
     for reader in readers:
         summary = []
         for name in patterns:
@@ -251,6 +303,20 @@ def main() -> None:
                 summary.append(f"{key}_bytes_new/old={b2 / b1:.3f}")
             summary.append(f"{key}_time_new/old={t2 / t1:.2f}")
         print(f"{reader}: " + " ".join(summary))
+
+
+def main() -> None:
+    args = parse_args()
+    readers = tuple(args.reader or READERS)
+    data = scenes(args.scenes, args.size)
+    patterns = access_patterns(args.size, args.tile, args.scenes)
+    runs = measure(data, patterns, readers, args)
+    results: Results = {
+        k: (g[-1][0], g[-1][1], statistics.median(x[2] for x in g)) for k, g in runs.items()
+    }
+    print_table(results, patterns, readers)
+    print()
+    print_ratios(results, patterns, readers)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    import xarray as xr
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -107,30 +112,13 @@ def loader_pass(
     return run
 
 
-def naive_pass(cube: str, tiles: str, full: bool = True) -> Callable[[], float]:
-    """The xbatcher way: the cube opened once with xarray (CF decoding, dask), then one
-    ``isel(...).load()`` per sample in this process, then tensors.
-
-    ``full``: build the same sample the loader returns (student and teacher normalised with
-    the tile store's statistics in float32, 0 where not valid; both significance maps; the
-    valid mask), checked against :class:`TileDataset` on the first tile. Without it, only the
-    reads (CF-decoded reflectance, teacher bands and valid mask) are timed.
-    """
-    import torch
+def naive_stats(
+    ds: xr.Dataset, attrs: dict[str, Any], bands: np.ndarray
+) -> tuple[xr.DataArray, xr.DataArray, xr.DataArray, xr.DataArray]:
+    """The tile store's student mean and std and teacher mean and std, on the cube's band
+    coordinates, in reflectance."""
     import xarray as xr
-    import zarr
 
-    from hyperkd.model.data.dataset import TileDataset
-    from hyperkd.pipeline.store.location import CubeStore
-    from hyperkd.pipeline.tiles.verify import as_str
-
-    ds = xr.open_zarr(
-        CubeStore(cube).zarr_store(read_only=True), group="enmap", decode_coords="all"
-    )
-    bands = np.flatnonzero(ds["valid_band"].values)
-    store = zarr.open_group(tiles, mode="r")
-    attrs, index = dict(store.attrs), store["index"]
-    size, patch = int(attrs["tile_size"]), int(attrs["patch_size"])
     # The tile store's statistics are in reflectance x 10000; the CF-decoded cube is reflectance.
     band = ds["band"].values[bands]
     s_mean = xr.DataArray(np.asarray(attrs["student_mean"]) / 1e4, coords={"band": band})
@@ -138,11 +126,29 @@ def naive_pass(cube: str, tiles: str, full: bool = True) -> Callable[[], float]:
     names = ds["teacher_band"].values
     t_mean = xr.DataArray(np.asarray(attrs["teacher_mean"]) / 1e4, coords={"teacher_band": names})
     t_std = xr.DataArray(np.asarray(attrs["teacher_std"]) / 1e4, coords={"teacher_band": names})
+    return s_mean, s_std, t_mean, t_std
+
+
+def naive_windows(ds: xr.Dataset, index: Any) -> list[tuple[int, int, int]]:
+    """``(time index, y0, x0)`` in the cube of every tile in the tile store's ``index``."""
+    from hyperkd.pipeline.tiles.verify import as_str
+
     time_of = {sid: i for i, sid in enumerate(as_str(ds["scene_id"].values))}
-    samples = [
+    return [
         (time_of[sid], int(y), int(x))
         for sid, y, x in zip(as_str(index["scene"][:]), index["y0"][:], index["x0"][:], strict=True)
     ]
+
+
+def naive_sampler(
+    ds: xr.Dataset, attrs: dict[str, Any], bands: np.ndarray, full: bool
+) -> Callable[[int, int, int], dict[str, torch.Tensor]]:
+    """The sample at ``(time index, y0, x0)`` by ``isel(...).load()`` on ``ds``, as tensors:
+    the loader's sample when ``full``, else only the reads."""
+    import torch
+
+    size, patch = int(attrs["tile_size"]), int(attrs["patch_size"])
+    s_mean, s_std, t_mean, t_std = naive_stats(ds, attrs, bands)
 
     def sample(t: int, y: int, x: int) -> dict[str, torch.Tensor]:
         window = {"time": t, "y": slice(y, y + size), "x": slice(x, x + size)}
@@ -164,6 +170,32 @@ def naive_pass(cube: str, tiles: str, full: bool = True) -> Callable[[], float]:
         }
         return {k: torch.from_numpy(np.asarray(v.values)) for k, v in out.items()}
 
+    return sample
+
+
+def naive_pass(cube: str, tiles: str, full: bool = True) -> Callable[[], float]:
+    """The xbatcher way: the cube opened once with xarray (CF decoding, dask), then one
+    ``isel(...).load()`` per sample in this process, then tensors.
+
+    ``full``: build the same sample the loader returns (student and teacher normalised with
+    the tile store's statistics in float32, 0 where not valid; both significance maps; the
+    valid mask), checked against :class:`TileDataset` on the first tile. Without it, only the
+    reads (CF-decoded reflectance, teacher bands and valid mask) are timed.
+    """
+    import torch
+    import xarray as xr
+    import zarr
+
+    from hyperkd.model.data.dataset import TileDataset
+    from hyperkd.pipeline.store.location import CubeStore
+
+    ds = xr.open_zarr(
+        CubeStore(cube).zarr_store(read_only=True), group="enmap", decode_coords="all"
+    )
+    bands = np.flatnonzero(ds["valid_band"].values)
+    store = zarr.open_group(tiles, mode="r")
+    sample = naive_sampler(ds, dict(store.attrs), bands, full)
+    samples = naive_windows(ds, store["index"])
     if full:  # the same work as the loader, so check it gives the same sample
         reference = TileDataset(tiles, split=None)[0]
         for key, value in sample(*samples[0]).items():
@@ -207,7 +239,8 @@ def tile_bytes(tiles: str) -> int:
     return sum(int(np.prod(root[k].shape[1:])) * np.dtype(root[k].dtype).itemsize for k in names)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line: cube size and scenes, repeats, work directory and trainer step."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="cube edge in pixels (default 512)")
     parser.add_argument(
@@ -226,7 +259,68 @@ def main() -> None:
         help="also time the 0-worker loader with and without read-ahead when the trainer "
         "waits this long per batch, as on a GPU (default 20; 0 skips it)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def make_passes(cube: str, tiles: str, step_ms: float) -> dict[str, Callable[[], float]]:
+    """Every method's timed pass by name (built, and where they warm up warmed up, in this
+    order); the read-ahead pair only when ``step_ms`` > 0."""
+    runs: dict[str, Callable[[], float]] = {
+        "floor": floor_pass(tiles),
+        "naive": naive_pass(cube, tiles),
+        "naive_reads": naive_pass(cube, tiles, full=False),
+        **{f"loader_w{w}": loader_pass(tiles, w) for w in (0, 1, 2)},
+    }
+    if step_ms > 0:
+        step = step_ms / 1000
+        runs["w0_step"] = loader_pass(tiles, 0, step)
+        runs["w0_step_no_ahead"] = loader_pass(tiles, 0, step, read_ahead=False)
+    return runs
+
+
+def round_robin(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of ``repeats`` passes of each method."""
+    # Round-robin: every repeat times each method once, so the load other processes put
+    # on this shared machine hits all methods alike.
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            times[name].append(run())
+    return times
+
+
+def print_rates(times: dict[str, list[float]], n: int, mb: float, repeats: int) -> dict[str, float]:
+    """Prints and returns each method's tiles/s (median pass over ``n`` tiles of ``mb`` MB)."""
+    rate = {}
+    for name in times:
+        rate[name] = n / statistics.median(times[name])
+        print(
+            f"{name:10s} {rate[name]:8.1f} tiles/s {rate[name] * mb:8.1f} MB/s  "
+            f"(median of {repeats}, {n} tiles of {mb:.2f} MB)"
+        )
+    return rate
+
+
+def print_ratios(rate: dict[str, float], step_ms: float) -> None:
+    """Prints the read-ahead ratio (when timed), each worker count's ratios to the floor and
+    the naive loader, and those of the best worker count, the last line."""
+    if step_ms > 0:
+        print(
+            f"with a {step_ms:g} ms step per batch: read-ahead/none="
+            f"{rate['w0_step'] / rate['w0_step_no_ahead']:.2f}"
+        )
+    best = max((k for k in rate if k.startswith("loader")), key=rate.__getitem__)
+    print(f"best loader: {best}")
+    for k in ("loader_w0", "loader_w1", "loader_w2"):
+        print(f"{k}/floor={rate[k] / rate['floor']:.2f} {k}/naive={rate[k] / rate['naive']:.1f}")
+    print(f"loader/naive_reads={rate[best] / rate['naive_reads']:.1f}")
+    print(
+        f"loader/floor={rate[best] / rate['floor']:.2f} loader/naive={rate[best] / rate['naive']:.1f}"
+    )
+
+
+def main() -> None:
+    args = parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hyperkd-loader-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -235,44 +329,9 @@ def main() -> None:
 
         n = zarr.open_group(tiles, mode="r")["student"].shape[0]
         mb = tile_bytes(tiles) / 1e6
-        runs: dict[str, Callable[[], float]] = {
-            "floor": floor_pass(tiles),
-            "naive": naive_pass(cube, tiles),
-            "naive_reads": naive_pass(cube, tiles, full=False),
-            **{f"loader_w{w}": loader_pass(tiles, w) for w in (0, 1, 2)},
-        }
-        if args.step_ms > 0:
-            step = args.step_ms / 1000
-            runs["w0_step"] = loader_pass(tiles, 0, step)
-            runs["w0_step_no_ahead"] = loader_pass(tiles, 0, step, read_ahead=False)
-        # Round-robin: every repeat times each method once, so the load other processes put
-        # on this shared machine hits all methods alike.
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(args.repeats):
-            for name, run in runs.items():
-                times[name].append(run())
-        rate = {}
-        for name in runs:
-            rate[name] = n / statistics.median(times[name])
-            print(
-                f"{name:10s} {rate[name]:8.1f} tiles/s {rate[name] * mb:8.1f} MB/s  "
-                f"(median of {args.repeats}, {n} tiles of {mb:.2f} MB)"
-            )
-        if args.step_ms > 0:
-            print(
-                f"with a {args.step_ms:g} ms step per batch: read-ahead/none="
-                f"{rate['w0_step'] / rate['w0_step_no_ahead']:.2f}"
-            )
-        best = max((k for k in rate if k.startswith("loader")), key=rate.__getitem__)
-        print(f"best loader: {best}")
-        for k in ("loader_w0", "loader_w1", "loader_w2"):
-            print(
-                f"{k}/floor={rate[k] / rate['floor']:.2f} {k}/naive={rate[k] / rate['naive']:.1f}"
-            )
-        print(f"loader/naive_reads={rate[best] / rate['naive_reads']:.1f}")
-        print(
-            f"loader/floor={rate[best] / rate['floor']:.2f} loader/naive={rate[best] / rate['naive']:.1f}"
-        )
+        runs = make_passes(cube, tiles, args.step_ms)
+        rate = print_rates(round_robin(runs, args.repeats), n, mb, args.repeats)
+        print_ratios(rate, args.step_ms)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -41,6 +41,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -240,7 +241,8 @@ def fed_ratio(
     return fed, staged_rate
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line: presets and sizes of the timed steps, and the fed-training options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--presets", nargs="+", default=["tiny", "small"], choices=sorted(TEACHER_FOR)
@@ -273,7 +275,94 @@ def main() -> None:
     fed.add_argument("--fed-steps", type=int, default=20, help="timed trainer steps")
     fed.add_argument("--fed-warmup", type=int, default=5, help="trainer steps not timed")
     fed.add_argument("--fed-workers", type=int, default=None, help="loader workers (cores)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def median_timings(
+    steps: dict[str, Callable[[], None]], args: argparse.Namespace, device: torch.device
+) -> dict[str, float]:
+    """Median seconds of ``--steps`` steps of each step function over ``--repeats`` timings,
+    after ``--warmup`` untimed steps of each."""
+    for step in steps.values():
+        time_steps(step, args.warmup, device)
+    # Baseline and treatment alternate, so load from other processes hits both alike.
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            samples[name].append(time_steps(step, args.steps, device))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def report_mfu(
+    preset: str,
+    task: DistillationTask,
+    batch: dict[str, torch.Tensor],
+    seconds: float,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> float | None:
+    """Prints the counted and model FLOPs of one HyperKD step and the TFLOP/s achieved in
+    ``seconds`` per ``--steps`` steps; returns the MFU (``None`` when the peak is unknown)."""
+    counted, blur = step_flops(task, batch, device), ssim_flops(batch)
+    flops, peak = counted - blur, peak_flops(args)
+    achieved = flops * args.steps / seconds
+    print(
+        f"  {preset}: {counted / 1e12:.2f} TFLOP counted per step, of which "
+        f"{blur / 1e12:.2f} in the SSIM blur; model {flops / 1e12:.2f} TFLOP per step, "
+        f"{achieved / 1e12:.1f} TFLOP/s achieved"
+    )
+    return achieved / peak if peak else None
+
+
+def bench_preset(
+    preset: str,
+    batch: dict[str, torch.Tensor],
+    batch_size: int,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> tuple[str, float | None, DistillationTask]:
+    """Times ``preset``'s HyperKD step against its plain MAE step and prints both rates.
+
+    Returns the preset's fields of the last line, its MFU (``None`` off CUDA or without a
+    known peak) and its HyperKD task.
+    """
+    tasks = {
+        name: build(preset, kd, args, device) for name, kd in (("mae", False), ("hyperkd", True))
+    }
+    steps = {name: step_fn(task, batch, device, args.compile) for name, task in tasks.items()}
+    timings = median_timings(steps, args, device)
+    mfu = None
+    if device.type == "cuda":
+        mfu = report_mfu(preset, tasks["hyperkd"], batch, timings["hyperkd"], args, device)
+    sps = {k: batch_size * args.steps / v for k, v in timings.items()}
+    print(
+        f"{preset:>5}: hyperkd step {sps['hyperkd']:.2f} samples/s, plain MAE step {sps['mae']:.2f} "
+        f"samples/s, ratio hyperkd/mae = {sps['hyperkd'] / sps['mae']:.2f}"
+    )
+    fields = f"{preset}/samples_per_s={sps['hyperkd']:.3f} {preset}/ratio_to_mae={sps['hyperkd'] / sps['mae']:.3f}"
+    return fields, mfu, tasks["hyperkd"]
+
+
+def bench_fed(
+    task: DistillationTask, batch_size: int, args: argparse.Namespace, device: torch.device
+) -> str:
+    """Times the trainer fed by the tile loader against it on batches already on ``device``
+    and prints both rates; returns the ``fed/in_gpu`` field of the last line."""
+    with tempfile.TemporaryDirectory() as work:
+        tiles = args.tiles or str(Path(work) / "tiles.zarr")
+        if not Path(tiles).exists():  # a --tiles path that does not exist yet is kept
+            build_tile_store(Path(tiles), args)
+        fed_sps, staged_sps = fed_ratio(task, tiles, batch_size, args, device)
+    print(
+        f"{args.presets[-1]:>5}: trainer fed by the tile loader {fed_sps * batch_size:.2f} "
+        f"samples/s, on batches already on {device.type} {staged_sps * batch_size:.2f} "
+        f"samples/s, ratio fed/in_gpu = {fed_sps / staged_sps:.2f}"
+    )
+    return f"fed/in_gpu={fed_sps / staged_sps:.3f}"
+
+
+def main() -> None:
+    args = parse_args()
     ssim.compiled_blur = args.compiled_blur
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.threads:
@@ -290,55 +379,15 @@ def main() -> None:
     batch = make_batch(batch_size, args.bands, args.tile, args.patch, device)
     results, mfu, fed_task = [], None, None
     for preset in args.presets:
-        tasks = {
-            name: build(preset, kd, args, device)
-            for name, kd in (("mae", False), ("hyperkd", True))
-        }
-        steps = {name: step_fn(task, batch, device, args.compile) for name, task in tasks.items()}
-        for step in steps.values():
-            time_steps(step, args.warmup, device)
-        # Baseline and treatment alternate, so load from other processes hits both alike.
-        samples: dict[str, list[float]] = {name: [] for name in steps}
-        for _ in range(args.repeats):
-            for name, step in steps.items():
-                samples[name].append(time_steps(step, args.steps, device))
-        timings = {name: statistics.median(v) for name, v in samples.items()}
-        if device.type == "cuda":
-            counted, blur = step_flops(tasks["hyperkd"], batch, device), ssim_flops(batch)
-            flops, peak = counted - blur, peak_flops(args)
-            achieved = flops * args.steps / timings["hyperkd"]
-            mfu = achieved / peak if peak else None
-            print(
-                f"  {preset}: {counted / 1e12:.2f} TFLOP counted per step, of which "
-                f"{blur / 1e12:.2f} in the SSIM blur; model {flops / 1e12:.2f} TFLOP per step, "
-                f"{achieved / 1e12:.1f} TFLOP/s achieved"
-            )
-        fed_task = tasks["hyperkd"]  # the last preset's: fit() reuses its compiled graphs
-        del tasks, steps
-        sps = {k: batch_size * args.steps / v for k, v in timings.items()}
-        print(
-            f"{preset:>5}: hyperkd step {sps['hyperkd']:.2f} samples/s, plain MAE step {sps['mae']:.2f} "
-            f"samples/s, ratio hyperkd/mae = {sps['hyperkd'] / sps['mae']:.2f}"
-        )
-        results.append(
-            f"{preset}/samples_per_s={sps['hyperkd']:.3f} {preset}/ratio_to_mae={sps['hyperkd'] / sps['mae']:.3f}"
-        )
+        # fed_task ends as the last preset's: fit() reuses its compiled graphs
+        fields, mfu, fed_task = bench_preset(preset, batch, batch_size, args, device)
+        results.append(fields)
     last = " ".join(results)
     if device.type == "cuda":
         last += f" mfu={mfu:.4f}" if mfu is not None else " mfu=nan"
     if args.fed if args.fed is not None else device.type == "cuda":
         assert fed_task is not None
-        with tempfile.TemporaryDirectory() as work:
-            tiles = args.tiles or str(Path(work) / "tiles.zarr")
-            if not Path(tiles).exists():  # a --tiles path that does not exist yet is kept
-                build_tile_store(Path(tiles), args)
-            fed_sps, staged_sps = fed_ratio(fed_task, tiles, batch_size, args, device)
-        print(
-            f"{args.presets[-1]:>5}: trainer fed by the tile loader {fed_sps * batch_size:.2f} "
-            f"samples/s, on batches already on {device.type} {staged_sps * batch_size:.2f} "
-            f"samples/s, ratio fed/in_gpu = {fed_sps / staged_sps:.2f}"
-        )
-        last += f" fed/in_gpu={fed_sps / staged_sps:.3f}"
+        last += " " + bench_fed(fed_task, batch_size, args, device)
     print(last)
 
 
