@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from _model_fakes import FakeTiles, shard_loader
+from bench_helpers import benchmark_ratios
 from safetensors.torch import load_file
 from tile_helpers import labelled_store
 
@@ -199,20 +200,12 @@ def test_cli_trains_a_fixed_basis_and_refuses_one_without_components(
 
 
 def test_the_benchmark_runs_and_prints_its_ratios() -> None:
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "spectral_basis.py"
     args = ["--batches", "2", "4", "--tiles", "4", "--tile", "32", "--bands", "40", "--rank", "4",
             "--steps", "1", "--repeats", "1"]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    last = dict(kv.split("=") for kv in done.stdout.strip().splitlines()[-1].split())
-    assert set(last) == {"b2/fixed_vs_learned", "b4/fixed_vs_learned",
-                         "b4_fixed_per_sample_vs_b2_learned"}  # fmt: skip
-    assert all(float(v) > 0 for v in last.values())
+    ratios = benchmark_ratios("spectral_basis.py", args)
+    assert set(ratios) == {"b2/fixed_vs_learned", "b4/fixed_vs_learned",
+                           "b4_fixed_per_sample_vs_b2_learned"}  # fmt: skip
+    assert all(v > 0 for v in ratios.values())
 
 
 @pytest.mark.slow
