@@ -86,9 +86,10 @@ def _band_sums(x: torch.Tensor, valid: torch.Tensor | None) -> list[torch.Tensor
     """
     dims = (0, 2, 3)
     if valid is None or bool(valid.all()):
-        count = torch.tensor(float(x.shape[0] * x.shape[2] * x.shape[3]), dtype=torch.float64)
+        pixels = float(x.shape[0] * x.shape[2] * x.shape[3])
+        count = torch.full((x.shape[1],), pixels, dtype=torch.float64, device=x.device)
         return [
-            x.sum(dim=dims, dtype=torch.float64), count.expand(x.shape[1]),
+            x.sum(dim=dims, dtype=torch.float64), count,
             x.amin(dim=dims).double(), x.amax(dim=dims).double(),
         ]  # fmt: skip
     keep = valid[:, None]  # (B, 1, H, W)
