@@ -14,8 +14,8 @@ reference is then arm A's ``random``): with a fixed spectral basis every student
 the component loss, whose CPU step is about 14x cheaper than one with SSIM over 218 bands, so
 the hour buys students near the demo's.
 
-Every student trains the same preset, steps, batch, learning rate and spectral factorisation
-(the demo's by default) from the same seeds
+Every student trains the same preset, steps, batch, optimizer, learning rate and spectral
+factorisation (the demo's by default) from the same seeds
 (weights, order, masks) through the trainer's library API, and is scored once on the test
 split (``val`` with ``--split val``) with ``hyperkd evaluate``'s code: the same random masks for
 every student, with the baselines (train mean, visible-patch mean, interpolation) on those
@@ -104,7 +104,11 @@ def settings(args: argparse.Namespace, student: Student) -> dict[str, Any]:
     """What a finished run was trained and scored with; a resumed run must match it."""
     keys = ("tiles", "preset", "steps", "batch_size", "lr", "spectral_dim", "spectral_basis",
             "mask_ratio", "teacher", "teacher_preset", "random_teacher_preset", "eval_seed")  # fmt: skip
-    return {k: getattr(args, k) for k in keys} | {"student": dataclasses.asdict(student)}
+    # AdamW runs keep the settings they were recorded with (the optimizer choice came later).
+    optimizer = {"optimizer": args.optimizer} if args.optimizer != "adamw" else {}
+    return (
+        {k: getattr(args, k) for k in keys} | optimizer | {"student": dataclasses.asdict(student)}
+    )
 
 
 def _same_settings(out: Path, wanted: dict[str, Any]) -> None:
@@ -141,7 +145,7 @@ def run_one(args: argparse.Namespace, name: str, seed: int) -> dict[str, Any]:
                 tiles=args.tiles,
                 train=TrainConfig(
                     out=str(run), steps=args.steps, batch_size=args.batch_size, seed=seed,
-                    optim=OptimConfig(lr=args.lr), log_every=max(1, args.steps // 10),
+                    optim=OptimConfig(lr=args.lr, optimizer=args.optimizer), log_every=max(1, args.steps // 10),
                     checkpoint_every=max(1, args.steps // 2), resume=latest_checkpoint(run) is not None,
                     device=args.device, compile=args.compile, progress=False,
                 ),
@@ -260,6 +264,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=defaults.DEMO_LR)
+    p.add_argument("--optimizer", default=defaults.DEMO_OPTIMIZER, choices=defaults.OPTIMIZERS,
+                   help="the demo's (muon) or adamw (the arms of sessions 5 and 8, at --lr 2e-3)")  # fmt: skip
     p.add_argument("--spectral-dim", type=int, default=defaults.DEMO_SPECTRAL_DIM)
     p.add_argument("--spectral-basis", default=defaults.SPECTRAL_BASIS, choices=defaults.SPECTRAL_BASES,
                    help="learned (the recorded arms) or fixed (the demo's: ~4x cheaper MSE steps)")  # fmt: skip

@@ -26,7 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from hyperkd.flows import tasks
 from hyperkd.flows.params import PipelineParams, RegionParams, resolve_date
-from hyperkd.flows.records import IngestRecord, RunRecord, TileRecord, fingerprint
+from hyperkd.flows.records import IngestRecord, RunRecord, TileRecord, fingerprint, optimizer_key
 
 
 def region_root(out: str, region: str) -> str:
@@ -150,16 +150,10 @@ def teacher_stage(params: PipelineParams, tiles: TileRecord, root: str) -> RunRe
         return params.teacher
     p = params
     preset = p.teacher_architecture
-    key = fingerprint(tiles.fingerprint, preset, p.teacher_steps, p.batch_size, p.seed, p.lr)
-    out = f"{root}/teachers/{key}"
+    parts = [tiles.fingerprint, preset, p.teacher_steps, p.batch_size, p.seed, p.lr]
+    out = f"{root}/teachers/{fingerprint(*parts, *optimizer_key(p.optimizer))}"
     return _unless_gone(tasks.train_teacher, f"{out}/model.safetensors")(
-        tiles,
-        out,
-        preset,
-        p.teacher_steps,
-        p.batch_size,
-        p.seed,
-        p.lr,
+        tiles, out, preset, p.teacher_steps, p.batch_size, p.seed, p.lr, p.optimizer
     )
 
 
@@ -178,7 +172,7 @@ def run_dir_of(
     # of full-band students keep their names.
     if params.spectral_dim:
         parts += [params.spectral_dim, params.spectral_basis]
-    return f"{root}/runs/{fingerprint(*parts)}"
+    return f"{root}/runs/{fingerprint(*parts, *optimizer_key(params.optimizer))}"
 
 
 def student_stage(
@@ -188,7 +182,7 @@ def student_stage(
     return distill(
         tiles, teacher, f"{run_dir}/student", params.student_preset, params.masking, params.loss,
         params.student_steps, params.batch_size, params.seed, params.lr,
-        params.teacher_architecture, params.spectral_dim, params.spectral_basis,
+        params.teacher_architecture, params.spectral_dim, params.spectral_basis, params.optimizer,
     )  # fmt: skip
 
 

@@ -122,6 +122,10 @@ class PipelineParams(RegionParams):
     lr: float | None = Field(
         default=None, gt=0, description="peak learning rate; None = MAE recipe"
     )
+    optimizer: Literal["adamw", "muon"] = Field(
+        default=defaults.OPTIMIZER,
+        description="adamw, or muon on the transformer blocks' matrices with adamw on the rest",
+    )
     seed: int = defaults.SEED
     dask_address: str | None = Field(
         default=None,

@@ -19,6 +19,12 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def optimizer_key(optimizer: str) -> list[str]:
+    """The optimizer's part of a run's fingerprint: none for AdamW, so the folders of runs
+    trained before the choice existed keep their names."""
+    return [] if optimizer == "adamw" else [optimizer]
+
+
 @dataclass(frozen=True)
 class SceneRef:
     """One scene to ingest: its STAC item (as a dict) and where it came from."""

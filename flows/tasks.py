@@ -18,7 +18,14 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.tasks import exponential_backoff
 
 from hyperkd import defaults
-from hyperkd.flows.records import IngestRecord, RunRecord, SceneRef, TileRecord, fingerprint
+from hyperkd.flows.records import (
+    IngestRecord,
+    RunRecord,
+    SceneRef,
+    TileRecord,
+    fingerprint,
+    optimizer_key,
+)
 
 CACHE = INPUTS + TASK_SOURCE
 
@@ -184,12 +191,13 @@ def train_teacher(
     batch_size: int,
     seed: int,
     lr: float | None,
+    optimizer: str = defaults.OPTIMIZER,
 ) -> RunRecord:
     """MAE-pretrains the Prithvi architecture on the six-band teacher tiles."""
     from hyperkd.model.train.config import OptimConfig, TeacherPretrainConfig, TrainConfig
     from hyperkd.model.train.runs import run_teacher_pretrain
 
-    optim = OptimConfig(lr=lr)
+    optim = OptimConfig(lr=lr, optimizer=optimizer)
     train = TrainConfig(
         out=out, steps=steps, batch_size=batch_size, seed=seed, optim=optim, progress=False
     )
@@ -197,9 +205,8 @@ def train_teacher(
         TeacherPretrainConfig(tiles=tiles.url, train=train, preset=preset),
         on_step=_progress("teacher-pretraining", steps),
     )
-    return RunRecord(
-        "teacher", out, fingerprint(tiles.fingerprint, preset, steps, batch_size, seed, lr)
-    )
+    parts = [tiles.fingerprint, preset, steps, batch_size, seed, lr, *optimizer_key(optimizer)]
+    return RunRecord("teacher", out, fingerprint(*parts))
 
 
 @task(cache_policy=CACHE, persist_result=True)
@@ -217,6 +224,7 @@ def distill_student(
     teacher_preset: str = defaults.OFFICIAL_TEACHER_PRESET,
     spectral_dim: int = defaults.SPECTRAL_DIM,
     spectral_basis: str = defaults.SPECTRAL_BASIS,
+    optimizer: str = defaults.OPTIMIZER,
 ) -> RunRecord:
     """Distils the student from the teacher on the tile store; ``teacher_preset`` is the
     architecture of an official ``.pt`` teacher (a run folder carries its own)."""
@@ -226,7 +234,7 @@ def distill_student(
     from hyperkd.model.train.runs import run_distill
 
     teacher_path = teacher.path if isinstance(teacher, RunRecord) else teacher
-    optim = OptimConfig(lr=lr)
+    optim = OptimConfig(lr=lr, optimizer=optimizer)
     train = TrainConfig(
         out=out, steps=steps, batch_size=batch_size, seed=seed, optim=optim, progress=False
     )
@@ -247,7 +255,7 @@ def distill_student(
     parts.append(spectral_dim)
     if spectral_basis != "learned":  # learned-basis runs keep the fingerprints they had
         parts.append(spectral_basis)
-    return RunRecord("student", out, fingerprint(*parts))
+    return RunRecord("student", out, fingerprint(*parts, *optimizer_key(optimizer)))
 
 
 @task(cache_policy=CACHE, persist_result=True)

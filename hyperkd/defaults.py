@@ -33,6 +33,10 @@ SPECTRAL_BASES = ("learned", "fixed")
 SPECTRAL_BASIS = "learned"
 """The spectral components' basis: ``learned`` from a PCA start, or ``fixed`` at the PCA
 (frozen; the loss then runs on the components, about 4x cheaper steps)."""
+OPTIMIZERS = ("adamw", "muon")
+OPTIMIZER = "adamw"
+"""The trainer's optimizer: ``adamw`` (MAE's recipe) or ``muon`` (Muon on the transformer
+blocks' matrices, AdamW on the rest; :mod:`hyperkd.model.train.optim`)."""
 MASKINGS = ("random", "gabor", "wavelet")
 LOSSES = ("mse", "mse+ssim", "mse+kld", "mse+ssim+kld")
 """The student's loss terms. ``mse+kld`` leaves out SSIM, so a fixed-basis student keeps its
@@ -66,6 +70,8 @@ DEMO_TRAIN_STRIDE = 32
 (val and test unchanged); +0.4 dB on val over the plain grid (SCIENCE.md)."""
 DEMO_LR = 2e-3
 """Peak learning rate of the demo's short CPU runs (chosen on the val split, SCIENCE.md)."""
+DEMO_OPTIMIZER = "adamw"
+"""The demo's optimizer (``OPTIMIZERS``)."""
 DEMO_OUT = "demo-out"
 
 CPU_POOL = "hyperkd-cpu"

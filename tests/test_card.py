@@ -113,6 +113,7 @@ def test_mlm_item_validates_offline_and_describes_the_model(run_dir: Path) -> No
     assert props["bands"][1]["eo:center_wavelength"] == pytest.approx(0.430)
     assert model_input["value_scaling"][1] == {"type": "z-score", "mean": 0.11, "stddev": 0.05}
     assert props["mlm:output"][0]["result"]["shape"] == [-1, 16, 64]
+    assert props["mlm:hyperparameters"]["optimizer"] == "adamw"
     assert item["assets"]["weights"]["href"] == "./model.safetensors"
 
 

@@ -5,6 +5,7 @@ demo region, a fully cached re-run, a corrupt scene that fails alone, and ``hype
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -83,6 +84,16 @@ def test_pipeline_runs_then_reruns_from_cache(
     third_states = asyncio.run(_task_states(third.state_details.flow_run_id))
     # student, run manifest, evaluate, report
     assert third_states.count("Completed") == 4, third_states
+
+    # Another optimizer trains another teacher and student, in folders of their own.
+    muon = hyperkd_pipeline(params.model_copy(update={"optimizer": "muon"}), return_state=True)
+    assert muon.is_completed(), muon.message
+    runs = muon.result()
+    assert runs["teacher"].path != out["teacher"].path
+    assert runs["student"].path != out["student"].path
+    for run in (runs["teacher"], runs["student"]):
+        config = json.loads((Path(run.path) / "config.json").read_text())
+        assert config["run"]["train"]["optim"]["optimizer"] == "muon"
 
     # "Cached" means "still there": a deleted cube is ingested again, not taken from the cache.
     shutil.rmtree(out["ingest"].cube)

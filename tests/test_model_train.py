@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import torch
 from _model_fakes import FakeTiles, collate, shard_loader, write_small_tile_store
 from safetensors.torch import load_file
 
+from hyperkd.defaults import OPTIMIZERS
 from hyperkd.model.evaluate.reconstruction import evaluate
 from hyperkd.model.nets.masking import Masking
 from hyperkd.model.train.checkpoint import (
@@ -132,31 +134,36 @@ ds = FakeTiles(6, seed=1)
 def die(step):
     if step == {kill_at}:
         os.kill(os.getpid(), signal.SIGKILL)
-run_distill(_distill_config(sys.argv[1], sys.argv[2], resume=False), dataset=ds,
-            loader_factory=shard_loader(ds, 2, seed=0), on_step=die)
+run_distill(_distill_config(sys.argv[1], sys.argv[2], resume=False, optimizer=sys.argv[3]),
+            dataset=ds, loader_factory=shard_loader(ds, 2, seed=0), on_step=die)
 """
 
 
-def _distill_config(out: str, teacher: str, *, resume: bool) -> DistillConfig:
+def _distill_config(
+    out: str, teacher: str, *, resume: bool, optimizer: str = "adamw"
+) -> DistillConfig:
     return DistillConfig(
         tiles="memory",
         teacher=teacher,
-        train=_train(Path(out), 8, resume=resume),
+        train=_train(Path(out), 8, resume=resume, optim=OptimConfig(lr=1e-3, optimizer=optimizer)),
         masking=Masking("gabor", sample=True, temperature=0.5),
         loss=LossConfig("mse+ssim+kld"),
     )
 
 
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(
-    tmp_path: Path, teacher_run: Path
+    tmp_path: Path, teacher_run: Path, optimizer: str
 ) -> None:
     ds = FakeTiles(6, seed=1)  # 3 steps per epoch: the kill and the resume cross epochs
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run_distill(_distill_config(str(straight), str(teacher_run), resume=False), dataset=ds,
+    config = partial(_distill_config, teacher=str(teacher_run), optimizer=optimizer)
+    run_distill(config(str(straight), resume=False), dataset=ds,
                 loader_factory=shard_loader(ds, 2, seed=0))  # fmt: skip
     env = os.environ | {"PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", KILLED_RUN.replace("{kill_at}", "5"), str(killed), str(teacher_run)],
+        [sys.executable, "-c", KILLED_RUN.replace("{kill_at}", "5"), str(killed), str(teacher_run),
+         optimizer],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -164,9 +171,9 @@ def test_resume_after_sigkill_is_bit_identical_to_an_uninterrupted_run(
     checkpoint = latest_checkpoint(killed)
     assert checkpoint is not None and checkpoint.name == "step-00000003"  # steps 4-5 were lost
     with pytest.raises(ValueError, match="--resume"):
-        run_distill(_distill_config(str(killed), str(teacher_run), resume=False), dataset=ds,
+        run_distill(config(str(killed), resume=False), dataset=ds,
                     loader_factory=shard_loader(ds, 2, seed=0))  # fmt: skip
-    run_distill(_distill_config(str(killed), str(teacher_run), resume=True), dataset=ds,
+    run_distill(config(str(killed), resume=True), dataset=ds,
                 loader_factory=shard_loader(ds, 2, seed=0))  # fmt: skip
     a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
     assert set(a) == set(b)

@@ -85,7 +85,7 @@ def test_a_run_folder_is_reused_only_with_its_own_settings(tmp_path: Path) -> No
     args = science.argparse.Namespace(  # type: ignore[attr-defined]
         tiles="t.zarr", preset="tiny", steps=2000, batch_size=32, lr=2e-3, spectral_dim=16,
         spectral_basis="fixed", mask_ratio=0.75, teacher="teacher", teacher_preset="tiny",
-        random_teacher_preset="tiny", eval_seed=0,
+        random_teacher_preset="tiny", eval_seed=0, optimizer="adamw",
     )  # fmt: skip
     student = science.students("mse")["kld-random"]  # type: ignore[attr-defined]
     out = tmp_path / "kld-random_mse+kld" / "seed0"
@@ -93,4 +93,7 @@ def test_a_run_folder_is_reused_only_with_its_own_settings(tmp_path: Path) -> No
     science._same_settings(out, science.settings(args, student))  # the same: reused
     args.steps = 3000
     with pytest.raises(science.OtherSettingsError, match="other steps"):  # type: ignore[attr-defined]
+        science._same_settings(out, science.settings(args, student))  # type: ignore[attr-defined]
+    args.steps, args.optimizer = 2000, "muon"
+    with pytest.raises(science.OtherSettingsError, match="other optimizer"):  # type: ignore[attr-defined]
         science._same_settings(out, science.settings(args, student))  # type: ignore[attr-defined]

@@ -114,6 +114,7 @@ def pipeline_params(args: argparse.Namespace):  # -> PipelineParams
         teacher_preset=args.teacher_preset,
         teacher_steps=args.steps,
         student_steps=args.steps,
+        optimizer=args.optimizer,
         seed=args.seed,
         dask_address=args.dask_address,
         storage_options=storage_options(args.storage_options),
@@ -208,6 +209,9 @@ def _register_pipeline(sub: argparse._SubParsersAction) -> None:
                    f"pretrain, {defaults.OFFICIAL_TEACHER_PRESET} for a .pt)")  # fmt: skip
     p.add_argument("--steps", type=int, default=defaults.STEPS, metavar="N",
                    help="training steps for teacher and student")  # fmt: skip
+    p.add_argument("--optimizer", default=defaults.OPTIMIZER, choices=defaults.OPTIMIZERS,
+                   help="adamw, or muon on the transformer blocks' matrices with adamw on the "
+                   "rest")  # fmt: skip
     p.add_argument("--seed", type=int, default=defaults.SEED, metavar="N", help="random seed")
     p.add_argument("--dask-address", default=None, metavar="ADDR",
                    help="dask scheduler tcp://host:port, or 'local' for a LocalCluster "

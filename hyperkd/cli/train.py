@@ -74,11 +74,18 @@ def _add_schedule_args(parser: argparse.ArgumentParser) -> None:
         help="warm-up share of the steps (default 0.05)",
     )
     parser.add_argument(
+        "--optimizer",
+        choices=defaults.OPTIMIZERS,
+        default=defaults.OPTIMIZER,
+        help="adamw, or muon on the transformer blocks' matrices with adamw on the rest, at the "
+        f"same lr and weight decay (default {defaults.OPTIMIZER})",
+    )
+    parser.add_argument(
         "--weight-decay",
         type=float,
         default=0.05,
         metavar="F",
-        help="AdamW weight decay (default 0.05)",
+        help="weight decay of the matrices (default 0.05)",
     )
     parser.add_argument(
         "--clip-grad",
@@ -292,6 +299,7 @@ def _train_config(args: argparse.Namespace) -> Any:
         batch_size=args.batch_size,
         seed=args.seed,
         optim=OptimConfig(
+            optimizer=args.optimizer,
             blr=args.blr,
             lr=args.lr,
             warmup_fraction=args.warmup,

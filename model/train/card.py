@@ -145,7 +145,7 @@ def _hyperparameters(
     model: Mapping[str, Any], spec: Mapping[str, Any], size: int, patch: int, dim: int, encoder: int
 ) -> Any:
     """The MLM hyperparameters: preset, tile and patch size (px), token width, depth, heads,
-    encoder parameter count, and the run's masking and loss."""
+    encoder parameter count, and the run's masking, loss and optimizer."""
     from pystac.extensions.mlm import Hyperparameters
 
     return Hyperparameters.create(
@@ -158,6 +158,7 @@ def _hyperparameters(
         encoder_parameters=encoder,
         masking=spec.get("masking"),
         loss=spec.get("loss"),
+        optimizer=spec.get("train", {}).get("optim", {}).get("optimizer", "adamw"),
     )
 
 

@@ -4,7 +4,7 @@ A run directory ``DIR`` holds:
 
 - ``model.safetensors`` + ``config.json``: the final weights and what they are (written last);
 - ``checkpoints/step-NNNNNNNN/`` with ``model.safetensors`` (trainable weights),
-  ``optimizer.safetensors`` (AdamW moments), ``rng.safetensors`` (torch and masking generator
+  ``optimizer.safetensors`` (AdamW moments; with Muon also its momentum buffers), ``rng.safetensors`` (torch and masking generator
   states) and ``trainer_state.json`` (step, epoch, param groups, python/numpy RNG);
 - ``checkpoints/latest.json``: which checkpoint is complete.
 

@@ -11,15 +11,18 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hyperkd.defaults import SPECTRAL_BASES
+from hyperkd.defaults import OPTIMIZER, OPTIMIZERS, SPECTRAL_BASES
 from hyperkd.model.nets.masking import Masking
 from hyperkd.model.train.losses import LossConfig
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with MAE's schedule."""
+    """AdamW (or Muon, :mod:`hyperkd.model.train.optim`) with MAE's schedule."""
 
+    optimizer: str = OPTIMIZER
+    """``adamw`` or ``muon`` (Muon on the hidden matrices, AdamW on the rest, at the same lr
+    and weight decay)."""
     blr: float = 1.5e-4
     """Base learning rate; the actual rate is ``blr * effective_batch / 256``."""
     lr: float | None = None
@@ -32,6 +35,12 @@ class OptimConfig:
     min_lr: float = 0.0
     clip_grad: float | None = 1.0
     """Max global gradient norm; None disables clipping."""
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
+            )
 
     def peak_lr(self, effective_batch: int) -> float:
         return self.lr if self.lr is not None else self.blr * effective_batch / 256

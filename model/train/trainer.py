@@ -1,11 +1,11 @@
-"""The training loop: AdamW + MAE schedule, clipping, bf16 on CUDA, DDP, exact resume.
+"""The training loop: AdamW (or Muon) + MAE schedule, clipping, bf16 on CUDA, DDP, exact resume.
 
 :func:`fit` trains any task module whose ``forward(batch, patch_mask)`` returns a dict with a
 ``loss`` (see :mod:`hyperkd.model.train.tasks`) and which offers ``make_mask``,
 ``trainable_state_dict`` and ``load_trainable_state_dict``.
 
 Exact resume: the masking noise comes from a dedicated generator whose state (one per rank) is
-checkpointed with the weights, AdamW moments and torch RNG; epoch ``e`` always draws its order
+checkpointed with the weights, optimizer moments and torch RNG; epoch ``e`` always draws its order
 from ``(seed, e)``, and a resumed epoch skips the batches already seen. On the CPU a run killed
 and resumed ends with weights bit-identical to an uninterrupted one.
 
@@ -49,25 +49,13 @@ from hyperkd.model.train.distributed import (
     mean_over_ranks,
     setup_distributed,
 )
+from hyperkd.model.train.optim import build_optimizer
 
 _logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is left in place."""
-
-
-def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only; biases, norms and tokens are exempt (MAE/timm)."""
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") or "token" in name else decay).append(p)
-    return [
-        {"params": no_decay, "weight_decay": 0.0},
-        {"params": decay, "weight_decay": weight_decay},
-    ]
 
 
 @dataclass
@@ -185,7 +173,7 @@ def _total_steps(tiles: int, config: TrainConfig, env: DistEnv) -> int:
 
 
 class _Stepper:
-    """One optimizer step of ``task``: mask, forward (bf16 on CUDA), backward, clip, AdamW.
+    """One optimizer step of ``task``: mask, forward (bf16 on CUDA), backward, clip, update.
 
     It holds what a step and a checkpoint need: the task, the model that runs it (wrapped in
     DDP and compiled where asked), the optimizer and the masking generator.
@@ -196,15 +184,7 @@ class _Stepper:
         self.task, self.env, self.clip_grad = task, env, opt.clip_grad
         self.effective_batch = config.batch_size * env.world_size
         self.params = [p for p in task.parameters() if p.requires_grad]
-        # The fused kernel updates every parameter in one pass instead of looping over them:
-        # 1.1x the tiny teacher's whole CPU step, 1.05x the demo student's
-        # (benchmarks/RESULTS.md); it is also torch's fastest path on CUDA.
-        self.optimizer = torch.optim.AdamW(
-            param_groups(task, opt.weight_decay),
-            lr=opt.peak_lr(self.effective_batch),
-            betas=opt.betas,
-            fused=env.device.type in ("cpu", "cuda"),
-        )
+        self.optimizer = build_optimizer(task, opt, opt.peak_lr(self.effective_batch), env.device)
         self.generator = torch.Generator().manual_seed(config.seed + 1_000_003 * env.rank)
         model: nn.Module = task
         if env.world_size > 1:
@@ -286,7 +266,7 @@ def _start(
 def _save(
     out: Path, cursor: _Cursor, step_once: _Stepper, saved_config: dict[str, Any], keep: int
 ) -> None:
-    """Checkpoint the weights, AdamW moments and every RNG (a collective: all ranks call it)."""
+    """Checkpoint the weights, optimizer moments and every RNG (a collective: all ranks call it)."""
     env = step_once.env
     rng = {"torch_cpu": torch.get_rng_state()}
     if env.device.type == "cuda":

@@ -1,0 +1,139 @@
+"""Muon's cost: our batched update against torch's, and the demo's steps with Muon against AdamW.
+
+- ``update``: one Muon update of the demo student's hidden matrices (the 2-D weights of its
+  encoder and decoder blocks and its decoder projection, random gradients):
+  :class:`hyperkd.model.train.optim.Muon`, one batched Newton-Schulz per matrix shape in
+  float32, against ``torch.optim.Muon`` (``adjust_lr_fn="match_rms_adamw"``, one bfloat16
+  iteration per matrix), the same update to about 1 % (``tests/test_optim.py``).
+- ``teacher`` and ``student``: the demo's whole training steps (the trainer's batch from the
+  in-memory cache, random masking at 0.75, MSE, backward, update) with the trainer's Muon
+  + AdamW against its fused AdamW. Ratios below 1 are Muon's cost per step.
+
+Timed in the same process, alternating, medians of ``--repeats`` timings of ``--steps`` steps.
+The last line is ``update/batched=<speed-up> teacher/muon=<ratio> student/muon=<ratio>``.
+
+    .venv/bin/python benchmarks/optimizers.py --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from spectral_basis import add_step_args, cache_of, samples_per_s, scene_of
+
+from hyperkd.model.nets.mae import StudentMAE, student_config
+from hyperkd.model.nets.masking import Masking
+from hyperkd.model.nets.prithvi import PrithviMAE, teacher_config
+from hyperkd.model.train.config import OptimConfig
+from hyperkd.model.train.losses import LossConfig
+from hyperkd.model.train.optim import Muon, build_optimizer, hidden_matrices
+from hyperkd.model.train.tasks import DistillationTask, TeacherPretrainTask
+
+Step = Callable[[], None]
+
+
+def _stepper(task: torch.nn.Module, cache: Any, n: int, batch: int, optimizer: str) -> Step:
+    opt = build_optimizer(task, OptimConfig(optimizer=optimizer), 1e-4, torch.device("cpu"))
+    rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        data = cache.batch(rng.integers(0, n, batch), rng.integers(0, 8, batch))
+        task(data, task.make_mask(data, generator))["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _student(tiles: torch.Tensor, args: argparse.Namespace) -> tuple[DistillationTask, Any]:
+    """The demo student's task (fixed basis, loss on the cached components) and its cache."""
+    torch.manual_seed(0)
+    n, bands, tile, _ = tiles.shape
+    config = student_config("tiny", img_size=tile, patch_size=args.patch, in_chans=bands,
+                            spectral_dim=args.rank, spectral_basis="fixed")  # fmt: skip
+    student = StudentMAE(config)
+    student.init_spectral_basis(tiles.permute(0, 2, 3, 1).reshape(-1, bands)[::7])
+    components, residual = student.project_bands(tiles)
+    valid = torch.ones(n, tile, tile, dtype=torch.bool)
+    cache = cache_of({"student_components": components, "student_residual": residual,
+                      "valid": valid})  # fmt: skip
+    return DistillationTask(student, Masking("random"), LossConfig("mse")), cache
+
+
+def student_step(tiles: torch.Tensor, batch: int, args: argparse.Namespace, optimizer: str) -> Step:
+    task, cache = _student(tiles, args)
+    return _stepper(task, cache, len(tiles), batch, optimizer)
+
+
+def teacher_step(tiles: torch.Tensor, batch: int, patch: int, optimizer: str) -> Step:
+    """The tiny teacher's pretraining step on six of the tiles' bands (its input width)."""
+    torch.manual_seed(0)
+    n, _, tile, _ = tiles.shape
+    model = PrithviMAE(teacher_config("tiny", img_size=tile, patch_size=patch))
+    task = TeacherPretrainTask(model, Masking("random", 0.75))
+    valid = torch.ones(n, tile, tile, dtype=torch.bool)
+    cache = cache_of({"teacher": tiles[:, :6].contiguous(), "valid": valid})
+    return _stepper(task, cache, n, batch, optimizer)
+
+
+def update_seconds(tiles: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
+    """Seconds per Muon update of the student's hidden matrices, ours and torch's; medians."""
+    task, _ = _student(tiles, args)
+    named = dict(task.named_parameters())
+    matrices = [named[n] for n in hidden_matrices(task)]
+    for p in matrices:
+        p.grad = torch.randn_like(p) * 1e-3
+    opts = {
+        "torch.optim.Muon": torch.optim.Muon(matrices, lr=1e-4, adjust_lr_fn="match_rms_adamw"),
+        "batched Muon": Muon(matrices, lr=1e-4),
+    }
+    times: dict[str, list[float]] = {name: [] for name in opts}
+    for opt in opts.values():
+        opt.step()
+    for _ in range(args.repeats):
+        for name, opt in opts.items():
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                opt.step()
+            times[name].append((time.perf_counter() - t) / args.steps)
+    print(f"{len(matrices)} matrices of {len({p.shape for p in matrices})} shapes")
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=32)
+    add_step_args(p)
+    args = p.parse_args()
+    tiles = scene_of(args)
+    print(f"batch {args.batch}, {args.tiles} tiles of {args.bands} bands x {args.tile}^2 px, "
+          f"rank {args.rank}, {torch.get_num_threads()} threads; "
+          f"medians of {args.repeats} x {args.steps} steps")  # fmt: skip
+    update = update_seconds(tiles, args)
+    for name, s in update.items():
+        print(f"{name:32s} {s * 1e3:8.2f} ms per update")
+    steps = {
+        f"{who}, {opt}": make(opt)
+        for who, make in (
+            ("teacher", lambda o: teacher_step(tiles, args.batch, args.patch, o)),
+            ("student", lambda o: student_step(tiles, args.batch, args, o)),
+        )
+        for opt in ("adamw", "muon")
+    }
+    rate = samples_per_s(steps, args.batch, args)
+    for name, r in rate.items():
+        print(f"{name:32s} {r:8.1f} samples/s")
+    print(
+        f"update/batched={update['torch.optim.Muon'] / update['batched Muon']:.2f} "
+        f"teacher/muon={rate['teacher, muon'] / rate['teacher, adamw']:.2f} "
+        f"student/muon={rate['student, muon'] / rate['student, adamw']:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
