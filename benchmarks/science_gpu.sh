@@ -103,7 +103,7 @@ stage() { # name, seconds it usually needs, command...
 HK=("$PY" -P -m hyperkd)  # timeout runs programs, not shell functions
 
 # The demo region's bbox and dates, as flows/demo.py's demo_region derives them (no Prefect),
-# and the demo's peak lr for the teacher (science.py's default for the students).
+# and the demo's optimizer and peak lr for the teacher (science.py's defaults for the students).
 where() {
     "$PY" -P - "$SIZE" <<'EOF'
 import sys
@@ -116,13 +116,13 @@ ring = footprint_lonlat(spec.crs_epsg, spec.enmap_transform, (spec.size_px, spec
 lon, lat = [p[0] for p in ring], [p[1] for p in ring]
 d = spec.enmap_dates
 print(f"{min(lon)},{min(lat)},{max(lon)},{max(lat)}",
-      (min(d) - timedelta(days=10)).date(), (max(d) + timedelta(days=10)).date(), defaults.DEMO_LR)
+      (min(d) - timedelta(days=10)).date(), (max(d) + timedelta(days=10)).date(), defaults.DEMO_LR, defaults.DEMO_OPTIMIZER)
 EOF
 }
 
 # --- the data, built here (re-runs reuse what is there: demo-data and ingest are idempotent)
 stage region "${need[0]}" "${HK[@]}" demo-data --out "$REGION" --size "$SIZE" || exit 1
-read -r bbox day0 day1 lr < <(where) || { note "region: no bbox"; exit 1; }
+read -r bbox day0 day1 lr optimizer < <(where) || { note "region: no bbox"; exit 1; }
 stage ingest "${need[1]}" "${HK[@]}" ingest --source "$REGION/catalog.json" --region "$bbox" \
     --start "$day0" --end "$day1" --out "$CUBE" --tile-size 64 --workers "$workers" || exit 1
 labels=()
@@ -132,7 +132,7 @@ for t in "$REGION"/truth/*.tif; do labels+=(--labels "$(basename "$t" .tif)=$t")
 note "tiles: $("$PY" -P -c 'import sys, zarr; print(zarr.open_group(sys.argv[1], mode="r").attrs["splits"])' "$TILES" 2>&1 | tail -1)"
 [ -f "$TEACHER/model.safetensors" ] || stage teacher "${need[3]}" "${HK[@]}" train-teacher \
     --tiles "$TILES" --out "$TEACHER" --preset tiny --steps "$TEACHER_STEPS" \
-    --batch-size "$TEACHER_BATCH" --lr "$lr" --no-progress "${device[@]}" "${teacher_compile[@]}" ||
+    --batch-size "$TEACHER_BATCH" --lr "$lr" --optimizer "$optimizer" --no-progress "${device[@]}" "${teacher_compile[@]}" ||
     exit 1
 
 # --- the three arms, one seed more per call (finished runs are reused), so a budget that runs
