@@ -57,33 +57,48 @@ def _stepper(task: torch.nn.Module, cache: Any, n: int, batch: int, fused: bool)
     return step
 
 
-def teacher_step(tiles: torch.Tensor, batch: int, patch: int, fused: bool) -> Step:
-    """The tiny teacher's pretraining step on six of the tiles' bands (its input width)."""
+def teacher_task(tiles: torch.Tensor, patch: int) -> tuple[TeacherPretrainTask, Any]:
+    """The tiny teacher's pretraining task on six of the tiles' bands (its input width), and
+    its in-memory cache."""
     torch.manual_seed(0)
     n, _, tile, _ = tiles.shape
     model = PrithviMAE(teacher_config("tiny", img_size=tile, patch_size=patch))
     task = TeacherPretrainTask(model, Masking("random", 0.75))
     valid = torch.ones(n, tile, tile, dtype=torch.bool)
-    cache = cache_of({"teacher": tiles[:, :6].contiguous(), "valid": valid})
-    return _stepper(task, cache, n, batch, fused)
+    return task, cache_of({"teacher": tiles[:, :6].contiguous(), "valid": valid})
 
 
-def student_step(tiles: torch.Tensor, batch: int, args: argparse.Namespace, *, fused: bool,
-                 decoder: tuple[int, int]) -> Step:  # fmt: skip
-    """The demo student's step: fixed basis, loss on the cached components."""
+def student_task(tiles: torch.Tensor, args: argparse.Namespace,
+                 decoder: tuple[int, int] | None = None) -> tuple[DistillationTask, Any]:  # fmt: skip
+    """The demo student's task (fixed basis, loss on the cached components) and its cache;
+    ``decoder`` (width, depth) replaces the preset's."""
     torch.manual_seed(0)
     n, bands, tile, _ = tiles.shape
     config = student_config("tiny", img_size=tile, patch_size=args.patch, in_chans=bands,
                             spectral_dim=args.rank, spectral_basis="fixed")  # fmt: skip
-    width, depth = decoder
-    student = StudentMAE(dataclasses.replace(config, decoder_embed_dim=width, decoder_depth=depth))
+    if decoder is not None:
+        width, depth = decoder
+        config = dataclasses.replace(config, decoder_embed_dim=width, decoder_depth=depth)
+    student = StudentMAE(config)
     student.init_spectral_basis(tiles.permute(0, 2, 3, 1).reshape(-1, bands)[::7])
-    task = DistillationTask(student, Masking("random"), LossConfig("mse"))
     components, residual = student.project_bands(tiles)
     valid = torch.ones(n, tile, tile, dtype=torch.bool)
     cache = cache_of({"student_components": components, "student_residual": residual,
                       "valid": valid})  # fmt: skip
-    return _stepper(task, cache, n, batch, fused)
+    return DistillationTask(student, Masking("random"), LossConfig("mse")), cache
+
+
+def teacher_step(tiles: torch.Tensor, batch: int, patch: int, fused: bool) -> Step:
+    """The tiny teacher's pretraining step."""
+    task, cache = teacher_task(tiles, patch)
+    return _stepper(task, cache, len(tiles), batch, fused)
+
+
+def student_step(tiles: torch.Tensor, batch: int, args: argparse.Namespace, *, fused: bool,
+                 decoder: tuple[int, int]) -> Step:  # fmt: skip
+    """The demo student's step with decoder ``decoder`` (width, depth)."""
+    task, cache = student_task(tiles, args, decoder)
+    return _stepper(task, cache, len(tiles), batch, fused)
 
 
 def batch_draw(tiles: torch.Tensor, batch: int, args: argparse.Namespace, *,

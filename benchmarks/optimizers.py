@@ -24,15 +24,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from spectral_basis import add_step_args, cache_of, samples_per_s, scene_of
+from demo_steps import student_task, teacher_task
+from spectral_basis import add_step_args, samples_per_s, scene_of
 
-from hyperkd.model.nets.mae import StudentMAE, student_config
-from hyperkd.model.nets.masking import Masking
-from hyperkd.model.nets.prithvi import PrithviMAE, teacher_config
 from hyperkd.model.train.config import OptimConfig
-from hyperkd.model.train.losses import LossConfig
 from hyperkd.model.train.optim import Muon, build_optimizer, hidden_matrices
-from hyperkd.model.train.tasks import DistillationTask, TeacherPretrainTask
 
 Step = Callable[[], None]
 
@@ -50,40 +46,21 @@ def _stepper(task: torch.nn.Module, cache: Any, n: int, batch: int, optimizer: s
     return step
 
 
-def _student(tiles: torch.Tensor, args: argparse.Namespace) -> tuple[DistillationTask, Any]:
-    """The demo student's task (fixed basis, loss on the cached components) and its cache."""
-    torch.manual_seed(0)
-    n, bands, tile, _ = tiles.shape
-    config = student_config("tiny", img_size=tile, patch_size=args.patch, in_chans=bands,
-                            spectral_dim=args.rank, spectral_basis="fixed")  # fmt: skip
-    student = StudentMAE(config)
-    student.init_spectral_basis(tiles.permute(0, 2, 3, 1).reshape(-1, bands)[::7])
-    components, residual = student.project_bands(tiles)
-    valid = torch.ones(n, tile, tile, dtype=torch.bool)
-    cache = cache_of({"student_components": components, "student_residual": residual,
-                      "valid": valid})  # fmt: skip
-    return DistillationTask(student, Masking("random"), LossConfig("mse")), cache
-
-
 def student_step(tiles: torch.Tensor, batch: int, args: argparse.Namespace, optimizer: str) -> Step:
-    task, cache = _student(tiles, args)
+    """The demo student's step (fixed basis, loss on the cached components)."""
+    task, cache = student_task(tiles, args)
     return _stepper(task, cache, len(tiles), batch, optimizer)
 
 
 def teacher_step(tiles: torch.Tensor, batch: int, patch: int, optimizer: str) -> Step:
-    """The tiny teacher's pretraining step on six of the tiles' bands (its input width)."""
-    torch.manual_seed(0)
-    n, _, tile, _ = tiles.shape
-    model = PrithviMAE(teacher_config("tiny", img_size=tile, patch_size=patch))
-    task = TeacherPretrainTask(model, Masking("random", 0.75))
-    valid = torch.ones(n, tile, tile, dtype=torch.bool)
-    cache = cache_of({"teacher": tiles[:, :6].contiguous(), "valid": valid})
-    return _stepper(task, cache, n, batch, optimizer)
+    """The tiny teacher's pretraining step on six of the tiles' bands."""
+    task, cache = teacher_task(tiles, patch)
+    return _stepper(task, cache, len(tiles), batch, optimizer)
 
 
 def update_seconds(tiles: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
     """Seconds per Muon update of the student's hidden matrices, ours and torch's; medians."""
-    task, _ = _student(tiles, args)
+    task, _ = student_task(tiles, args)
     named = dict(task.named_parameters())
     matrices = [named[n] for n in hidden_matrices(task)]
     for p in matrices:
