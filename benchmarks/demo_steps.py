@@ -42,19 +42,37 @@ from hyperkd.model.train.tasks import DistillationTask, TeacherPretrainTask
 Step = Callable[[], None]
 
 
-def _stepper(task: torch.nn.Module, cache: Any, n: int, batch: int, fused: bool) -> Step:
-    params = [p for p in task.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, fused=fused)
+def task_step(task: torch.nn.Module, cache: Any, batch: int, opt: Any) -> Step:
+    """One trainer-like step of ``task`` on a batch drawn from ``cache``, updated by ``opt``."""
+    n = len(cache)
     rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
 
     def step() -> None:
         data = cache.batch(rng.integers(0, n, batch), rng.integers(0, 8, batch))
-        loss = task(data, task.make_mask(data, generator))["loss"]
-        loss.backward()
+        task(data, task.make_mask(data, generator))["loss"].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     return step
+
+
+def _adamw(task: torch.nn.Module, fused: bool) -> torch.optim.AdamW:
+    params = [p for p in task.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=1e-4, fused=fused)
+
+
+def step_setup(doc: str) -> tuple[argparse.Namespace, torch.Tensor]:
+    """The demo-step benchmarks' arguments (``--batch`` and :func:`add_step_args`) and scene
+    tiles; prints the header line that names them."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--batch", type=int, default=32)
+    add_step_args(p)
+    args = p.parse_args()
+    tiles = scene_of(args)
+    print(f"batch {args.batch}, {args.tiles} tiles of {args.bands} bands x {args.tile}^2 px, "
+          f"rank {args.rank}, {torch.get_num_threads()} threads; "
+          f"medians of {args.repeats} x {args.steps} steps")  # fmt: skip
+    return args, tiles
 
 
 def teacher_task(tiles: torch.Tensor, patch: int) -> tuple[TeacherPretrainTask, Any]:
@@ -91,14 +109,14 @@ def student_task(tiles: torch.Tensor, args: argparse.Namespace,
 def teacher_step(tiles: torch.Tensor, batch: int, patch: int, fused: bool) -> Step:
     """The tiny teacher's pretraining step."""
     task, cache = teacher_task(tiles, patch)
-    return _stepper(task, cache, len(tiles), batch, fused)
+    return task_step(task, cache, batch, _adamw(task, fused))
 
 
 def student_step(tiles: torch.Tensor, batch: int, args: argparse.Namespace, *, fused: bool,
                  decoder: tuple[int, int]) -> Step:  # fmt: skip
     """The demo student's step with decoder ``decoder`` (width, depth)."""
     task, cache = student_task(tiles, args, decoder)
-    return _stepper(task, cache, len(tiles), batch, fused)
+    return task_step(task, cache, batch, _adamw(task, fused))
 
 
 def batch_draw(tiles: torch.Tensor, batch: int, args: argparse.Namespace, *,
@@ -131,11 +149,7 @@ def batch_draw(tiles: torch.Tensor, batch: int, args: argparse.Namespace, *,
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=32)
-    add_step_args(p)
-    args = p.parse_args()
-    tiles = scene_of(args)
+    args, tiles = step_setup(__doc__)
     steps = {
         "teacher, loop update": teacher_step(tiles, args.batch, args.patch, fused=False),
         "teacher, fused update": teacher_step(tiles, args.batch, args.patch, fused=True),
@@ -148,9 +162,6 @@ def main() -> None:
         "batch, all fields": batch_draw(tiles, args.batch, args, every_field=True),
         "batch, task fields": batch_draw(tiles, args.batch, args, every_field=False),
     }  # fmt: skip
-    print(f"batch {args.batch}, {args.tiles} tiles of {args.bands} bands x {args.tile}^2 px, "
-          f"rank {args.rank}, {torch.get_num_threads()} threads; "
-          f"medians of {args.repeats} x {args.steps} steps")  # fmt: skip
     rate = samples_per_s(steps, args.batch, args)
     for name, r in rate.items():
         print(f"{name:32s} {r:8.1f} samples/s")

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from demo_steps import student_task, teacher_task
-from spectral_basis import add_step_args, samples_per_s, scene_of
+from demo_steps import step_setup, student_task, task_step, teacher_task
+from spectral_basis import samples_per_s
 
 from hyperkd.model.train.config import OptimConfig
 from hyperkd.model.train.optim import Muon, build_optimizer, hidden_matrices
@@ -33,29 +33,20 @@ from hyperkd.model.train.optim import Muon, build_optimizer, hidden_matrices
 Step = Callable[[], None]
 
 
-def _stepper(task: torch.nn.Module, cache: Any, n: int, batch: int, optimizer: str) -> Step:
-    opt = build_optimizer(task, OptimConfig(optimizer=optimizer), 1e-4, torch.device("cpu"))
-    rng, generator = np.random.default_rng(0), torch.Generator().manual_seed(0)
-
-    def step() -> None:
-        data = cache.batch(rng.integers(0, n, batch), rng.integers(0, 8, batch))
-        task(data, task.make_mask(data, generator))["loss"].backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step
+def _optimizer(task: torch.nn.Module, optimizer: str) -> Any:
+    return build_optimizer(task, OptimConfig(optimizer=optimizer), 1e-4, torch.device("cpu"))
 
 
 def student_step(tiles: torch.Tensor, batch: int, args: argparse.Namespace, optimizer: str) -> Step:
     """The demo student's step (fixed basis, loss on the cached components)."""
     task, cache = student_task(tiles, args)
-    return _stepper(task, cache, len(tiles), batch, optimizer)
+    return task_step(task, cache, batch, _optimizer(task, optimizer))
 
 
 def teacher_step(tiles: torch.Tensor, batch: int, patch: int, optimizer: str) -> Step:
     """The tiny teacher's pretraining step on six of the tiles' bands."""
     task, cache = teacher_task(tiles, patch)
-    return _stepper(task, cache, len(tiles), batch, optimizer)
+    return task_step(task, cache, batch, _optimizer(task, optimizer))
 
 
 def update_seconds(tiles: torch.Tensor, args: argparse.Namespace) -> dict[str, float]:
@@ -83,14 +74,7 @@ def update_seconds(tiles: torch.Tensor, args: argparse.Namespace) -> dict[str, f
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=32)
-    add_step_args(p)
-    args = p.parse_args()
-    tiles = scene_of(args)
-    print(f"batch {args.batch}, {args.tiles} tiles of {args.bands} bands x {args.tile}^2 px, "
-          f"rank {args.rank}, {torch.get_num_threads()} threads; "
-          f"medians of {args.repeats} x {args.steps} steps")  # fmt: skip
+    args, tiles = step_setup(__doc__)
     update = update_seconds(tiles, args)
     for name, s in update.items():
         print(f"{name:32s} {s * 1e3:8.2f} ms per update")
