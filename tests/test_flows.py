@@ -73,6 +73,7 @@ def test_pipeline_runs_then_reruns_from_cache(
     assert Path(out["evaluate"]["report"]).is_file()
 
     written = _mtimes(tmp_path / "out")
+    assert len(written) > 100  # cube chunks, tiles, checkpoints, metrics, the report
     second = hyperkd_pipeline(params, return_state=True)
     assert second.is_completed(), second.message
     states = asyncio.run(_task_states(second.state_details.flow_run_id))
