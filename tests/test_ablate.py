@@ -4,6 +4,7 @@ tiles and on the real Potsdam EnMAP tiles."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -14,7 +15,14 @@ from eval_helpers import ablation as run_ablation
 from eval_helpers import demo_run, potsdam_run, torch_threads
 
 from hyperkd.cli import main
-from hyperkd.model.evaluate.ablate import NO_TEACHER, NO_TEACHER_AS, grid
+from hyperkd.model.evaluate.ablate import (
+    NO_TEACHER,
+    NO_TEACHER_AS,
+    AblationConfig,
+    _distill_config,
+    cell_settings,
+    grid,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -115,9 +123,23 @@ def test_ablate_rerun_skips_finished_cells(
     # the same rows in the same order: the rerun reads the cells' metrics back from disk
     assert (ablation / "ablation.csv").read_text() == table
     # other settings in the same directory: refused, nothing overwritten
-    assert main([*argv, "--steps", "3", "--batch-size", "2", "--device", "cpu"]) == 2
-    assert "was run with other settings" in capsys.readouterr().err
+    for other in (["--steps", "3"], ["--optimizer", "muon"]):
+        assert main([*argv, *other, "--batch-size", "2", "--device", "cpu"]) == 2
+        assert "was run with other settings" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_ablate_trains_every_cell_with_the_chosen_optimizer(tmp_path: Path) -> None:
+    cell = grid()[0]
+    adamw = AblationConfig(tiles="t.zarr", out=str(tmp_path), teacher=None)
+    muon = dataclasses.replace(adamw, optimizer="muon")
+    # AdamW cells keep the settings recorded before the choice existed; Muon cells differ.
+    assert "optimizer" not in cell_settings(adamw, cell)
+    assert cell_settings(muon, cell) == cell_settings(adamw, cell) | {"optimizer": "muon"}
+    train = _distill_config(muon, cell, tmp_path / "run").train
+    assert (train.optim.optimizer, train.optim.lr) == ("muon", adamw.lr)
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        dataclasses.replace(adamw, optimizer="sgd")
 
 
 def test_ablate_resumes_a_half_finished_cell(ablation: Path, demo: dict[str, str]) -> None:

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from hyperkd import defaults
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows each option's default (unless it is None or a flag) after its help text."""
@@ -32,6 +34,12 @@ def add_parser(sub: argparse._SubParsersAction, name: str, **kw: Any) -> argpars
     """A sub-command parser with :class:`HelpFormatter` and its help as the description."""
     kw.setdefault("description", kw.get("help"))
     return sub.add_parser(name, formatter_class=HelpFormatter, **kw)
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", choices=defaults.DEVICES, default="auto", help="default: CUDA when present"
+    )
 
 
 def add_storage_options(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hyperkd.cli.common import add_parser, add_storage_options, storage_options
+from hyperkd.cli.common import add_device, add_parser, add_storage_options, storage_options
 from hyperkd.defaults import EMBED_BATCH_SIZE
 
 
@@ -45,8 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="windows per forward pass",
     )
-    embed.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                       help="default: CUDA when present")  # fmt: skip
+    add_device(embed)
     embed.add_argument(
         "--dask-address",
         default=None,

@@ -18,12 +18,13 @@ from typing import Any
 from hyperkd import defaults
 from hyperkd.cli.common import (
     HelpFormatter,
+    add_device,
     add_storage_options,
     progress_of_files,
     progress_of_steps,
     storage_options,
 )
-from hyperkd.cli.train import add_out_or_run, resolve_run
+from hyperkd.cli.train import add_optimizer, add_out_or_run, resolve_run
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,8 +63,7 @@ def _register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--teacher-preset", choices=defaults.TEACHER_PRESETS, default=defaults.OFFICIAL_TEACHER_PRESET,
                           help=f"architecture of a .pt teacher (default {defaults.OFFICIAL_TEACHER_PRESET})")  # fmt: skip
-    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                          help="default: CUDA when present")  # fmt: skip
+    add_device(evaluate)
     add_storage_options(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -93,19 +93,18 @@ def _register_ablate(subparsers: argparse._SubParsersAction) -> None:
         help="architecture of an official .pt teacher",
     )
     ablate.add_argument("--out", required=True, metavar="DIR", help="ablation directory")
-    ablate.add_argument(
-        "--preset", default="tiny", choices=("tiny", "small", "base"), help="student preset"
-    )
+    ablate.add_argument("--preset", default=defaults.STUDENT_PRESET, choices=defaults.STUDENT_PRESETS,
+                        help="student preset")  # fmt: skip
     ablate.add_argument("--steps", type=int, default=200, metavar="N",
                         help="optimizer steps per cell (default 200)")  # fmt: skip
     ablate.add_argument("--batch-size", type=int, default=8, metavar="N",
                         help="tiles per step (default 8)")  # fmt: skip
     ablate.add_argument("--lr", type=float, default=1e-3, metavar="LR",
                         help="peak learning rate, every cell (default 1e-3)")  # fmt: skip
+    add_optimizer(ablate)
     ablate.add_argument("--seed", type=int, default=0, metavar="N",
                         help="seed of every cell (default 0)")  # fmt: skip
-    ablate.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                        help="default: CUDA when present")  # fmt: skip
+    add_device(ablate)
     add_storage_options(ablate)
     ablate.set_defaults(handler=run_ablate)
 
@@ -150,8 +149,7 @@ def _register_downstream(subparsers: argparse._SubParsersAction) -> None:
                       help="labelled test pixels scored")  # fmt: skip
     down.add_argument("--batch-size", type=int, default=8, metavar="N", help="tiles per batch")
     down.add_argument("--seed", type=int, default=0, metavar="N", help="seed of samples and probes")
-    down.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                      help="default: CUDA when present")  # fmt: skip
+    add_device(down)
     add_storage_options(down)
     down.set_defaults(handler=run_downstream)
 
@@ -209,6 +207,7 @@ def run_ablate(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        optimizer=args.optimizer,
         seed=args.seed,
         device=args.device,
         storage_options=storage_options(args.storage_options) or None,

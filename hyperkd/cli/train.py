@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyperkd import defaults
-from hyperkd.cli.common import add_storage_options, storage_options
+from hyperkd.cli.common import add_device, add_storage_options, storage_options
 
 STUDENT_PRESETS = defaults.STUDENT_PRESETS
 TEACHER_PRESETS = defaults.TEACHER_PRESETS
@@ -35,6 +35,16 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     # train-teacher and train both turn these into one TrainConfig (_train_config).
     _add_schedule_args(parser)
     _add_run_control_args(parser)
+
+
+def add_optimizer(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--optimizer",
+        choices=defaults.OPTIMIZERS,
+        default=defaults.OPTIMIZER,
+        help="adamw, or muon on the transformer blocks' matrices with adamw on the rest, at the "
+        f"same lr and weight decay (default {defaults.OPTIMIZER})",
+    )
 
 
 def _add_schedule_args(parser: argparse.ArgumentParser) -> None:
@@ -73,13 +83,7 @@ def _add_schedule_args(parser: argparse.ArgumentParser) -> None:
         metavar="F",
         help="warm-up share of the steps (default 0.05)",
     )
-    parser.add_argument(
-        "--optimizer",
-        choices=defaults.OPTIMIZERS,
-        default=defaults.OPTIMIZER,
-        help="adamw, or muon on the transformer blocks' matrices with adamw on the rest, at the "
-        f"same lr and weight decay (default {defaults.OPTIMIZER})",
-    )
+    add_optimizer(parser)
     parser.add_argument(
         "--weight-decay",
         type=float,
@@ -121,12 +125,7 @@ def _add_run_control_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="torch.compile the model (default: on CUDA only)",
     )
-    parser.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="auto",
-        help="default: CUDA when present",
-    )
+    add_device(parser)
     parser.add_argument(
         "--num-workers", type=int, default=None, metavar="N", help="loader workers (default: cores)"
     )

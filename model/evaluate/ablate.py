@@ -6,9 +6,9 @@ without the teacher (gabor masking, ``mse+ssim``). Without a KLD term no teacher
 ``no-teacher`` is the same training as ``gabor-mse+ssim``; it is trained once and
 ``cells/no-teacher`` is a relative symlink to ``cells/gabor-mse+ssim`` (column ``trained_as``).
 
-Equal budget: every cell trains the same preset for the same number of steps, batch size and
-learning rate, from the same seed (weights, data order and masking noise), through the trainer's
-library API (:func:`hyperkd.model.train.runs.run_distill`), into ``OUT/cells/<cell>/student/``. Each cell is
+Equal budget: every cell trains the same preset for the same number of steps, batch size,
+optimizer and learning rate, from the same seed (weights, data order and masking noise),
+through the trainer's library API (:func:`hyperkd.model.train.runs.run_distill`), into ``OUT/cells/<cell>/student/``. Each cell is
 then scored like ``hyperkd evaluate`` (:func:`hyperkd.model.evaluate.reconstruction.evaluate`) on the test split
 (``val`` if the store has no test tile) with *one* masking for all cells (random, ratio 0.75,
 seed ``seed``), so every cell reconstructs the same masked patches; results go to
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hyperkd.defaults import OPTIMIZER, OPTIMIZERS
 from hyperkd.model.evaluate.baselines import in_table_order
 from hyperkd.model.nets.masking import MASKINGS, Masking
 from hyperkd.model.train.checkpoint import atomic_write_text, latest_checkpoint
@@ -83,7 +84,9 @@ class AblationConfig:
     steps: int = 200
     batch_size: int = 8
     lr: float = 1e-3
-    """Peak AdamW learning rate (warm-up + cosine as in the trainer); the same for every cell."""
+    """Peak learning rate (warm-up + cosine as in the trainer); the same for every cell."""
+    optimizer: str = OPTIMIZER
+    """``adamw`` or ``muon`` (:mod:`hyperkd.model.train.optim`), the same for every cell."""
     seed: int = 0
     eval_batch_size: int = 8
     device: str = "auto"
@@ -95,6 +98,8 @@ class AblationConfig:
             raise ValueError(
                 "ablation steps and batch size must be >= 1 and the learning rate positive"
             )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}: choose one of {OPTIMIZERS}")
 
 
 def cell_settings(cfg: AblationConfig, cell: Cell) -> dict[str, Any]:
@@ -112,7 +117,8 @@ def cell_settings(cfg: AblationConfig, cell: Cell) -> dict[str, Any]:
         "lr": cfg.lr,
         "seed": cfg.seed,
         "eval": {"masking": dataclasses.asdict(Masking()), "seed": cfg.seed},
-    }
+        # AdamW cells keep the settings they were recorded with before the choice existed.
+    } | ({} if cfg.optimizer == "adamw" else {"optimizer": cfg.optimizer})
 
 
 def _eval_split(cfg: AblationConfig) -> str:
@@ -169,7 +175,7 @@ def _distill_config(cfg: AblationConfig, cell: Cell, run: Path) -> DistillConfig
         steps=cfg.steps,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        optim=OptimConfig(lr=cfg.lr),
+        optim=OptimConfig(lr=cfg.lr, optimizer=cfg.optimizer),
         log_every=max(1, cfg.steps // 50),
         checkpoint_every=max(1, cfg.steps // 4),
         resume=latest_checkpoint(run) is not None,
@@ -282,7 +288,7 @@ def write_tables(out: Path, rows: list[dict[str, Any]], cfg: AblationConfig) -> 
         "# Ablation",
         "",
         f"Tile store `{cfg.tiles}`; preset `{cfg.preset}`, {cfg.steps} steps of batch {cfg.batch_size}, "
-        f"lr {cfg.lr:g}, seed {cfg.seed} for every cell. Metrics on the masked patches of the "
+        f"{cfg.optimizer} at lr {cfg.lr:g}, seed {cfg.seed} for every cell. Metrics on the masked patches of the "
         f"{rows[0]['eval_split']} split ({rows[0]['n_tiles']} tiles), random masking 0.75 with the same "
         "masks for every cell, and so are the baselines (predictors that learn nothing) at the "
         "bottom; reflectance 0-1.",
