@@ -8,10 +8,11 @@ without the teacher (gabor masking, ``mse+ssim``). Without a KLD term no teacher
 
 Equal budget: every cell trains the same preset for the same number of steps, batch size,
 optimizer and learning rate, from the same seed (weights, data order and masking noise),
-through the trainer's library API (:func:`hyperkd.model.train.runs.run_distill`), into ``OUT/cells/<cell>/student/``. Each cell is
-then scored like ``hyperkd evaluate`` (:func:`hyperkd.model.evaluate.reconstruction.evaluate`) on the test split
-(``val`` if the store has no test tile) with *one* masking for all cells (random, ratio 0.75,
-seed ``seed``), so every cell reconstructs the same masked patches; results go to
+through the trainer's library API (:func:`hyperkd.model.train.runs.run_distill`), into
+``OUT/cells/<cell>/student/``. Each cell is then scored like ``hyperkd evaluate``
+(:func:`hyperkd.model.evaluate.reconstruction.evaluate`) on the test split (``val`` if the
+store has no test tile) with *one* masking for all cells (random, ratio 0.75, seed ``seed``),
+so every cell reconstructs the same masked patches; results go to
 ``OUT/cells/<cell>/evaluate/metrics.json``.
 
 Resumable: ``OUT/cells/<cell>/cell.json`` records the cell's settings; a cell whose
