@@ -26,7 +26,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from hyperkd.flows import tasks
 from hyperkd.flows.params import PipelineParams, RegionParams, resolve_date
-from hyperkd.flows.records import IngestRecord, RunRecord, TileRecord, fingerprint, optimizer_key
+from hyperkd.flows.records import (
+    IngestRecord,
+    RunRecord,
+    TileRecord,
+    fingerprint,
+    optimizer_key,
+    teacher_fingerprint,
+)
 
 
 def region_root(out: str, region: str) -> str:
@@ -150,8 +157,10 @@ def teacher_stage(params: PipelineParams, tiles: TileRecord, root: str) -> RunRe
         return params.teacher
     p = params
     preset = p.teacher_architecture
-    parts = [tiles.fingerprint, preset, p.teacher_steps, p.batch_size, p.seed, p.lr]
-    out = f"{root}/teachers/{fingerprint(*parts, *optimizer_key(p.optimizer))}"
+    key = teacher_fingerprint(
+        tiles.fingerprint, preset, p.teacher_steps, p.batch_size, p.seed, p.lr, p.optimizer
+    )
+    out = f"{root}/teachers/{key}"
     return _unless_gone(tasks.train_teacher, f"{out}/model.safetensors")(
         tiles, out, preset, p.teacher_steps, p.batch_size, p.seed, p.lr, p.optimizer
     )

@@ -25,6 +25,19 @@ def optimizer_key(optimizer: str) -> list[str]:
     return [] if optimizer == "adamw" else [optimizer]
 
 
+def teacher_fingerprint(
+    tiles: str,
+    preset: str,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    lr: float | None,
+    optimizer: str,
+) -> str:
+    """A pretrained teacher's fingerprint: its folder's name and its record's key."""
+    return fingerprint(tiles, preset, steps, batch_size, seed, lr, *optimizer_key(optimizer))
+
+
 @dataclass(frozen=True)
 class SceneRef:
     """One scene to ingest: its STAC item (as a dict) and where it came from."""

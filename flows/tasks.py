@@ -25,6 +25,7 @@ from hyperkd.flows.records import (
     TileRecord,
     fingerprint,
     optimizer_key,
+    teacher_fingerprint,
 )
 
 CACHE = INPUTS + TASK_SOURCE
@@ -205,8 +206,8 @@ def train_teacher(
         TeacherPretrainConfig(tiles=tiles.url, train=train, preset=preset),
         on_step=_progress("teacher-pretraining", steps),
     )
-    parts = [tiles.fingerprint, preset, steps, batch_size, seed, lr, *optimizer_key(optimizer)]
-    return RunRecord("teacher", out, fingerprint(*parts))
+    key = teacher_fingerprint(tiles.fingerprint, preset, steps, batch_size, seed, lr, optimizer)
+    return RunRecord("teacher", out, key)
 
 
 @task(cache_policy=CACHE, persist_result=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from hyperkd import defaults
 from hyperkd.cli.common import add_parser, add_storage_options, storage_options, validated
 from hyperkd.cli.stac import add_allow_href_argument
+from hyperkd.cli.train import add_optimizer
 
 STAGES = "ingest,tiles,teacher,student,evaluate,report"
 
@@ -209,9 +210,7 @@ def _register_pipeline(sub: argparse._SubParsersAction) -> None:
                    f"pretrain, {defaults.OFFICIAL_TEACHER_PRESET} for a .pt)")  # fmt: skip
     p.add_argument("--steps", type=int, default=defaults.STEPS, metavar="N",
                    help="training steps for teacher and student")  # fmt: skip
-    p.add_argument("--optimizer", default=defaults.OPTIMIZER, choices=defaults.OPTIMIZERS,
-                   help="adamw, or muon on the transformer blocks' matrices with adamw on the "
-                   "rest")  # fmt: skip
+    add_optimizer(p)
     p.add_argument("--seed", type=int, default=defaults.SEED, metavar="N", help="random seed")
     p.add_argument("--dask-address", default=None, metavar="ADDR",
                    help="dask scheduler tcp://host:port, or 'local' for a LocalCluster "
