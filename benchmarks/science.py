@@ -104,10 +104,10 @@ def settings(args: argparse.Namespace, student: Student) -> dict[str, Any]:
     """What a finished run was trained and scored with; a resumed run must match it."""
     keys = ("tiles", "preset", "steps", "batch_size", "lr", "spectral_dim", "spectral_basis",
             "mask_ratio", "teacher", "teacher_preset", "random_teacher_preset", "eval_seed")  # fmt: skip
-    # AdamW runs keep the settings they were recorded with (the optimizer choice came later).
-    optimizer = {"optimizer": args.optimizer} if args.optimizer != "adamw" else {}
     return (
-        {k: getattr(args, k) for k in keys} | optimizer | {"student": dataclasses.asdict(student)}
+        {k: getattr(args, k) for k in keys}
+        | defaults.optimizer_setting(args.optimizer)
+        | {"student": dataclasses.asdict(student)}
     )
 
 

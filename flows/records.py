@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hyperkd.defaults import optimizer_setting
+
 
 def fingerprint(*parts: Any) -> str:
     """A short stable hash of JSON-able parts (sorted keys), for content-addressed paths."""
@@ -22,7 +24,7 @@ def fingerprint(*parts: Any) -> str:
 def optimizer_key(optimizer: str) -> list[str]:
     """The optimizer's part of a run's fingerprint: none for AdamW, so the folders of runs
     trained before the choice existed keep their names."""
-    return [] if optimizer == "adamw" else [optimizer]
+    return list(optimizer_setting(optimizer).values())
 
 
 def teacher_fingerprint(

@@ -89,3 +89,10 @@ RESULTS_DIR = ".prefect-results"
 
 EMBED_BATCH_SIZE = 16
 """Windows per forward pass of ``hyperkd embed``."""
+
+
+def optimizer_setting(optimizer: str) -> dict[str, str]:
+    """The optimizer as a recorded setting (run fingerprints, folder names, settings files):
+    empty for ``adamw``, the only optimizer before the choice existed, so that what was
+    recorded then still matches."""
+    return {} if optimizer == "adamw" else {"optimizer": optimizer}

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hyperkd.defaults import OPTIMIZER, OPTIMIZERS
+from hyperkd.defaults import OPTIMIZER, OPTIMIZERS, optimizer_setting
 from hyperkd.model.evaluate.baselines import in_table_order
 from hyperkd.model.nets.masking import MASKINGS, Masking
 from hyperkd.model.train.checkpoint import atomic_write_text, latest_checkpoint
@@ -118,8 +118,7 @@ def cell_settings(cfg: AblationConfig, cell: Cell) -> dict[str, Any]:
         "lr": cfg.lr,
         "seed": cfg.seed,
         "eval": {"masking": dataclasses.asdict(Masking()), "seed": cfg.seed},
-        # AdamW cells keep the settings they were recorded with before the choice existed.
-    } | ({} if cfg.optimizer == "adamw" else {"optimizer": cfg.optimizer})
+    } | optimizer_setting(cfg.optimizer)
 
 
 def _eval_split(cfg: AblationConfig) -> str:
