@@ -16,8 +16,6 @@ OFFICIAL_TEACHER_PRESETS = TEACHER_PRESETS[1:]
 """Architectures of the official Prithvi ``.pt`` checkpoints."""
 
 STUDENT_PRESET = "tiny"
-DEVICES = ("auto", "cpu", "cuda")
-"""Where a command runs its model: ``auto`` is CUDA when present, else the CPU."""
 PRETRAIN_TEACHER_PRESET = "tiny"
 """Architecture of a teacher pretrained on the region's own tiles (no official weights)."""
 OFFICIAL_TEACHER_PRESET = "prithvi-eo-1.0-100m"
@@ -48,6 +46,8 @@ LOSS = "mse+ssim+kld"
 BATCH_SIZE = 8
 """Tiles per step."""
 SEED = 0
+DEVICES = ("auto", "cpu", "cuda")
+"""Where a command runs its model: ``auto`` is CUDA when present, else the CPU."""
 
 DEMO_SIZE = "large"
 """Side of the demo region (``demo`` and ``demo-data``): 1024 EnMAP pixels at 30 m. More

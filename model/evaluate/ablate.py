@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hyperkd.defaults import OPTIMIZER, OPTIMIZERS, optimizer_setting
+from hyperkd.defaults import OPTIMIZER, optimizer_setting
 from hyperkd.model.evaluate.baselines import in_table_order
 from hyperkd.model.nets.masking import MASKINGS, Masking
 from hyperkd.model.train.checkpoint import atomic_write_text, latest_checkpoint
@@ -99,8 +99,11 @@ class AblationConfig:
             raise ValueError(
                 "ablation steps and batch size must be >= 1 and the learning rate positive"
             )
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: choose one of {OPTIMIZERS}")
+        self.optim()  # checks the optimizer's name before any cell trains
+
+    def optim(self) -> OptimConfig:
+        """Every cell's optimizer and peak learning rate."""
+        return OptimConfig(lr=self.lr, optimizer=self.optimizer)
 
 
 def cell_settings(cfg: AblationConfig, cell: Cell) -> dict[str, Any]:
@@ -175,7 +178,7 @@ def _distill_config(cfg: AblationConfig, cell: Cell, run: Path) -> DistillConfig
         steps=cfg.steps,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
-        optim=OptimConfig(lr=cfg.lr, optimizer=cfg.optimizer),
+        optim=cfg.optim(),
         log_every=max(1, cfg.steps // 50),
         checkpoint_every=max(1, cfg.steps // 4),
         resume=latest_checkpoint(run) is not None,
